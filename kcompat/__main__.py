@@ -1,0 +1,3 @@
+from kcompat.cli import main
+
+main()

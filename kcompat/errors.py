@@ -1,0 +1,84 @@
+"""One error base class carrying an exit code; the CLI's single handler prints it.
+
+Every message names the input that failed and says what to do next, on one line.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    CHECK_FAILED = 1  # reserved for `check --fail-on`
+    USAGE = 2
+    NOT_FOUND = 3
+    AUTH = 4
+    NETWORK = 5
+    INTEGRITY = 6
+    BAD_IMAGE = 7
+    UNSUPPORTED = 8
+    LOCAL_IO = 9
+    INTERRUPTED = 130
+
+
+class KcompatError(Exception):
+    """Base of every error kcompat reports to a user."""
+
+    exit_code: ExitCode = ExitCode.LOCAL_IO
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}; {self.hint}"
+        return self.message
+
+
+class UsageError(KcompatError):
+    """Bad command-line input: a malformed reference, an unknown platform."""
+
+    exit_code = ExitCode.USAGE
+
+
+class NotFoundError(KcompatError):
+    """The image, tag, blob or platform does not exist where we looked."""
+
+    exit_code = ExitCode.NOT_FOUND
+
+
+class AuthError(KcompatError):
+    exit_code = ExitCode.AUTH
+
+
+class NetworkError(KcompatError):
+    """The registry could not be reached, or kept failing after retries."""
+
+    exit_code = ExitCode.NETWORK
+
+
+class IntegrityError(KcompatError):
+    """Bytes did not match their digest."""
+
+    exit_code = ExitCode.INTEGRITY
+
+
+class BadImageError(KcompatError):
+    """The image's content is malformed: corrupt layer, bad manifest JSON."""
+
+    exit_code = ExitCode.BAD_IMAGE
+
+
+class UnsupportedError(KcompatError):
+    """Something valid that kcompat does not handle (schema 1, credential helpers)."""
+
+    exit_code = ExitCode.UNSUPPORTED
+
+
+class LocalIOError(KcompatError):
+    """The local disk or cache failed us."""
+
+    exit_code = ExitCode.LOCAL_IO

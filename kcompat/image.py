@@ -1,0 +1,246 @@
+"""The image model: descriptors, manifests, indexes, configs; parsing and platform choice.
+
+Media types and fields are those of the OCI image spec (image-index.md, manifest.md,
+config.md) and Docker's Image Manifest V2 Schema 2, which has the same shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from kcompat.errors import BadImageError, IntegrityError, NotFoundError, UnsupportedError
+from kcompat.platform import Platform, format_platforms, platform_from_oci
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_SCHEMA1 = (
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+)
+INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
+MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
+ACCEPT = ", ".join((*INDEX_TYPES, *MANIFEST_TYPES))
+
+# Layer media types kcompat can read. Compression is detected from the bytes, so this
+# list is for reporting; a foreign (Windows) layer type is rejected when read.
+LAYER_TYPES = (
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.diff.tar",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+)
+
+ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
+# buildkit's attestation manifests: platform unknown/unknown and this annotation.
+ANNOTATION_REFERENCE_TYPE = "vnd.docker.reference.type"
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def check_digest(data: bytes, digest: str, what: str) -> None:
+    algo, _, _ = digest.partition(":")
+    if algo not in ("sha256", "sha512"):
+        raise UnsupportedError(f"{what}: digest algorithm {algo!r} is not supported")
+    got = f"{algo}:" + hashlib.new(algo, data).hexdigest()
+    if got != digest:
+        raise IntegrityError(
+            f"{what}: content has digest {got}, expected {digest}",
+            hint="the source is corrupt or was tampered with; re-push or re-pull it",
+        )
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    platform: Platform | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def is_attestation(self) -> bool:
+        p = self.platform
+        if p is not None and p.os == "unknown" and p.architecture == "unknown":
+            return True
+        return ANNOTATION_REFERENCE_TYPE in self.annotations
+
+
+@dataclass(frozen=True)
+class Manifest:
+    media_type: str
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+
+
+@dataclass(frozen=True)
+class Index:
+    media_type: str
+    manifests: tuple[Descriptor, ...]
+
+    @property
+    def platforms(self) -> tuple[Platform, ...]:
+        return tuple(
+            m.platform for m in self.manifests if m.platform is not None and not m.is_attestation
+        )
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    platform: Platform
+    entrypoint: tuple[str, ...] | None
+    cmd: tuple[str, ...] | None
+    env: tuple[str, ...]
+    workdir: str | None
+    user: str | None
+    diff_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """One single-platform image, with where it came from."""
+
+    reference: str
+    manifest_digest: str | None
+    manifest_media_type: str | None
+    index_digest: str | None
+    index_platforms: tuple[Platform, ...]
+    config_digest: str | None
+    config: ImageConfig
+    layers: tuple[Descriptor, ...]
+
+
+Document = Union[Index, Manifest]
+
+
+def _obj(value: Any, what: str, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadImageError(f"{what}: field {key!r} is not a JSON object")
+    return value
+
+
+def _str(d: Mapping[str, Any], key: str, what: str, *, required: bool = True) -> str | None:
+    v = d.get(key)
+    if v is None and not required:
+        return None
+    if not isinstance(v, str) or (required and not v):
+        raise BadImageError(f"{what}: field {key!r} is missing or not a string")
+    return v
+
+
+def _str_list(d: Mapping[str, Any], key: str, what: str) -> tuple[str, ...] | None:
+    v = d.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise BadImageError(f"{what}: field {key!r} is not a list of strings")
+    return tuple(v)
+
+
+def parse_descriptor(d: Any, what: str) -> Descriptor:
+    d = _obj(d, what, "descriptor")
+    media_type = _str(d, "mediaType", what) or ""
+    digest = _str(d, "digest", what) or ""
+    size = d.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise BadImageError(f"{what}: descriptor {digest} has no valid size")
+    if ":" not in digest:
+        raise BadImageError(f"{what}: {digest!r} is not a digest")
+    platform = None
+    if "platform" in d:
+        p = _obj(d["platform"], what, "platform")
+        platform = platform_from_oci(
+            _str(p, "os", what) or "",
+            _str(p, "architecture", what) or "",
+            _str(p, "variant", what, required=False),
+        )
+    ann = d.get("annotations") or {}
+    if not isinstance(ann, dict):
+        raise BadImageError(f"{what}: annotations are not a JSON object")
+    return Descriptor(media_type, digest, size, platform, {str(k): str(v) for k, v in ann.items()})
+
+
+def load_json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadImageError(f"{what}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise BadImageError(f"{what}: not a JSON object")
+    return doc
+
+
+def parse_document(data: bytes, media_type: str | None, what: str) -> Document:
+    """Parse an index or a manifest; the document's own mediaType wins over the header's."""
+    doc = load_json(data, what)
+    mt = doc.get("mediaType") or media_type or ""
+    if mt in DOCKER_SCHEMA1 or doc.get("schemaVersion") == 1:
+        raise UnsupportedError(
+            f"{what}: Docker image manifest schema 1 is not supported",
+            hint="re-push the image with a current docker, podman or skopeo (schema 2 or OCI)",
+        )
+    if not mt:
+        # OCI allows mediaType to be absent; tell the two apart by shape.
+        mt = OCI_INDEX if "manifests" in doc else OCI_MANIFEST
+    if mt in INDEX_TYPES:
+        entries = doc.get("manifests")
+        if not isinstance(entries, list):
+            raise BadImageError(f"{what}: index has no 'manifests' list")
+        return Index(mt, tuple(parse_descriptor(m, what) for m in entries))
+    if mt in MANIFEST_TYPES:
+        layers = doc.get("layers")
+        if not isinstance(layers, list):
+            raise BadImageError(f"{what}: manifest has no 'layers' list")
+        return Manifest(
+            mt,
+            parse_descriptor(doc.get("config"), what),
+            tuple(parse_descriptor(layer, what) for layer in layers),
+        )
+    raise UnsupportedError(f"{what}: media type {mt!r} is not an image index or manifest")
+
+
+def parse_config(data: bytes, what: str) -> ImageConfig:
+    doc = load_json(data, what)
+    os_name = _str(doc, "os", what) or ""
+    arch = _str(doc, "architecture", what) or ""
+    variant = _str(doc, "variant", what, required=False)
+    cfg = doc.get("config") or {}
+    cfg = _obj(cfg, what, "config")
+    rootfs = _obj(doc.get("rootfs") or {}, what, "rootfs")
+    diff_ids = _str_list(rootfs, "diff_ids", what) or ()
+    return ImageConfig(
+        platform=platform_from_oci(os_name, arch, variant),
+        entrypoint=_str_list(cfg, "Entrypoint", what),
+        cmd=_str_list(cfg, "Cmd", what),
+        env=_str_list(cfg, "Env", what) or (),
+        workdir=_str(cfg, "WorkingDir", what, required=False) or None,
+        user=_str(cfg, "User", what, required=False) or None,
+        diff_ids=diff_ids,
+    )
+
+
+def select_manifest(index: Index, want: Platform, where: str) -> Descriptor:
+    """Pick the index entry for `want`; the error lists what is available."""
+    candidates = [
+        m for m in index.manifests if m.platform is not None and not m.is_attestation
+    ]
+    for m in candidates:
+        assert m.platform is not None
+        if want.matches(m.platform):
+            return m
+    raise NotFoundError(
+        f"no {want} in {where}; available: {format_platforms(index.platforms)}",
+        hint="choose one with --platform",
+    )

@@ -1,0 +1,205 @@
+"""Reading one layer: verify its digest as it streams, decompress by magic, walk its tar.
+
+Compression is told from the first bytes, never from the media type alone (registries
+and tools mislabel): gzip `1f 8b`, zstd `28 b5 2f fd`, else an uncompressed tar.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import tarfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import IO, Any
+
+import zstandard
+
+from kcompat.errors import BadImageError, IntegrityError
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+READ_BUFFER = 1 << 20
+
+
+class VerifyingReader(io.RawIOBase):
+    """Reads a blob and checks its digest and size once it has been read to the end.
+
+    `finish()` drains what the consumer left unread (tar padding, trailing zeros) and
+    verifies; a mismatch raises IntegrityError naming the blob.
+    """
+
+    def __init__(self, raw: IO[bytes], digest: str, size: int | None, what: str) -> None:
+        super().__init__()
+        self._raw = raw
+        self.digest = digest
+        self.size = size
+        self.what = what
+        self._hash = hashlib.new(digest.split(":", 1)[0])
+        self._count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._raw.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self._hash.update(data)
+        self._count += n
+        if self.size is not None and self._count > self.size:
+            raise IntegrityError(f"{self.what} is longer than the {self.size} bytes declared",
+                                 hint="the image is corrupt or hostile")
+        return n
+
+    def finish(self) -> None:
+        buf = bytearray(READ_BUFFER)
+        while self.readinto(buf):
+            pass
+        got = f"{self.digest.split(':', 1)[0]}:{self._hash.hexdigest()}"
+        if got != self.digest:
+            raise IntegrityError(f"{self.what}: content has digest {got}, expected {self.digest}",
+                                 hint="the image is corrupt or was tampered with; pull it again")
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
+
+
+class Compression(str, Enum):
+    NONE = "none"
+    GZIP = "gzip"
+    ZSTD = "zstd"
+
+
+def detect_compression(head: bytes) -> Compression:
+    if head.startswith(GZIP_MAGIC):
+        return Compression.GZIP
+    if head.startswith(ZSTD_MAGIC):
+        return Compression.ZSTD
+    return Compression.NONE
+
+
+def decompressed(raw: IO[bytes]) -> tuple[IO[bytes], Compression]:
+    """A stream of the tar bytes inside `raw`, whatever its compression."""
+    buffered = io.BufferedReader(raw, READ_BUFFER)  # type: ignore[arg-type]
+    kind = detect_compression(buffered.peek(4)[:4])
+    if kind is Compression.GZIP:
+        return gzip.GzipFile(fileobj=buffered, mode="rb"), kind
+    if kind is Compression.ZSTD:
+        dctx = zstandard.ZstdDecompressor()
+        stream: IO[bytes] = dctx.stream_reader(buffered, read_across_frames=True)
+        return stream, kind
+    return buffered, kind
+
+
+# Errors a corrupt compressed stream or tar raises, turned into one BadImageError.
+CORRUPT_ERRORS: tuple[type[BaseException], ...] = (
+    tarfile.TarError, zlib.error, EOFError, gzip.BadGzipFile, zstandard.ZstdError, OSError,
+)
+
+
+class FileKind(str, Enum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    HARDLINK = "hardlink"
+    CHAR = "char"
+    BLOCK = "block"
+    FIFO = "fifo"
+
+
+_KINDS = {
+    tarfile.REGTYPE: FileKind.FILE, tarfile.AREGTYPE: FileKind.FILE,
+    tarfile.CONTTYPE: FileKind.FILE, tarfile.DIRTYPE: FileKind.DIR,
+    tarfile.SYMTYPE: FileKind.SYMLINK, tarfile.LNKTYPE: FileKind.HARDLINK,
+    tarfile.CHRTYPE: FileKind.CHAR, tarfile.BLKTYPE: FileKind.BLOCK,
+    tarfile.FIFOTYPE: FileKind.FIFO,
+}
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of an image, as the merged view reports it."""
+
+    path: str  # relative, normalised, no leading '/': "usr/bin/env"
+    kind: FileKind
+    mode: int  # permission bits, 0o7777
+    size: int
+    linkname: str  # symlink target as written; hardlink target as a normalised path
+    uid: int
+    gid: int
+    devmajor: int
+    devminor: int
+    layer: int  # index of the layer it comes from, 0 = lowest
+
+
+@dataclass(frozen=True)
+class LayerIssue:
+    """Something in a layer that was refused or neutralised, for the report."""
+
+    layer: str  # layer digest
+    path: str
+    action: str  # "refused" | "neutralised" | "skipped"
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.path!r} in layer {self.layer[:19]}: {self.reason}"
+
+
+def clean_path(name: str) -> tuple[str | None, str | None]:
+    """Normalise a tar member name; (path, note). path None = refuse; '' = the root itself."""
+    note = None
+    if name.startswith("/"):
+        note = "absolute path made relative to the image root"
+    parts: list[str] = []
+    for comp in name.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if not parts:
+                return None, "path climbs out of the image root with '..'"
+            parts.pop()
+            note = note or "'..' resolved inside the path"
+            continue
+        parts.append(comp)
+    return "/".join(parts), note
+
+
+@dataclass
+class TarMember:
+    info: tarfile.TarInfo
+    tar: tarfile.TarFile
+
+    def open(self) -> IO[bytes]:
+        f = self.tar.extractfile(self.info)
+        if f is None:
+            raise BadImageError(f"{self.info.name}: not a regular file")
+        return f
+
+
+def iter_tar(reader: VerifyingReader, what: str) -> Iterator[TarMember]:
+    """The members of one layer in order, then the layer's digest check."""
+    try:
+        stream, _ = decompressed(reader)
+        with tarfile.open(fileobj=stream, mode="r|", errorlevel=1) as tar:
+            for info in tar:
+                yield TarMember(info, tar)
+        # Drain the decompressor to its end (so gzip checks its CRC) and the blob to EOF.
+        while stream.read(READ_BUFFER):
+            pass
+        reader.finish()
+    except CORRUPT_ERRORS as e:
+        raise BadImageError(f"{what} is truncated or corrupt: {e.__class__.__name__}: {e}",
+                            hint="pull the image again; if it persists the image itself is broken") from None
+    finally:
+        reader.close()
+
+
+def entry_kind(info: tarfile.TarInfo) -> FileKind | None:
+    return _KINDS.get(info.type)

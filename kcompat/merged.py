@@ -1,0 +1,152 @@
+"""The merged view: an image's final files, in one streaming pass over its layers.
+
+Layers are read from the top (newest) down. A file is final when no higher layer has
+the same path, a whiteout for it or an ancestor (`.wh.NAME`), an opaque marker on an
+ancestor (`.wh..wh..opq`), or a non-directory at an ancestor. These are the OCI image
+spec's rules (layer.md, "Whiteouts"): reading top-down needs no extraction and no
+second pass. Within one layer a path written twice is yielded twice; the later wins.
+
+Hostile entries are refused or neutralised and recorded as LayerIssues:
+`..` escaping the root, paths through a symlink or file of the same layer, a lower
+layer's non-directory where a higher layer writes a directory, absurd sizes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO
+
+from kcompat.layers import (
+    FileEntry,
+    FileKind,
+    LayerIssue,
+    TarMember,
+    VerifyingReader,
+    clean_path,
+    entry_kind,
+    iter_tar,
+)
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+DEFAULT_MAX_FILE_SIZE = 64 * 1024**3  # 64 GiB: no real image file is larger
+
+
+def max_file_size() -> int:
+    return int(os.environ.get("KCOMPAT_MAX_FILE_SIZE", DEFAULT_MAX_FILE_SIZE))
+
+
+@dataclass(frozen=True)
+class LayerInput:
+    digest: str
+    open: Callable[[], VerifyingReader]
+
+
+@dataclass
+class ViewItem:
+    """A final file; `open()` reads its bytes and is valid only until the next item."""
+
+    entry: FileEntry
+    member: TarMember | None = field(repr=False, default=None)
+
+    def open(self) -> IO[bytes]:
+        if self.member is None or self.entry.kind is not FileKind.FILE:
+            raise ValueError(f"{self.entry.path} has no content to read")
+        return self.member.open()
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    i = path.rfind("/")
+    while i > 0:
+        path = path[:i]
+        yield path
+        i = path.rfind("/")
+
+
+class MergedView:
+    def __init__(self, layers: Sequence[LayerInput], max_size: int | None = None) -> None:
+        self.layers = list(layers)
+        self.issues: list[LayerIssue] = []
+        self.max_size = max_size if max_size is not None else max_file_size()
+
+    def __iter__(self) -> Iterator[ViewItem]:
+        seen: set[str] = set()  # exact paths final in a higher layer
+        masked: set[str] = set()  # whiteouts and non-directories of higher layers
+        opaque: set[str] = set()  # directories whose lower content is hidden
+        implied_dirs: set[str] = set()  # ancestors of anything yielded so far
+        for index in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[index]
+            what = f"layer {layer.digest}"
+            seen_here: set[str] = set()
+            masked_here: set[str] = set()
+            opaque_here: set[str] = set()
+            nondir_here: set[str] = set()
+            for member in iter_tar(layer.open(), what):
+                info = member.info
+                path, note = clean_path(info.name)
+                if path is None:
+                    self._issue(layer, info.name, "refused", note or "bad path")
+                    continue
+                if path == "":
+                    continue  # the root directory itself
+                if note:
+                    self._issue(layer, info.name, "neutralised", note)
+                parent, _, base = path.rpartition("/")
+                if base.startswith(WHITEOUT):
+                    if base == OPAQUE:
+                        opaque_here.add(parent)
+                    elif not base.startswith(WHITEOUT + WHITEOUT):  # .wh..wh.plnk (aufs)
+                        masked_here.add(f"{parent}/{base[4:]}" if parent else base[4:])
+                    continue
+                # Hidden by a higher layer: normal layering, not an issue.
+                if path in seen or path in masked or any(
+                    a in masked or a in opaque for a in _ancestors(path)
+                ):
+                    continue
+                kind = entry_kind(info)
+                if kind is None:
+                    self._issue(layer, path, "skipped", f"unsupported tar entry type {info.type!r}")
+                    continue
+                bad_parent = next((a for a in _ancestors(path) if a in nondir_here), None)
+                if bad_parent is not None:
+                    self._issue(layer, path, "refused",
+                                f"written through {bad_parent!r}, which this layer made a "
+                                "symlink or file")
+                    continue
+                if kind is not FileKind.DIR and path in implied_dirs:
+                    self._issue(layer, path, "neutralised",
+                                f"this {kind.value} is replaced by the directory that "
+                                "a higher layer writes into")
+                    continue
+                if kind is FileKind.FILE and info.size > self.max_size:
+                    self._issue(layer, path, "refused",
+                                f"size {info.size} exceeds the limit {self.max_size} "
+                                "(KCOMPAT_MAX_FILE_SIZE)")
+                    continue
+                linkname = info.linkname
+                if kind is FileKind.HARDLINK:
+                    target, _ = clean_path(linkname)
+                    if not target:
+                        self._issue(layer, path, "refused",
+                                    f"hard link to {linkname!r} points outside the image root")
+                        continue
+                    linkname = target
+                seen_here.add(path)
+                if kind is not FileKind.DIR:
+                    nondir_here.add(path)
+                implied_dirs.update(_ancestors(path))
+                entry = FileEntry(
+                    path=path, kind=kind, mode=info.mode & 0o7777,
+                    size=info.size if kind is FileKind.FILE else 0,
+                    linkname=linkname, uid=info.uid, gid=info.gid,
+                    devmajor=info.devmajor, devminor=info.devminor, layer=index,
+                )
+                yield ViewItem(entry, member if kind is FileKind.FILE else None)
+            seen |= seen_here
+            masked |= masked_here | nondir_here
+            opaque |= opaque_here
+
+    def _issue(self, layer: LayerInput, path: str, action: str, reason: str) -> None:
+        self.issues.append(LayerIssue(layer.digest, path, action, reason))

@@ -1,0 +1,86 @@
+"""Turn a reference into a resolved image with its layers local: what `pull` and
+`inspect` do, and what later commands build on."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kcompat.image import ResolvedImage
+from kcompat.layers import LayerIssue
+from kcompat.merged import LayerInput, MergedView
+from kcompat.platform import host_platform
+from kcompat.progress import Progress
+from kcompat.reference import LocalRef, Transport, parse_reference
+from kcompat.rootfs import cached_rootfs
+from kcompat.sources import Options, Source, open_source
+from kcompat.store import BlobStore
+
+
+@dataclass
+class OpenImage:
+    source: Source
+    image: ResolvedImage
+
+    def layer_inputs(self) -> list[LayerInput]:
+        src = self.source
+        return [LayerInput(d.digest, lambda d=d: src.open_layer(d)) for d in self.image.layers]
+
+    def files(self) -> MergedView:
+        return MergedView(self.layer_inputs())
+
+
+@contextlib.contextmanager
+def open_image(reference: str, options: Options | None = None) -> Iterator[OpenImage]:
+    options = options or Options()
+    ref = parse_reference(reference)
+    source = open_source(ref, options)
+    try:
+        image = source.resolve(options.platform, host_platform())
+        yield OpenImage(source, image)
+    finally:
+        source.close()
+
+
+def pull(opened: OpenImage, store: BlobStore, progress: Progress | None = None,
+         jobs: int = 4) -> None:
+    opened.source.fetch(opened.image, store, progress, jobs)
+
+
+def unpack(opened: OpenImage, store: BlobStore) -> tuple[Path, list[LayerIssue]]:
+    """The image's root filesystem directory (a `dir:` source is its own rootfs)."""
+    ref = getattr(opened.source, "ref", None)
+    if isinstance(ref, LocalRef) and ref.transport is Transport.DIR:
+        return Path(ref.path), []
+    return cached_rootfs(opened.layer_inputs(), store)
+
+
+def inspect_report(image: ResolvedImage) -> dict[str, Any]:
+    """The JSON-able description `kcompat inspect` shows."""
+    cfg = image.config
+    return {
+        "reference": image.reference,
+        "digest": image.manifest_digest,
+        "mediaType": image.manifest_media_type,
+        "index": (
+            {"digest": image.index_digest, "platforms": [str(p) for p in image.index_platforms]}
+            if image.index_digest else None
+        ),
+        "os": cfg.platform.os,
+        "architecture": cfg.platform.architecture,
+        "variant": cfg.platform.variant,
+        "config": {
+            "digest": image.config_digest,
+            "entrypoint": list(cfg.entrypoint) if cfg.entrypoint is not None else None,
+            "cmd": list(cfg.cmd) if cfg.cmd is not None else None,
+            "env": list(cfg.env),
+            "workdir": cfg.workdir,
+            "user": cfg.user,
+        },
+        "layers": [
+            {"digest": d.digest, "mediaType": d.media_type, "size": d.size} for d in image.layers
+        ],
+    }

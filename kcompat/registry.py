@@ -1,0 +1,371 @@
+"""A client for the distribution (OCI) registry API v2, on requests.
+
+Handles: the anonymous or credentialed Bearer token flow from `WWW-Authenticate`
+(as Docker Hub and ghcr.io use it), Basic auth, retries with exponential backoff on
+429/5xx and connection errors (honouring Retry-After), and blob downloads that are
+streamed, digest-checked while streaming, resumed with HTTP Range after an interruption,
+and renamed into the blob store only once verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import time
+from collections.abc import Callable, Iterable
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from kcompat import __version__
+from kcompat.auth import Challenge, Credentials, parse_www_authenticate, stored_credentials
+from kcompat.errors import AuthError, IntegrityError, NetworkError, NotFoundError
+from kcompat.image import ACCEPT, Descriptor, check_digest, sha256_digest
+from kcompat.progress import NoProgress, Progress
+from kcompat.reference import RegistryRef
+from kcompat.store import BlobStore
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # distribution's own limit for a manifest
+MAX_RETRY_AFTER = 60.0
+CHUNK = 1 << 20
+USER_AGENT = f"kcompat/{__version__}"
+
+
+def insecure_hosts_from_env() -> frozenset[str]:
+    raw = os.environ.get("KCOMPAT_INSECURE_REGISTRIES", "")
+    return frozenset(h.strip() for h in raw.split(",") if h.strip())
+
+
+def uses_plain_http(host: str, insecure: Iterable[str] = ()) -> bool:
+    """localhost and loopback registries speak plain HTTP; others only when named insecure."""
+    if host in insecure:
+        return True
+    name = host
+    if name.startswith("["):
+        name = name[1 : name.index("]")]
+    elif name.count(":") == 1:
+        name = name.rsplit(":", 1)[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return min(max(when - time.time(), 0.0), MAX_RETRY_AFTER)
+
+
+def _error_codes(response: requests.Response) -> str:
+    """The registry's `errors[].code` list, e.g. MANIFEST_UNKNOWN, for messages."""
+    try:
+        doc = response.json()
+        codes = [str(e.get("code")) for e in doc.get("errors", []) if isinstance(e, dict)]
+    except (ValueError, AttributeError):
+        return ""
+    return f" ({', '.join(codes)})" if codes else ""
+
+
+class RegistryClient:
+    def __init__(
+        self,
+        ref: RegistryRef,
+        *,
+        creds: Credentials | None = None,
+        insecure_hosts: Iterable[str] = (),
+        retries: int | None = None,
+        backoff: float = 0.5,
+        timeout: float = 60.0,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.ref = ref
+        host = ref.api_host
+        insecure = frozenset(insecure_hosts) | insecure_hosts_from_env()
+        self.plain_http = uses_plain_http(host, insecure) or uses_plain_http(ref.registry, insecure)
+        scheme = "http" if self.plain_http else "https"
+        self.base = f"{scheme}://{host}/v2/{ref.repository}"
+        self.creds = creds
+        self._creds_loaded = creds is not None
+        self.retries = retries if retries is not None else int(os.environ.get("KCOMPAT_RETRIES", "4"))
+        self.backoff = backoff
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self.session.headers["User-Agent"] = USER_AGENT
+        self._sleep = sleep
+        self._auth_header: str | None = None
+
+    # -- transport -------------------------------------------------------------------
+    def _credentials(self) -> Credentials | None:
+        if not self._creds_loaded:
+            self.creds = stored_credentials(self.ref.registry)
+            self._creds_loaded = True
+        return self.creds
+
+    def _once(self, method: str, url: str, headers: dict[str, str], stream: bool,
+              auth: Any = None) -> requests.Response:
+        """One request, retried on connection errors, 429 and 5xx."""
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.session.request(
+                    method, url, headers=headers, stream=stream, auth=auth,
+                    timeout=(10.0, self.timeout),
+                )
+            except requests.exceptions.SSLError as e:
+                raise NetworkError(
+                    f"TLS with {url.split('/')[2]} failed: {e.__class__.__name__}",
+                    hint="if it serves plain HTTP, pass --insecure-registry HOST",
+                ) from None
+            except (requests.ConnectionError, requests.Timeout) as e:
+                if attempt < self.retries:
+                    self._sleep(self.backoff * (2**attempt))
+                    continue
+                raise NetworkError(
+                    f"cannot reach registry {url.split('/')[2]}: {_reason(e)}",
+                    hint="check the address, the port and that the registry is running",
+                ) from None
+            if response.status_code in RETRY_STATUSES and attempt < self.retries:
+                delay = _retry_after(response)
+                response.close()
+                self._sleep(delay if delay is not None else self.backoff * (2**attempt))
+                continue
+            return response
+        raise AssertionError("unreachable")
+
+    def request(self, method: str, path: str, *, headers: dict[str, str] | None = None,
+                stream: bool = False) -> requests.Response:
+        """A request to the repository's API, answering one auth challenge if asked."""
+        url = f"{self.base}/{path}"
+        hdrs = dict(headers or {})
+        if self._auth_header:
+            hdrs["Authorization"] = self._auth_header
+        response = self._once(method, url, hdrs, stream)
+        if response.status_code == 401:
+            challenge = parse_www_authenticate(response.headers.get("WWW-Authenticate", ""))
+            response.close()
+            if challenge is None:
+                raise AuthError(f"{self.ref}: the registry refused access without saying how to log in")
+            self._answer(challenge)
+            hdrs["Authorization"] = self._auth_header or ""
+            response = self._once(method, url, hdrs, stream)
+            if response.status_code == 401:
+                response.close()
+                who = "with the given credentials" if self.creds else "anonymously"
+                raise AuthError(
+                    f"{self.ref}: access denied {who}",
+                    hint="the repository may be private or not exist; pass --creds USER:PASSWORD",
+                )
+        if response.status_code == 403:
+            codes = _error_codes(response)
+            response.close()
+            raise AuthError(f"{self.ref}: access forbidden{codes}",
+                            hint="check that these credentials may pull this repository")
+        return response
+
+    def _answer(self, challenge: Challenge) -> None:
+        creds = self._credentials()
+        if challenge.scheme == "basic":
+            if creds is None:
+                raise AuthError(f"{self.ref}: the registry needs a user name and password",
+                                hint="pass --creds USER:PASSWORD or log in with docker/podman")
+            self._auth_header = requests.auth._basic_auth_str(creds.username, creds.password)
+            return
+        if challenge.scheme != "bearer" or "realm" not in challenge.params:
+            raise AuthError(f"{self.ref}: unsupported auth challenge {challenge.scheme!r}")
+        params = {"scope": challenge.params.get("scope") or f"repository:{self.ref.repository}:pull"}
+        if "service" in challenge.params:
+            params["service"] = challenge.params["service"]
+        realm = challenge.params["realm"]
+        auth = (creds.username, creds.password) if creds else None
+        query = "&".join(f"{k}={requests.utils.quote(v, safe=':/,')}" for k, v in params.items())
+        response = self._once("GET", f"{realm}?{query}", {}, False, auth=auth)
+        if response.status_code in (401, 403):
+            raise AuthError(f"{self.ref}: the token service {realm} refused the credentials",
+                            hint="check --creds or the stored login")
+        if response.status_code != 200:
+            raise AuthError(f"{self.ref}: the token service {realm} answered {response.status_code}")
+        try:
+            doc = response.json()
+            token = doc.get("token") or doc.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise AuthError(f"{self.ref}: the token service {realm} sent no token")
+        self._auth_header = f"Bearer {token}"
+
+    def _fail(self, response: requests.Response, what: str) -> None:
+        code = response.status_code
+        codes = _error_codes(response)
+        response.close()
+        if code == 404:
+            raise NotFoundError(f"{what} not found{codes}",
+                                hint="check the repository name and tag")
+        raise NetworkError(f"{what}: registry answered HTTP {code}{codes}",
+                           hint="try again later" if code >= 500 or code == 429 else None)
+
+    # -- manifests and small blobs ---------------------------------------------------
+    def get_manifest(self, reference: str) -> tuple[bytes, str, str]:
+        """(bytes, media type, digest) of a manifest or index, digest checked."""
+        what = f"{self.ref.name}@{reference}" if ":" in reference else f"{self.ref.name}:{reference}"
+        response = self.request("GET", f"manifests/{reference}", headers={"Accept": ACCEPT},
+                                stream=True)
+        if response.status_code != 200:
+            self._fail(response, f"manifest {what}")
+        data = _read_limited(response, MAX_MANIFEST_BYTES, f"manifest {what}")
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        digest = sha256_digest(data)
+        if reference.startswith("sha256:"):
+            check_digest(data, reference, f"manifest {what}")
+        header = response.headers.get("Docker-Content-Digest")
+        if header and header.startswith("sha256:") and header != digest:
+            raise IntegrityError(f"manifest {what}: content has digest {digest}, the registry says {header}",
+                                 hint="the registry or a proxy altered the manifest")
+        return data, media_type, digest
+
+    def get_small_blob(self, desc: Descriptor, limit: int = 64 * 1024 * 1024) -> bytes:
+        what = f"blob {desc.digest} of {self.ref.name}"
+        response = self.request("GET", f"blobs/{desc.digest}", stream=True)
+        if response.status_code != 200:
+            self._fail(response, what)
+        data = _read_limited(response, limit, what)
+        check_digest(data, desc.digest, what)
+        return data
+
+    # -- layers ----------------------------------------------------------------------
+    def fetch_blob(self, desc: Descriptor, store: BlobStore, progress: Progress | None = None) -> Path:
+        """Download a blob into the store (resuming a partial file), return its path."""
+        progress = progress or NoProgress()
+        store.ensure_dirs(desc.digest)
+        with store.lock(desc.digest):
+            if store.has(desc.digest):
+                return store.path(desc.digest)
+            partial = store.partial_path(desc.digest)
+            key = desc.digest
+            progress.start(key, desc.digest.split(":")[1][:12], desc.size)
+            try:
+                for attempt in range(self.retries + 1):
+                    try:
+                        hasher = self._download(desc, partial, progress)
+                        break
+                    except _Interrupted as e:
+                        if attempt >= self.retries:
+                            raise NetworkError(
+                                f"download of {desc.digest} from {self.ref.name} kept failing: {e}",
+                                hint="run the command again: it resumes where it stopped",
+                            ) from None
+                        self._sleep(self.backoff * (2**attempt))
+                got = f"{desc.digest.split(':')[0]}:{hasher.hexdigest()}"
+                if got != desc.digest:
+                    partial.unlink(missing_ok=True)
+                    raise IntegrityError(
+                        f"blob {desc.digest} of {self.ref.name}: downloaded content has digest {got}",
+                        hint="the registry's copy is corrupt or was tampered with; "
+                        "the download was deleted",
+                    )
+                return store.commit_partial(desc.digest)
+            finally:
+                progress.finish(key)
+
+    def _download(self, desc: Descriptor, partial: Path, progress: Progress) -> Any:
+        """Bring `partial` to the full blob; return the hash of its whole content."""
+        offset = partial.stat().st_size if partial.exists() else 0
+        if offset > desc.size:
+            partial.unlink()
+            offset = 0
+        hasher = hashlib.new(desc.digest.split(":")[0])
+        if offset == desc.size and offset > 0:
+            _hash_file(hasher, partial)
+            return hasher
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        response = self.request("GET", f"blobs/{desc.digest}", headers=headers, stream=True)
+        if response.status_code == 416 and offset:
+            response.close()
+            partial.unlink()
+            raise _Interrupted("the registry refused the resume range; restarting")
+        if response.status_code not in (200, 206):
+            self._fail(response, f"blob {desc.digest} of {self.ref.name}")
+        mode = "ab" if response.status_code == 206 and offset else "wb"
+        written = offset if mode == "ab" else 0
+        if written:
+            _hash_file(hasher, partial)  # the kept prefix, once, on resume only
+        progress.advance(desc.digest, written)
+        try:
+            with open(partial, mode) as out:
+                for chunk in response.iter_content(CHUNK):
+                    written += len(chunk)
+                    if written > desc.size:
+                        raise IntegrityError(
+                            f"blob {desc.digest} of {self.ref.name} is larger than the "
+                            f"{desc.size} bytes its manifest says",
+                            hint="the registry content is corrupt or hostile",
+                        )
+                    out.write(chunk)
+                    hasher.update(chunk)
+                    progress.advance(desc.digest, len(chunk))
+                out.flush()
+                os.fsync(out.fileno())
+        except IntegrityError:
+            partial.unlink(missing_ok=True)
+            raise
+        except (requests.ConnectionError, requests.Timeout,
+                requests.exceptions.ChunkedEncodingError) as e:
+            raise _Interrupted(_reason(e)) from None
+        finally:
+            response.close()
+        if written < desc.size:
+            raise _Interrupted(f"connection closed after {written} of {desc.size} bytes")
+        return hasher
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _hash_file(hasher: Any, path: Path) -> None:
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            hasher.update(chunk)
+
+
+def _read_limited(response: requests.Response, limit: int, what: str) -> bytes:
+    parts: list[bytes] = []
+    total = 0
+    try:
+        for chunk in response.iter_content(CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise NetworkError(f"{what} is larger than {limit} bytes; refusing it")
+            parts.append(chunk)
+    except (requests.ConnectionError, requests.Timeout,
+            requests.exceptions.ChunkedEncodingError) as e:
+        raise NetworkError(f"{what}: connection failed while reading: {_reason(e)}",
+                           hint="try again") from None
+    finally:
+        response.close()
+    return b"".join(parts)
+
+
+def _reason(e: Exception) -> str:
+    text = str(e)
+    for marker in ("Connection refused", "Name or service not known", "timed out",
+                   "Temporary failure in name resolution", "No route to host",
+                   "Connection reset", "Connection broken"):
+        if marker in text:
+            return marker.lower()
+    return e.__class__.__name__

@@ -1,0 +1,435 @@
+"""Where an image comes from: a registry, an OCI layout, an archive, or a directory.
+
+Every source answers the same three questions: which single-platform image does this
+reference name (`resolve`), how do I get its layers local (`fetch`), and how do I read
+a layer's raw bytes (`open_layer`, digest-checked as it is read).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tarfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from kcompat.auth import Credentials
+from kcompat.errors import BadImageError, KcompatError, NotFoundError, UsageError
+from kcompat.image import (
+    ANNOTATION_REF_NAME,
+    DOCKER_CONFIG,
+    DOCKER_MANIFEST,
+    Descriptor,
+    ImageConfig,
+    Index,
+    Manifest,
+    ResolvedImage,
+    check_digest,
+    load_json,
+    parse_config,
+    parse_document,
+    select_manifest,
+)
+from kcompat.layers import VerifyingReader
+from kcompat.platform import Platform
+from kcompat.progress import NoProgress, Progress
+from kcompat.reference import ImageReference, LocalRef, RegistryRef, Transport
+from kcompat.registry import RegistryClient
+from kcompat.store import BlobStore
+
+MAX_NESTED_INDEXES = 4
+MAX_SMALL_BLOB = 64 * 1024 * 1024
+DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
+
+
+@dataclass(frozen=True)
+class Options:
+    platform: Platform | None = None  # None: the host's platform
+    creds: Credentials | None = None
+    insecure_hosts: tuple[str, ...] = ()
+    jobs: int = 4
+
+
+class Source:
+    """Base: subclasses provide the root document and small blobs."""
+
+    where: str
+
+    def _root(self) -> tuple[bytes, str | None, str | None]:
+        raise NotImplementedError
+
+    def _manifest_blob(self, desc: Descriptor) -> bytes:
+        return self._small_blob(desc)
+
+    def _small_blob(self, desc: Descriptor) -> bytes:
+        raise NotImplementedError
+
+    def open_layer(self, desc: Descriptor) -> VerifyingReader:
+        raise NotImplementedError
+
+    def fetch(self, image: ResolvedImage, store: BlobStore, progress: Progress | None = None,
+              jobs: int = 4) -> None:
+        """Make every layer readable locally (a no-op for local sources)."""
+
+    def close(self) -> None:
+        pass
+
+    def resolve(self, want: Platform | None, default: Platform) -> ResolvedImage:
+        data, media_type, digest = self._root()
+        doc = parse_document(data, media_type, self.where)
+        index_digest: str | None = None
+        platforms: tuple[Platform, ...] = ()
+        depth = 0
+        while isinstance(doc, Index):
+            depth += 1
+            if depth > MAX_NESTED_INDEXES:
+                raise BadImageError(f"{self.where}: indexes nested deeper than {MAX_NESTED_INDEXES}")
+            if index_digest is None:
+                index_digest, platforms = digest, doc.platforms
+            entry = self._pick(doc, want or default)
+            data = self._manifest_blob(entry)
+            doc = parse_document(data, entry.media_type, self.where)
+            digest = entry.digest
+        config_bytes = self._small_blob(doc.config)
+        config = parse_config(config_bytes, f"{self.where} config")
+        if index_digest is None and want is not None and not want.matches(config.platform):
+            raise NotFoundError(
+                f"no {want} in {self.where}; available: {config.platform} (a single-platform image)",
+                hint="choose it with --platform or drop --platform",
+            )
+        return ResolvedImage(
+            reference=self.where,
+            manifest_digest=digest,
+            manifest_media_type=doc.media_type,
+            index_digest=index_digest,
+            index_platforms=platforms,
+            config_digest=doc.config.digest,
+            config=config,
+            layers=doc.layers,
+        )
+
+    def _pick(self, index: Index, want: Platform) -> Descriptor:
+        # An index entry without a platform (an OCI layout pointing at one manifest, or
+        # at a nested index) is followed when it is the only candidate.
+        real = [m for m in index.manifests if not m.is_attestation]
+        if len(real) == 1 and real[0].platform is None:
+            return real[0]
+        return select_manifest(index, want, self.where)
+
+
+class RegistrySource(Source):
+    def __init__(self, ref: RegistryRef, options: Options) -> None:
+        self.ref = ref
+        self.where = str(ref)
+        self.client = RegistryClient(ref, creds=options.creds, insecure_hosts=options.insecure_hosts)
+        self._store: BlobStore | None = None
+
+    def _root(self) -> tuple[bytes, str | None, str | None]:
+        return self.client.get_manifest(self.ref.reference)
+
+    def _manifest_blob(self, desc: Descriptor) -> bytes:
+        data, _, _ = self.client.get_manifest(desc.digest)
+        return data
+
+    def _small_blob(self, desc: Descriptor) -> bytes:
+        return self.client.get_small_blob(desc, MAX_SMALL_BLOB)
+
+    def fetch(self, image: ResolvedImage, store: BlobStore, progress: Progress | None = None,
+              jobs: int = 4) -> None:
+        self._store = store
+        todo = [d for d in image.layers if not store.has(d.digest)]
+        if not todo:
+            return
+        progress = progress or NoProgress()
+        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
+            futures = [pool.submit(self.client.fetch_blob, d, store, progress) for d in todo]
+            first_error: BaseException | None = None
+            for f in futures:
+                try:
+                    f.result()
+                except BaseException as e:  # keep the first; let the rest finish or fail
+                    if first_error is None:
+                        first_error = e
+                        for other in futures:
+                            other.cancel()
+            if first_error is not None:
+                raise first_error
+
+    def open_layer(self, desc: Descriptor) -> VerifyingReader:
+        store = self._store or BlobStore()
+        path = store.path(desc.digest)
+        if not path.is_file():
+            raise NotFoundError(f"layer {desc.digest} of {self.where} is not in the cache",
+                                hint="run 'kcompat pull' first")
+        return VerifyingReader(open(path, "rb"), desc.digest, desc.size, f"layer {desc.digest}")
+
+
+class _BlobDir:
+    """Blobs in an OCI layout: blobs/<algo>/<hex>, found on disk or in an archive."""
+
+    def __init__(self, opener: Callable[[str], IO[bytes] | None], where: str) -> None:
+        self._open = opener
+        self.where = where
+
+    def open(self, desc: Descriptor) -> IO[bytes]:
+        algo, _, hexpart = desc.digest.partition(":")
+        if not re.fullmatch(r"[a-f0-9]{64}|[a-f0-9]{128}", hexpart):
+            raise BadImageError(f"{self.where}: {desc.digest!r} is not a valid digest")
+        f = self._open(f"blobs/{algo}/{hexpart}")
+        if f is None:
+            raise NotFoundError(f"{self.where}: blob {desc.digest} is missing",
+                                hint="the layout is incomplete; copy the image again")
+        return f
+
+    def read_small(self, desc: Descriptor) -> bytes:
+        if desc.size > MAX_SMALL_BLOB:
+            raise BadImageError(f"{self.where}: {desc.digest} claims {desc.size} bytes")
+        with self.open(desc) as f:
+            data = f.read(MAX_SMALL_BLOB + 1)
+        check_digest(data, desc.digest, f"{self.where}: blob {desc.digest}")
+        return data
+
+
+def _choose_from_layout_index(index_bytes: bytes, ref: str | None, where: str) -> Descriptor:
+    doc = parse_document(index_bytes, None, f"{where}/index.json")
+    if not isinstance(doc, Index):
+        raise BadImageError(f"{where}: index.json is not an image index")
+    if ref is not None:
+        named = [m for m in doc.manifests if m.annotations.get(ANNOTATION_REF_NAME) == ref]
+        if not named:
+            raise NotFoundError(f"{where}: no image named {ref!r}; available: {_ref_names(doc)}")
+        return named[0]
+    if len(doc.manifests) == 1:
+        return doc.manifests[0]
+    raise UsageError(f"{where} holds {len(doc.manifests)} images; name one as {where}:REF",
+                     hint=f"available: {_ref_names(doc)}")
+
+
+def _ref_names(doc: Index) -> str:
+    names = [m.annotations.get(ANNOTATION_REF_NAME, m.digest) for m in doc.manifests]
+    return ", ".join(names) or "none"
+
+
+class OCILayoutSource(Source):
+    def __init__(self, ref: LocalRef) -> None:
+        self.path = Path(ref.path)
+        self.ref = ref
+        self.where = str(ref)
+        if not (self.path / "index.json").is_file():
+            raise NotFoundError(f"{self.path} is not an OCI image layout (no index.json)",
+                                hint="give the directory that holds oci-layout and index.json")
+        self.blobs = _BlobDir(self._open_file, self.where)
+        self._root_desc: Descriptor | None = None
+
+    def _open_file(self, rel: str) -> IO[bytes] | None:
+        try:
+            return open(self.path / rel, "rb")
+        except FileNotFoundError:
+            return None
+
+    def _root(self) -> tuple[bytes, str | None, str | None]:
+        index_bytes = (self.path / "index.json").read_bytes()
+        desc = _choose_from_layout_index(index_bytes, self.ref.ref, self.where)
+        return self.blobs.read_small(desc), desc.media_type, desc.digest
+
+    def _small_blob(self, desc: Descriptor) -> bytes:
+        return self.blobs.read_small(desc)
+
+    def open_layer(self, desc: Descriptor) -> VerifyingReader:
+        return VerifyingReader(self.blobs.open(desc), desc.digest, desc.size, f"layer {desc.digest}")
+
+
+class _Archive:
+    """A tar archive read in place (no extraction), members looked up by name."""
+
+    def __init__(self, path: Path, where: str) -> None:
+        try:
+            self.tar = tarfile.open(path, "r:")
+        except FileNotFoundError:
+            raise NotFoundError(f"{where}: no such file", hint="check the path") from None
+        except (tarfile.TarError, OSError) as e:
+            raise BadImageError(f"{where}: not a readable tar archive ({e})") from None
+        self.members: dict[str, tarfile.TarInfo] = {}
+        for m in self.tar.getmembers():
+            name = os.path.normpath(m.name.lstrip("/"))
+            if m.isfile():
+                self.members[name] = m
+
+    def open(self, name: str) -> IO[bytes] | None:
+        m = self.members.get(os.path.normpath(name))
+        if m is None:
+            return None
+        return self.tar.extractfile(m)
+
+    def close(self) -> None:
+        self.tar.close()
+
+
+class OCIArchiveSource(Source):
+    def __init__(self, ref: LocalRef) -> None:
+        self.ref = ref
+        self.where = str(ref)
+        self.archive = _Archive(Path(ref.path), self.where)
+        self.blobs = _BlobDir(self.archive.open, self.where)
+
+    def _root(self) -> tuple[bytes, str | None, str | None]:
+        f = self.archive.open("index.json")
+        if f is None:
+            raise BadImageError(f"{self.where}: no index.json; not an OCI archive")
+        desc = _choose_from_layout_index(f.read(), self.ref.ref, self.where)
+        return self.blobs.read_small(desc), desc.media_type, desc.digest
+
+    def _small_blob(self, desc: Descriptor) -> bytes:
+        return self.blobs.read_small(desc)
+
+    def open_layer(self, desc: Descriptor) -> VerifyingReader:
+        return VerifyingReader(self.blobs.open(desc), desc.digest, desc.size, f"layer {desc.digest}")
+
+    def close(self) -> None:
+        self.archive.close()
+
+
+class DockerArchiveSource(Source):
+    """`docker save` output: manifest.json lists Config and Layers paths in the tar.
+
+    There is no registry manifest, so kcompat builds the equivalent Docker v2 manifest:
+    the legacy layers are uncompressed tars whose digests are the config's diff_ids
+    (and newer archives name their blobs by digest). No manifest digest is reported.
+    """
+
+    def __init__(self, ref: LocalRef) -> None:
+        self.ref = ref
+        self.where = str(ref)
+        self.archive = _Archive(Path(ref.path), self.where)
+        self._entries: list[dict[str, Any]] = []
+        self._layer_paths: dict[str, str] = {}
+
+    def _entry(self) -> dict[str, Any]:
+        f = self.archive.open("manifest.json")
+        if f is None:
+            raise BadImageError(f"{self.where}: no manifest.json; not a docker-archive")
+        try:
+            entries = json.loads(f.read())
+        except ValueError as e:
+            raise BadImageError(f"{self.where}: manifest.json is not valid JSON ({e})") from None
+        if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+            raise BadImageError(f"{self.where}: manifest.json lists no images")
+        if self.ref.index is not None:
+            if self.ref.index >= len(entries):
+                raise NotFoundError(f"{self.where}: the archive has {len(entries)} images")
+            return entries[self.ref.index]
+        if self.ref.ref is not None:
+            want = self.ref.ref
+            for e in entries:
+                tags = e.get("RepoTags") or []
+                if want in tags or any(_normal_tag(t) == want for t in tags):
+                    return e
+            raise NotFoundError(f"{self.where}: no image tagged {want!r}")
+        if len(entries) > 1:
+            raise UsageError(f"{self.where} holds {len(entries)} images; name one",
+                             hint="use docker-archive:FILE:NAME:TAG or docker-archive:FILE@N")
+        return entries[0]
+
+    def resolve(self, want: Platform | None, default: Platform) -> ResolvedImage:
+        entry = self._entry()
+        config_path = entry.get("Config")
+        layers = entry.get("Layers")
+        if not isinstance(config_path, str) or not isinstance(layers, list):
+            raise BadImageError(f"{self.where}: manifest.json entry lacks Config or Layers")
+        f = self.archive.open(config_path)
+        if f is None:
+            raise BadImageError(f"{self.where}: config {config_path} is missing")
+        config_bytes = f.read()
+        config_digest = _digest_from_path(config_path)
+        if config_digest:
+            check_digest(config_bytes, config_digest, f"{self.where}: config")
+        config = parse_config(config_bytes, f"{self.where} config")
+        if len(config.diff_ids) != len(layers):
+            raise BadImageError(f"{self.where}: {len(layers)} layers but {len(config.diff_ids)} diff_ids")
+        descs = []
+        for path, diff_id in zip(layers, config.diff_ids):
+            member = self.archive.members.get(os.path.normpath(str(path)))
+            if member is None:
+                raise BadImageError(f"{self.where}: layer {path} is missing")
+            digest = _digest_from_path(str(path)) or diff_id
+            self._layer_paths[digest] = str(path)
+            descs.append(Descriptor(DOCKER_LAYER_TAR, digest, member.size))
+        if want is not None and not want.matches(config.platform):
+            raise NotFoundError(f"no {want} in {self.where}; available: {config.platform}",
+                                hint="choose it with --platform or drop --platform")
+        return ResolvedImage(self.where, None, DOCKER_MANIFEST, None, (), config_digest or
+                             _sha(config_bytes), config, tuple(descs))
+
+    def open_layer(self, desc: Descriptor) -> VerifyingReader:
+        f = self.archive.open(self._layer_paths.get(desc.digest, ""))
+        if f is None:
+            raise BadImageError(f"{self.where}: layer {desc.digest} is missing")
+        return VerifyingReader(f, desc.digest, desc.size, f"layer {desc.digest}")
+
+    def close(self) -> None:
+        self.archive.close()
+
+
+def _sha(data: bytes) -> str:
+    from kcompat.image import sha256_digest
+
+    return sha256_digest(data)
+
+
+def _normal_tag(tag: str) -> str:
+    try:
+        from kcompat.reference import parse_docker_reference
+
+        return str(parse_docker_reference(tag))
+    except KcompatError:
+        return tag
+
+
+def _digest_from_path(path: str) -> str | None:
+    m = re.search(r"(?:^|/)blobs/(sha256)/([a-f0-9]{64})$", path) or re.match(
+        r"^([a-f0-9]{64})\.json$", path)
+    if m is None:
+        return None
+    if m.lastindex == 2:
+        return f"{m.group(1)}:{m.group(2)}"
+    return f"sha256:{m.group(1)}"
+
+
+class DirSource(Source):
+    """A plain root filesystem: no manifest, no config; its binaries say what it is."""
+
+    def __init__(self, ref: LocalRef) -> None:
+        self.ref = ref
+        self.path = Path(ref.path)
+        self.where = str(ref)
+        if not self.path.is_dir():
+            raise NotFoundError(f"{self.where}: no such directory", hint="check the path")
+
+    def resolve(self, want: Platform | None, default: Platform) -> ResolvedImage:
+        config = ImageConfig(
+            platform=want or Platform("linux", "unknown"),
+            entrypoint=None, cmd=None, env=(), workdir=None, user=None, diff_ids=(),
+        )
+        return ResolvedImage(self.where, None, None, None, (), None, config, ())
+
+
+def open_source(ref: ImageReference, options: Options | None = None) -> Source:
+    options = options or Options()
+    if isinstance(ref, RegistryRef):
+        return RegistrySource(ref, options)
+    classes: dict[Transport, type[Source]] = {
+        Transport.OCI: OCILayoutSource,
+        Transport.OCI_ARCHIVE: OCIArchiveSource,
+        Transport.DOCKER_ARCHIVE: DockerArchiveSource,
+        Transport.DIR: DirSource,
+    }
+    cls: Any = classes[ref.transport]
+    source: Source = cls(ref)
+    return source
+
+
+__all__ = ["DOCKER_CONFIG", "Manifest", "Options", "Source", "open_source"]
