@@ -183,12 +183,49 @@ class TarMember:
         return f
 
 
+class _Counting(io.RawIOBase):
+    """Counts the tar bytes handed to tarfile and whether their end was reached."""
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.count = 0
+        self.eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.inner.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.count += n
+        if n == 0:
+            self.eof = True
+        return n
+
+
 def iter_tar(reader: VerifyingReader, what: str) -> Iterator[TarMember]:
     """The members of one layer in order, then the layer's digest check."""
     try:
         stream, _ = decompressed(reader)
-        with tarfile.open(fileobj=stream, mode="r|", errorlevel=1) as tar:
-            for info in tar:
+        counted = _Counting(stream)
+        with tarfile.open(fileobj=counted, mode="r|", errorlevel=1) as tar:  # type: ignore[call-overload]
+            last: tarfile.TarInfo | None = None
+            while True:
+                try:
+                    info = tar.next()
+                except tarfile.ReadError:
+                    # Some writers (umoci 0.4) end a layer right after the last file's
+                    # data, with no padding and no end-of-archive blocks. Go's archive/tar
+                    # accepts that; so do we, but only when that data is all there.
+                    if (last is not None and counted.eof
+                            and counted.count >= last.offset_data + last.size):
+                        break
+                    raise
+                if info is None:
+                    break
+                last = info
                 yield TarMember(info, tar)
         # Drain the decompressor to its end (so gzip checks its CRC) and the blob to EOF.
         while stream.read(READ_BUFFER):
