@@ -171,16 +171,39 @@ def clean_path(name: str) -> tuple[str | None, str | None]:
     return "/".join(parts), note
 
 
+class _MemberReader(io.RawIOBase):
+    """A member's bytes; a corrupt stream under it becomes one BadImageError."""
+
+    def __init__(self, inner: IO[bytes], what: str) -> None:
+        super().__init__()
+        self._inner = inner
+        self._what = what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self._inner.read(len(buffer))
+        except CORRUPT_ERRORS as e:
+            raise BadImageError(f"{self._what} is truncated or corrupt: {e.__class__.__name__}: {e}",
+                                hint="pull the image again; if it persists the image itself is broken") from None
+        n = len(data)
+        buffer[:n] = data
+        return n
+
+
 @dataclass
 class TarMember:
     info: tarfile.TarInfo
     tar: tarfile.TarFile
+    what: str = "layer"
 
     def open(self) -> IO[bytes]:
         f = self.tar.extractfile(self.info)
         if f is None:
             raise BadImageError(f"{self.info.name}: not a regular file")
-        return f
+        return io.BufferedReader(_MemberReader(f, f"{self.what} ({self.info.name})"), READ_BUFFER)
 
 
 class _Counting(io.RawIOBase):
@@ -226,7 +249,7 @@ def iter_tar(reader: VerifyingReader, what: str) -> Iterator[TarMember]:
                 if info is None:
                     break
                 last = info
-                yield TarMember(info, tar)
+                yield TarMember(info, tar, what)
         # Drain the decompressor to its end (so gzip checks its CRC) and the blob to EOF.
         while stream.read(READ_BUFFER):
             pass
