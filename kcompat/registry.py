@@ -32,6 +32,8 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # distribution's own limit for a manifest
 MAX_RETRY_AFTER = 60.0
 CHUNK = 1 << 20
+# What one read from the socket may hold: an interrupted download keeps all but this much.
+NET_CHUNK = 256 * 1024
 USER_AGENT = f"kcompat/{__version__}"
 
 
@@ -307,7 +309,7 @@ class RegistryClient:
         progress.advance(desc.digest, written)
         try:
             with open(partial, mode) as out:
-                for chunk in response.iter_content(CHUNK):
+                for chunk in response.iter_content(NET_CHUNK):
                     written += len(chunk)
                     if written > desc.size:
                         raise IntegrityError(
