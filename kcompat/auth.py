@@ -44,7 +44,9 @@ def _config_files() -> list[Path]:
     if os.environ.get("XDG_RUNTIME_DIR"):
         files.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
     docker_dir = os.environ.get("DOCKER_CONFIG")
-    files.append(Path(docker_dir) / "config.json" if docker_dir else Path.home() / ".docker/config.json")
+    files.append(
+        Path(docker_dir) / "config.json" if docker_dir else Path.home() / ".docker/config.json"
+    )
     return files
 
 
@@ -115,6 +117,8 @@ def parse_www_authenticate(header: str) -> Challenge | None:
     if not header:
         return None
     scheme, _, rest = header.partition(" ")
-    params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3))
-              for m in _PARAM_RE.finditer(rest)}
+    params = {
+        m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3))
+        for m in _PARAM_RE.finditer(rest)
+    }
     return Challenge(scheme.lower(), params)

@@ -39,14 +39,18 @@ PlatformOpt = Annotated[
     typer.Option("--platform", help="OS/ARCH[/VARIANT] or a uname -m name, e.g. linux/arm64"),
 ]
 CredsOpt = Annotated[
-    Optional[str], typer.Option("--creds", help="USER:PASSWORD for the registry", envvar="KCOMPAT_CREDS")
+    Optional[str],
+    typer.Option("--creds", help="USER:PASSWORD for the registry", envvar="KCOMPAT_CREDS"),
 ]
 InsecureOpt = Annotated[
     Optional[list[str]],
     typer.Option("--insecure-registry", help="HOST[:PORT] to reach over plain HTTP (repeatable)"),
 ]
 ImageArg = Annotated[
-    str, typer.Argument(help="docker://, oci:DIR[:REF], oci-archive:, docker-archive:, dir: or NAME[:TAG]")
+    str,
+    typer.Argument(
+        help="docker://, oci:DIR[:REF], oci-archive:, docker-archive:, dir: or NAME[:TAG]"
+    ),
 ]
 
 
@@ -63,13 +67,23 @@ class _RichProgress:
     """Progress bars on stderr, only when it is a terminal."""
 
     def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn,
-        )
         from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TransferSpeedColumn,
+        )
 
-        self._bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                              TransferSpeedColumn(), console=Console(stderr=True), transient=True)
+        self._bars = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
         self._tasks: dict[str, Any] = {}
 
     def __enter__(self) -> _RichProgress:
@@ -125,8 +139,9 @@ def pull_cmd(
         else:
             pull(opened, store)
         img = opened.image
-        typer.echo(f"pulled {img.reference} {img.config.platform} "
-                   f"{img.manifest_digest or ''}".rstrip())
+        typer.echo(
+            f"pulled {img.reference} {img.config.platform} {img.manifest_digest or ''}".rstrip()
+        )
         if unpack_rootfs:
             path, issues = unpack(opened, store)
             for issue in issues:
@@ -171,7 +186,10 @@ def _print_inspect(r: dict[str, Any]) -> None:
         "Env:",
         *[f"  {e}" for e in cfg["env"]],
         f"Layers ({len(r['layers'])}):",
-        *[f"  {layer['digest']}  {layer['size']:>12}  {layer['mediaType']}" for layer in r["layers"]],
+        *[
+            f"  {layer['digest']}  {layer['size']:>12}  {layer['mediaType']}"
+            for layer in r["layers"]
+        ],
     ]
     typer.echo("\n".join(lines))
 
@@ -192,16 +210,20 @@ def main() -> None:
     except typer.Abort:
         typer.echo("kcompat: aborted", err=True)
         sys.exit(int(ExitCode.INTERRUPTED))
-    except Exception as e:  # click usage errors come as ClickException
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
+    except Exception as e:
+        # Usage errors from the option parser (click, vendored in newer typer) show
+        # themselves; recognise them by that interface, whichever click it is.
+        show = getattr(e, "show", None)
+        if callable(show) and isinstance(getattr(e, "exit_code", None), int):
+            show()
             sys.exit(int(ExitCode.USAGE))
         if _state["debug"]:
             raise
-        typer.echo(f"kcompat: internal error: {e.__class__.__name__}: {e} "
-                   "(run with --debug for a traceback and report it)", err=True)
+        typer.echo(
+            f"kcompat: internal error: {e.__class__.__name__}: {e} "
+            "(run with --debug for a traceback and report it)",
+            err=True,
+        )
         sys.exit(70)
 
 

@@ -233,9 +233,7 @@ def parse_config(data: bytes, what: str) -> ImageConfig:
 
 def select_manifest(index: Index, want: Platform, where: str) -> Descriptor:
     """Pick the index entry for `want`; the error lists what is available."""
-    candidates = [
-        m for m in index.manifests if m.platform is not None and not m.is_attestation
-    ]
+    candidates = [m for m in index.manifests if m.platform is not None and not m.is_attestation]
     for m in candidates:
         assert m.platform is not None
         if want.matches(m.platform):

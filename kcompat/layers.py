@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import zstandard
 
@@ -51,8 +51,10 @@ class VerifyingReader(io.RawIOBase):
         self._hash.update(data)
         self._count += n
         if self.size is not None and self._count > self.size:
-            raise IntegrityError(f"{self.what} is longer than the {self.size} bytes declared",
-                                 hint="the image is corrupt or hostile")
+            raise IntegrityError(
+                f"{self.what} is longer than the {self.size} bytes declared",
+                hint="the image is corrupt or hostile",
+            )
         return n
 
     def finish(self) -> None:
@@ -61,8 +63,10 @@ class VerifyingReader(io.RawIOBase):
             pass
         got = f"{self.digest.split(':', 1)[0]}:{self._hash.hexdigest()}"
         if got != self.digest:
-            raise IntegrityError(f"{self.what}: content has digest {got}, expected {self.digest}",
-                                 hint="the image is corrupt or was tampered with; pull it again")
+            raise IntegrityError(
+                f"{self.what}: content has digest {got}, expected {self.digest}",
+                hint="the image is corrupt or was tampered with; pull it again",
+            )
 
     def close(self) -> None:
         try:
@@ -85,12 +89,12 @@ def detect_compression(head: bytes) -> Compression:
     return Compression.NONE
 
 
-def decompressed(raw: IO[bytes]) -> tuple[IO[bytes], Compression]:
+def decompressed(raw: io.RawIOBase) -> tuple[IO[bytes], Compression]:
     """A stream of the tar bytes inside `raw`, whatever its compression."""
-    buffered = io.BufferedReader(raw, READ_BUFFER)  # type: ignore[arg-type]
+    buffered = io.BufferedReader(raw, READ_BUFFER)
     kind = detect_compression(buffered.peek(4)[:4])
     if kind is Compression.GZIP:
-        return gzip.GzipFile(fileobj=buffered, mode="rb"), kind
+        return cast(IO[bytes], gzip.GzipFile(fileobj=buffered, mode="rb")), kind
     if kind is Compression.ZSTD:
         dctx = zstandard.ZstdDecompressor()
         stream: IO[bytes] = dctx.stream_reader(buffered, read_across_frames=True)
@@ -100,7 +104,12 @@ def decompressed(raw: IO[bytes]) -> tuple[IO[bytes], Compression]:
 
 # Errors a corrupt compressed stream or tar raises, turned into one BadImageError.
 CORRUPT_ERRORS: tuple[type[BaseException], ...] = (
-    tarfile.TarError, zlib.error, EOFError, gzip.BadGzipFile, zstandard.ZstdError, OSError,
+    tarfile.TarError,
+    zlib.error,
+    EOFError,
+    gzip.BadGzipFile,
+    zstandard.ZstdError,
+    OSError,
 )
 
 
@@ -115,10 +124,14 @@ class FileKind(str, Enum):
 
 
 _KINDS = {
-    tarfile.REGTYPE: FileKind.FILE, tarfile.AREGTYPE: FileKind.FILE,
-    tarfile.CONTTYPE: FileKind.FILE, tarfile.DIRTYPE: FileKind.DIR,
-    tarfile.SYMTYPE: FileKind.SYMLINK, tarfile.LNKTYPE: FileKind.HARDLINK,
-    tarfile.CHRTYPE: FileKind.CHAR, tarfile.BLKTYPE: FileKind.BLOCK,
+    tarfile.REGTYPE: FileKind.FILE,
+    tarfile.AREGTYPE: FileKind.FILE,
+    tarfile.CONTTYPE: FileKind.FILE,
+    tarfile.DIRTYPE: FileKind.DIR,
+    tarfile.SYMTYPE: FileKind.SYMLINK,
+    tarfile.LNKTYPE: FileKind.HARDLINK,
+    tarfile.CHRTYPE: FileKind.CHAR,
+    tarfile.BLKTYPE: FileKind.BLOCK,
     tarfile.FIFOTYPE: FileKind.FIFO,
 }
 
@@ -186,8 +199,10 @@ class _MemberReader(io.RawIOBase):
         try:
             data = self._inner.read(len(buffer))
         except CORRUPT_ERRORS as e:
-            raise BadImageError(f"{self._what} is truncated or corrupt: {e.__class__.__name__}: {e}",
-                                hint="pull the image again; if it persists the image itself is broken") from None
+            raise BadImageError(
+                f"{self._what} is truncated or corrupt: {e.__class__.__name__}: {e}",
+                hint="pull the image again; if it persists the image itself is broken",
+            ) from None
         n = len(data)
         buffer[:n] = data
         return n
@@ -233,7 +248,7 @@ def iter_tar(reader: VerifyingReader, what: str) -> Iterator[TarMember]:
     try:
         stream, _ = decompressed(reader)
         counted = _Counting(stream)
-        with tarfile.open(fileobj=counted, mode="r|", errorlevel=1) as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=cast(IO[bytes], counted), mode="r|", errorlevel=1) as tar:
             last: tarfile.TarInfo | None = None
             while True:
                 try:
@@ -242,8 +257,11 @@ def iter_tar(reader: VerifyingReader, what: str) -> Iterator[TarMember]:
                     # Some writers (umoci 0.4) end a layer right after the last file's
                     # data, with no padding and no end-of-archive blocks. Go's archive/tar
                     # accepts that; so do we, but only when that data is all there.
-                    if (last is not None and counted.eof
-                            and counted.count >= last.offset_data + last.size):
+                    if (
+                        last is not None
+                        and counted.eof
+                        and counted.count >= last.offset_data + last.size
+                    ):
                         break
                     raise
                 if info is None:
@@ -255,8 +273,10 @@ def iter_tar(reader: VerifyingReader, what: str) -> Iterator[TarMember]:
             pass
         reader.finish()
     except CORRUPT_ERRORS as e:
-        raise BadImageError(f"{what} is truncated or corrupt: {e.__class__.__name__}: {e}",
-                            hint="pull the image again; if it persists the image itself is broken") from None
+        raise BadImageError(
+            f"{what} is truncated or corrupt: {e.__class__.__name__}: {e}",
+            hint="pull the image again; if it persists the image itself is broken",
+        ) from None
     finally:
         reader.close()
 

@@ -101,8 +101,10 @@ class MergedView:
                         masked_here.add(f"{parent}/{base[4:]}" if parent else base[4:])
                     continue
                 # Hidden by a higher layer: normal layering, not an issue.
-                if path in seen or path in masked or any(
-                    a in masked or a in opaque for a in _ancestors(path)
+                if (
+                    path in seen
+                    or path in masked
+                    or any(a in masked or a in opaque for a in _ancestors(path))
                 ):
                     continue
                 kind = entry_kind(info)
@@ -111,26 +113,41 @@ class MergedView:
                     continue
                 bad_parent = next((a for a in _ancestors(path) if a in nondir_here), None)
                 if bad_parent is not None:
-                    self._issue(layer, path, "refused",
-                                f"written through {bad_parent!r}, which this layer made a "
-                                "symlink or file")
+                    self._issue(
+                        layer,
+                        path,
+                        "refused",
+                        f"written through {bad_parent!r}, which this layer made a symlink or file",
+                    )
                     continue
                 if kind is not FileKind.DIR and path in implied_dirs:
-                    self._issue(layer, path, "neutralised",
-                                f"this {kind.value} is replaced by the directory that "
-                                "a higher layer writes into")
+                    self._issue(
+                        layer,
+                        path,
+                        "neutralised",
+                        f"this {kind.value} is replaced by the directory that "
+                        "a higher layer writes into",
+                    )
                     continue
                 if kind is FileKind.FILE and info.size > self.max_size:
-                    self._issue(layer, path, "refused",
-                                f"size {info.size} exceeds the limit {self.max_size} "
-                                "(KCOMPAT_MAX_FILE_SIZE)")
+                    self._issue(
+                        layer,
+                        path,
+                        "refused",
+                        f"size {info.size} exceeds the limit {self.max_size} "
+                        "(KCOMPAT_MAX_FILE_SIZE)",
+                    )
                     continue
                 linkname = info.linkname
                 if kind is FileKind.HARDLINK:
                     target, _ = clean_path(linkname)
                     if not target:
-                        self._issue(layer, path, "refused",
-                                    f"hard link to {linkname!r} points outside the image root")
+                        self._issue(
+                            layer,
+                            path,
+                            "refused",
+                            f"hard link to {linkname!r} points outside the image root",
+                        )
                         continue
                     linkname = target
                 seen_here.add(path)
@@ -138,10 +155,16 @@ class MergedView:
                     nondir_here.add(path)
                 implied_dirs.update(_ancestors(path))
                 entry = FileEntry(
-                    path=path, kind=kind, mode=info.mode & 0o7777,
+                    path=path,
+                    kind=kind,
+                    mode=info.mode & 0o7777,
                     size=info.size if kind is FileKind.FILE else 0,
-                    linkname=linkname, uid=info.uid, gid=info.gid,
-                    devmajor=info.devmajor, devminor=info.devminor, layer=index,
+                    linkname=linkname,
+                    uid=info.uid,
+                    gid=info.gid,
+                    devmajor=info.devmajor,
+                    devminor=info.devminor,
+                    layer=index,
                 )
                 yield ViewItem(entry, member if kind is FileKind.FILE else None)
             seen |= seen_here

@@ -87,13 +87,16 @@ def parse_platform(text: str) -> Platform:
     parts = [p for p in text.strip().split("/")]
     if not text.strip() or any(not p for p in parts) or len(parts) > 3:
         raise UsageError(
-            f"invalid platform {text!r}", hint="expected OS/ARCH[/VARIANT] or ARCH, e.g. linux/arm64"
+            f"invalid platform {text!r}",
+            hint="expected OS/ARCH[/VARIANT] or ARCH, e.g. linux/arm64",
         )
     os_name = "linux"
     if parts[0].lower() in KNOWN_OS:
         os_name = parts.pop(0).lower()
         if not parts:
-            raise UsageError(f"invalid platform {text!r}", hint="it names an OS but no architecture")
+            raise UsageError(
+                f"invalid platform {text!r}", hint="it names an OS but no architecture"
+            )
     if len(parts) > 2:
         raise UsageError(f"invalid platform {text!r}", hint="expected OS/ARCH[/VARIANT]")
     arch, variant = normalize_arch(parts[0], parts[1] if len(parts) == 2 else None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,7 @@ class OpenImage:
     image: ResolvedImage
 
     def layer_inputs(self) -> list[LayerInput]:
-        src = self.source
-        return [LayerInput(d.digest, lambda d=d: src.open_layer(d)) for d in self.image.layers]
+        return [LayerInput(d.digest, partial(self.source.open_layer, d)) for d in self.image.layers]
 
     def files(self) -> MergedView:
         return MergedView(self.layer_inputs())
@@ -45,8 +45,9 @@ def open_image(reference: str, options: Options | None = None) -> Iterator[OpenI
         source.close()
 
 
-def pull(opened: OpenImage, store: BlobStore, progress: Progress | None = None,
-         jobs: int = 4) -> None:
+def pull(
+    opened: OpenImage, store: BlobStore, progress: Progress | None = None, jobs: int = 4
+) -> None:
     opened.source.fetch(opened.image, store, progress, jobs)
 
 
@@ -67,7 +68,8 @@ def inspect_report(image: ResolvedImage) -> dict[str, Any]:
         "mediaType": image.manifest_media_type,
         "index": (
             {"digest": image.index_digest, "platforms": [str(p) for p in image.index_platforms]}
-            if image.index_digest else None
+            if image.index_digest
+            else None
         ),
         "os": cfg.platform.os,
         "architecture": cfg.platform.architecture,

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
 
@@ -105,7 +106,9 @@ class RegistryClient:
         self.base = f"{scheme}://{host}/v2/{ref.repository}"
         self.creds = creds
         self._creds_loaded = creds is not None
-        self.retries = retries if retries is not None else int(os.environ.get("KCOMPAT_RETRIES", "4"))
+        self.retries = (
+            retries if retries is not None else int(os.environ.get("KCOMPAT_RETRIES", "4"))
+        )
         self.backoff = backoff
         self.timeout = timeout
         self.session = session or requests.Session()
@@ -120,13 +123,18 @@ class RegistryClient:
             self._creds_loaded = True
         return self.creds
 
-    def _once(self, method: str, url: str, headers: dict[str, str], stream: bool,
-              auth: Any = None) -> requests.Response:
+    def _once(
+        self, method: str, url: str, headers: dict[str, str], stream: bool, auth: Any = None
+    ) -> requests.Response:
         """One request, retried on connection errors, 429 and 5xx."""
         for attempt in range(self.retries + 1):
             try:
                 response = self.session.request(
-                    method, url, headers=headers, stream=stream, auth=auth,
+                    method,
+                    url,
+                    headers=headers,
+                    stream=stream,
+                    auth=auth,
                     timeout=(10.0, self.timeout),
                 )
             except requests.exceptions.SSLError as e:
@@ -150,8 +158,9 @@ class RegistryClient:
             return response
         raise AssertionError("unreachable")
 
-    def request(self, method: str, path: str, *, headers: dict[str, str] | None = None,
-                stream: bool = False) -> requests.Response:
+    def request(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, stream: bool = False
+    ) -> requests.Response:
         """A request to the repository's API, answering one auth challenge if asked."""
         url = f"{self.base}/{path}"
         hdrs = dict(headers or {})
@@ -162,7 +171,9 @@ class RegistryClient:
             challenge = parse_www_authenticate(response.headers.get("WWW-Authenticate", ""))
             response.close()
             if challenge is None:
-                raise AuthError(f"{self.ref}: the registry refused access without saying how to log in")
+                raise AuthError(
+                    f"{self.ref}: the registry refused access without saying how to log in"
+                )
             self._answer(challenge)
             hdrs["Authorization"] = self._auth_header or ""
             response = self._once(method, url, hdrs, stream)
@@ -176,32 +187,42 @@ class RegistryClient:
         if response.status_code == 403:
             codes = _error_codes(response)
             response.close()
-            raise AuthError(f"{self.ref}: access forbidden{codes}",
-                            hint="check that these credentials may pull this repository")
+            raise AuthError(
+                f"{self.ref}: access forbidden{codes}",
+                hint="check that these credentials may pull this repository",
+            )
         return response
 
     def _answer(self, challenge: Challenge) -> None:
         creds = self._credentials()
         if challenge.scheme == "basic":
             if creds is None:
-                raise AuthError(f"{self.ref}: the registry needs a user name and password",
-                                hint="pass --creds USER:PASSWORD or log in with docker/podman")
+                raise AuthError(
+                    f"{self.ref}: the registry needs a user name and password",
+                    hint="pass --creds USER:PASSWORD or log in with docker/podman",
+                )
             self._auth_header = requests.auth._basic_auth_str(creds.username, creds.password)
             return
         if challenge.scheme != "bearer" or "realm" not in challenge.params:
             raise AuthError(f"{self.ref}: unsupported auth challenge {challenge.scheme!r}")
-        params = {"scope": challenge.params.get("scope") or f"repository:{self.ref.repository}:pull"}
+        params = {
+            "scope": challenge.params.get("scope") or f"repository:{self.ref.repository}:pull"
+        }
         if "service" in challenge.params:
             params["service"] = challenge.params["service"]
         realm = challenge.params["realm"]
         auth = (creds.username, creds.password) if creds else None
-        query = "&".join(f"{k}={requests.utils.quote(v, safe=':/,')}" for k, v in params.items())
+        query = urlencode(params, safe=":/,")
         response = self._once("GET", f"{realm}?{query}", {}, False, auth=auth)
         if response.status_code in (401, 403):
-            raise AuthError(f"{self.ref}: the token service {realm} refused the credentials",
-                            hint="check --creds or the stored login")
+            raise AuthError(
+                f"{self.ref}: the token service {realm} refused the credentials",
+                hint="check --creds or the stored login",
+            )
         if response.status_code != 200:
-            raise AuthError(f"{self.ref}: the token service {realm} answered {response.status_code}")
+            raise AuthError(
+                f"{self.ref}: the token service {realm} answered {response.status_code}"
+            )
         try:
             doc = response.json()
             token = doc.get("token") or doc.get("access_token")
@@ -216,17 +237,23 @@ class RegistryClient:
         codes = _error_codes(response)
         response.close()
         if code == 404:
-            raise NotFoundError(f"{what} not found{codes}",
-                                hint="check the repository name and tag")
-        raise NetworkError(f"{what}: registry answered HTTP {code}{codes}",
-                           hint="try again later" if code >= 500 or code == 429 else None)
+            raise NotFoundError(
+                f"{what} not found{codes}", hint="check the repository name and tag"
+            )
+        raise NetworkError(
+            f"{what}: registry answered HTTP {code}{codes}",
+            hint="try again later" if code >= 500 or code == 429 else None,
+        )
 
     # -- manifests and small blobs ---------------------------------------------------
     def get_manifest(self, reference: str) -> tuple[bytes, str, str]:
         """(bytes, media type, digest) of a manifest or index, digest checked."""
-        what = f"{self.ref.name}@{reference}" if ":" in reference else f"{self.ref.name}:{reference}"
-        response = self.request("GET", f"manifests/{reference}", headers={"Accept": ACCEPT},
-                                stream=True)
+        what = (
+            f"{self.ref.name}@{reference}" if ":" in reference else f"{self.ref.name}:{reference}"
+        )
+        response = self.request(
+            "GET", f"manifests/{reference}", headers={"Accept": ACCEPT}, stream=True
+        )
         if response.status_code != 200:
             self._fail(response, f"manifest {what}")
         data = _read_limited(response, MAX_MANIFEST_BYTES, f"manifest {what}")
@@ -236,8 +263,10 @@ class RegistryClient:
             check_digest(data, reference, f"manifest {what}")
         header = response.headers.get("Docker-Content-Digest")
         if header and header.startswith("sha256:") and header != digest:
-            raise IntegrityError(f"manifest {what}: content has digest {digest}, the registry says {header}",
-                                 hint="the registry or a proxy altered the manifest")
+            raise IntegrityError(
+                f"manifest {what}: content has digest {digest}, the registry says {header}",
+                hint="the registry or a proxy altered the manifest",
+            )
         return data, media_type, digest
 
     def get_small_blob(self, desc: Descriptor, limit: int = 64 * 1024 * 1024) -> bytes:
@@ -250,7 +279,9 @@ class RegistryClient:
         return data
 
     # -- layers ----------------------------------------------------------------------
-    def fetch_blob(self, desc: Descriptor, store: BlobStore, progress: Progress | None = None) -> Path:
+    def fetch_blob(
+        self, desc: Descriptor, store: BlobStore, progress: Progress | None = None
+    ) -> Path:
         """Download a blob into the store (resuming a partial file), return its path."""
         progress = progress or NoProgress()
         store.ensure_dirs(desc.digest)
@@ -276,7 +307,8 @@ class RegistryClient:
                 if got != desc.digest:
                     partial.unlink(missing_ok=True)
                     raise IntegrityError(
-                        f"blob {desc.digest} of {self.ref.name}: downloaded content has digest {got}",
+                        f"blob {desc.digest} of {self.ref.name}: "
+                        f"downloaded content has digest {got}",
                         hint="the registry's copy is corrupt or was tampered with; "
                         "the download was deleted",
                     )
@@ -325,8 +357,11 @@ class RegistryClient:
         except IntegrityError:
             partial.unlink(missing_ok=True)
             raise
-        except (requests.ConnectionError, requests.Timeout,
-                requests.exceptions.ChunkedEncodingError) as e:
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+        ) as e:
             raise _Interrupted(_reason(e)) from None
         finally:
             response.close()
@@ -354,10 +389,14 @@ def _read_limited(response: requests.Response, limit: int, what: str) -> bytes:
             if total > limit:
                 raise NetworkError(f"{what} is larger than {limit} bytes; refusing it")
             parts.append(chunk)
-    except (requests.ConnectionError, requests.Timeout,
-            requests.exceptions.ChunkedEncodingError) as e:
-        raise NetworkError(f"{what}: connection failed while reading: {_reason(e)}",
-                           hint="try again") from None
+    except (
+        requests.ConnectionError,
+        requests.Timeout,
+        requests.exceptions.ChunkedEncodingError,
+    ) as e:
+        raise NetworkError(
+            f"{what}: connection failed while reading: {_reason(e)}", hint="try again"
+        ) from None
     finally:
         response.close()
     return b"".join(parts)
@@ -365,9 +404,15 @@ def _read_limited(response: requests.Response, limit: int, what: str) -> bytes:
 
 def _reason(e: Exception) -> str:
     text = str(e)
-    for marker in ("Connection refused", "Name or service not known", "timed out",
-                   "Temporary failure in name resolution", "No route to host",
-                   "Connection reset", "Connection broken"):
+    for marker in (
+        "Connection refused",
+        "Name or service not known",
+        "timed out",
+        "Temporary failure in name resolution",
+        "No route to host",
+        "Connection reset",
+        "Connection broken",
+    ):
         if marker in text:
             return marker.lower()
     return e.__class__.__name__

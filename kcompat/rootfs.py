@@ -13,15 +13,17 @@ reported. Ownership is applied only as root.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import shutil
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import IO
 
 from kcompat.errors import BadImageError, LocalIOError
 from kcompat.layers import FileEntry, FileKind, LayerIssue
@@ -84,7 +86,7 @@ class _Writer:
             raise _Refused("a directory is in the way")
         os.unlink(name, dir_fd=pfd)
 
-    def write(self, entry: FileEntry, data: object) -> str | None:
+    def write(self, entry: FileEntry, data: IO[bytes] | None) -> str | None:
         """Write one entry; return a reason if it was skipped."""
         parts = entry.path.split("/")
         if entry.kind is FileKind.DIR:
@@ -100,11 +102,16 @@ class _Writer:
         try:
             self._remove(name, pfd)
             if entry.kind is FileKind.FILE:
-                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             0o600, dir_fd=pfd)
+                fd = os.open(
+                    name,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
+                    dir_fd=pfd,
+                )
                 try:
                     with os.fdopen(fd, "wb", closefd=False) as out:
-                        shutil.copyfileobj(data, out, COPY_CHUNK)  # type: ignore[misc]
+                        if data is not None:
+                            shutil.copyfileobj(data, out, COPY_CHUNK)
                     if self.as_root:
                         os.fchown(fd, entry.uid, entry.gid)
                     os.fchmod(fd, entry.mode)
@@ -120,15 +127,16 @@ class _Writer:
                 if not self.as_root:
                     return "device node not created (needs root)"
                 kind = stat.S_IFCHR if entry.kind is FileKind.CHAR else stat.S_IFBLK
-                os.mknod(name, kind | entry.mode, os.makedev(entry.devmajor, entry.devminor),
-                         dir_fd=pfd)
+                os.mknod(
+                    name, kind | entry.mode, os.makedev(entry.devmajor, entry.devminor), dir_fd=pfd
+                )
             if self.as_root and entry.kind in (FileKind.FIFO, FileKind.CHAR, FileKind.BLOCK):
                 os.chown(name, entry.uid, entry.gid, dir_fd=pfd, follow_symlinks=False)
         finally:
             os.close(pfd)
         return None
 
-    def finish(self, issue: callable) -> None:  # type: ignore[valid-type]
+    def finish(self, issue: Callable[[FileEntry, str], None]) -> None:
         for entry in self.hardlinks:
             src = entry.linkname.split("/")
             dst = entry.path.split("/")
@@ -138,8 +146,9 @@ class _Writer:
                     dfd = self._open_dir(dst[:-1], create=True)
                     try:
                         self._remove(dst[-1], dfd)
-                        os.link(src[-1], dst[-1], src_dir_fd=sfd, dst_dir_fd=dfd,
-                                follow_symlinks=False)
+                        os.link(
+                            src[-1], dst[-1], src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False
+                        )
                     finally:
                         os.close(dfd)
                 finally:
@@ -177,12 +186,15 @@ def flatten(layers: Sequence[LayerInput], dest: Path) -> list[LayerIssue]:
                 continue
             except OSError as e:
                 if e.errno == errno.ENOSPC:
-                    raise LocalIOError(f"no space left writing the rootfs under {dest}",
-                                       hint="free disk space or set KCOMPAT_CACHE elsewhere") from None
+                    raise LocalIOError(
+                        f"no space left writing the rootfs under {dest}",
+                        hint="free disk space or set KCOMPAT_CACHE elsewhere",
+                    ) from None
                 raise BadImageError(f"cannot write {item.entry.path!r}: {e.strerror}") from None
             if skipped:
-                view.issues.append(LayerIssue(layer_digest[item.entry.layer], item.entry.path,
-                                              "skipped", skipped))
+                view.issues.append(
+                    LayerIssue(layer_digest[item.entry.layer], item.entry.path, "skipped", skipped)
+                )
         writer.finish(issue)
     finally:
         writer.close()
@@ -190,20 +202,18 @@ def flatten(layers: Sequence[LayerInput], dest: Path) -> list[LayerIssue]:
 
 
 def _rmtree(path: Path) -> None:
+    """Remove a tree that may hold read-only directories (made writable on the way)."""
+
     def fix(func: object, p: str, exc: object) -> None:
-        parent = os.path.dirname(p)
-        try:
-            os.chmod(parent, 0o700)
-            os.chmod(p, 0o700, follow_symlinks=False)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o700)
         if os.path.isdir(p) and not os.path.islink(p):
+            with contextlib.suppress(OSError):
+                os.chmod(p, 0o700)
             shutil.rmtree(p, ignore_errors=True)
         else:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(p)
-            except OSError:
-                pass
 
     if path.exists() or path.is_symlink():
         shutil.rmtree(path, onerror=fix)
@@ -223,8 +233,9 @@ def cached_rootfs(layers: Sequence[LayerInput], store: BlobStore) -> tuple[Path,
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise LocalIOError(f"cannot create {base}: {e.strerror}",
-                           hint="set KCOMPAT_CACHE to a writable directory") from None
+        raise LocalIOError(
+            f"cannot create {base}: {e.strerror}", hint="set KCOMPAT_CACHE to a writable directory"
+        ) from None
     with store.lock(f"rootfs-{key}"):
         if final.is_dir() and issues_file.is_file():
             raw = json.loads(issues_file.read_text())

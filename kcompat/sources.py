@@ -21,23 +21,27 @@ from kcompat.auth import Credentials
 from kcompat.errors import BadImageError, KcompatError, NotFoundError, UsageError
 from kcompat.image import (
     ANNOTATION_REF_NAME,
-    DOCKER_CONFIG,
     DOCKER_MANIFEST,
     Descriptor,
     ImageConfig,
     Index,
-    Manifest,
     ResolvedImage,
     check_digest,
-    load_json,
     parse_config,
     parse_document,
     select_manifest,
+    sha256_digest,
 )
 from kcompat.layers import VerifyingReader
 from kcompat.platform import Platform
 from kcompat.progress import NoProgress, Progress
-from kcompat.reference import ImageReference, LocalRef, RegistryRef, Transport
+from kcompat.reference import (
+    ImageReference,
+    LocalRef,
+    RegistryRef,
+    Transport,
+    parse_docker_reference,
+)
 from kcompat.registry import RegistryClient
 from kcompat.store import BlobStore
 
@@ -71,8 +75,13 @@ class Source:
     def open_layer(self, desc: Descriptor) -> VerifyingReader:
         raise NotImplementedError
 
-    def fetch(self, image: ResolvedImage, store: BlobStore, progress: Progress | None = None,
-              jobs: int = 4) -> None:
+    def fetch(
+        self,
+        image: ResolvedImage,
+        store: BlobStore,
+        progress: Progress | None = None,
+        jobs: int = 4,
+    ) -> None:
         """Make every layer readable locally (a no-op for local sources)."""
 
     def close(self) -> None:
@@ -87,7 +96,9 @@ class Source:
         while isinstance(doc, Index):
             depth += 1
             if depth > MAX_NESTED_INDEXES:
-                raise BadImageError(f"{self.where}: indexes nested deeper than {MAX_NESTED_INDEXES}")
+                raise BadImageError(
+                    f"{self.where}: indexes nested deeper than {MAX_NESTED_INDEXES}"
+                )
             if index_digest is None:
                 index_digest, platforms = digest, doc.platforms
             entry = self._pick(doc, want or default)
@@ -98,7 +109,8 @@ class Source:
         config = parse_config(config_bytes, f"{self.where} config")
         if index_digest is None and want is not None and not want.matches(config.platform):
             raise NotFoundError(
-                f"no {want} in {self.where}; available: {config.platform} (a single-platform image)",
+                f"no {want} in {self.where}; "
+                f"available: {config.platform} (a single-platform image)",
                 hint="choose it with --platform or drop --platform",
             )
         return ResolvedImage(
@@ -125,7 +137,9 @@ class RegistrySource(Source):
     def __init__(self, ref: RegistryRef, options: Options) -> None:
         self.ref = ref
         self.where = str(ref)
-        self.client = RegistryClient(ref, creds=options.creds, insecure_hosts=options.insecure_hosts)
+        self.client = RegistryClient(
+            ref, creds=options.creds, insecure_hosts=options.insecure_hosts
+        )
         self._store: BlobStore | None = None
 
     def _root(self) -> tuple[bytes, str | None, str | None]:
@@ -138,8 +152,13 @@ class RegistrySource(Source):
     def _small_blob(self, desc: Descriptor) -> bytes:
         return self.client.get_small_blob(desc, MAX_SMALL_BLOB)
 
-    def fetch(self, image: ResolvedImage, store: BlobStore, progress: Progress | None = None,
-              jobs: int = 4) -> None:
+    def fetch(
+        self,
+        image: ResolvedImage,
+        store: BlobStore,
+        progress: Progress | None = None,
+        jobs: int = 4,
+    ) -> None:
         self._store = store
         todo = [d for d in image.layers if not store.has(d.digest)]
         if not todo:
@@ -163,8 +182,10 @@ class RegistrySource(Source):
         store = self._store or BlobStore()
         path = store.path(desc.digest)
         if not path.is_file():
-            raise NotFoundError(f"layer {desc.digest} of {self.where} is not in the cache",
-                                hint="run 'kcompat pull' first")
+            raise NotFoundError(
+                f"layer {desc.digest} of {self.where} is not in the cache",
+                hint="run 'kcompat pull' first",
+            )
         return VerifyingReader(open(path, "rb"), desc.digest, desc.size, f"layer {desc.digest}")
 
 
@@ -181,8 +202,10 @@ class _BlobDir:
             raise BadImageError(f"{self.where}: {desc.digest!r} is not a valid digest")
         f = self._open(f"blobs/{algo}/{hexpart}")
         if f is None:
-            raise NotFoundError(f"{self.where}: blob {desc.digest} is missing",
-                                hint="the layout is incomplete; copy the image again")
+            raise NotFoundError(
+                f"{self.where}: blob {desc.digest} is missing",
+                hint="the layout is incomplete; copy the image again",
+            )
         return f
 
     def read_small(self, desc: Descriptor) -> bytes:
@@ -205,8 +228,10 @@ def _choose_from_layout_index(index_bytes: bytes, ref: str | None, where: str) -
         return named[0]
     if len(doc.manifests) == 1:
         return doc.manifests[0]
-    raise UsageError(f"{where} holds {len(doc.manifests)} images; name one as {where}:REF",
-                     hint=f"available: {_ref_names(doc)}")
+    raise UsageError(
+        f"{where} holds {len(doc.manifests)} images; name one as {where}:REF",
+        hint=f"available: {_ref_names(doc)}",
+    )
 
 
 def _ref_names(doc: Index) -> str:
@@ -220,8 +245,10 @@ class OCILayoutSource(Source):
         self.ref = ref
         self.where = str(ref)
         if not (self.path / "index.json").is_file():
-            raise NotFoundError(f"{self.path} is not an OCI image layout (no index.json)",
-                                hint="give the directory that holds oci-layout and index.json")
+            raise NotFoundError(
+                f"{self.path} is not an OCI image layout (no index.json)",
+                hint="give the directory that holds oci-layout and index.json",
+            )
         self.blobs = _BlobDir(self._open_file, self.where)
         self._root_desc: Descriptor | None = None
 
@@ -240,7 +267,9 @@ class OCILayoutSource(Source):
         return self.blobs.read_small(desc)
 
     def open_layer(self, desc: Descriptor) -> VerifyingReader:
-        return VerifyingReader(self.blobs.open(desc), desc.digest, desc.size, f"layer {desc.digest}")
+        return VerifyingReader(
+            self.blobs.open(desc), desc.digest, desc.size, f"layer {desc.digest}"
+        )
 
 
 class _Archive:
@@ -248,7 +277,7 @@ class _Archive:
 
     def __init__(self, path: Path, where: str) -> None:
         try:
-            self.tar = tarfile.open(path, "r:")
+            self.tar = tarfile.open(path, "r:")  # noqa: SIM115 (kept open; closed by close())
         except FileNotFoundError:
             raise NotFoundError(f"{where}: no such file", hint="check the path") from None
         except (tarfile.TarError, OSError) as e:
@@ -287,7 +316,9 @@ class OCIArchiveSource(Source):
         return self.blobs.read_small(desc)
 
     def open_layer(self, desc: Descriptor) -> VerifyingReader:
-        return VerifyingReader(self.blobs.open(desc), desc.digest, desc.size, f"layer {desc.digest}")
+        return VerifyingReader(
+            self.blobs.open(desc), desc.digest, desc.size, f"layer {desc.digest}"
+        )
 
     def close(self) -> None:
         self.archive.close()
@@ -313,25 +344,28 @@ class DockerArchiveSource(Source):
         if f is None:
             raise BadImageError(f"{self.where}: no manifest.json; not a docker-archive")
         try:
-            entries = json.loads(f.read())
+            raw = json.loads(f.read())
         except ValueError as e:
             raise BadImageError(f"{self.where}: manifest.json is not valid JSON ({e})") from None
-        if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        if not isinstance(raw, list) or not raw or not all(isinstance(x, dict) for x in raw):
             raise BadImageError(f"{self.where}: manifest.json lists no images")
+        entries: list[dict[str, Any]] = raw
         if self.ref.index is not None:
             if self.ref.index >= len(entries):
                 raise NotFoundError(f"{self.where}: the archive has {len(entries)} images")
             return entries[self.ref.index]
         if self.ref.ref is not None:
             want = self.ref.ref
-            for e in entries:
-                tags = e.get("RepoTags") or []
-                if want in tags or any(_normal_tag(t) == want for t in tags):
-                    return e
+            for entry in entries:
+                tags = entry.get("RepoTags") or []
+                if want in tags or any(_normal_tag(str(t)) == want for t in tags):
+                    return entry
             raise NotFoundError(f"{self.where}: no image tagged {want!r}")
         if len(entries) > 1:
-            raise UsageError(f"{self.where} holds {len(entries)} images; name one",
-                             hint="use docker-archive:FILE:NAME:TAG or docker-archive:FILE@N")
+            raise UsageError(
+                f"{self.where} holds {len(entries)} images; name one",
+                hint="use docker-archive:FILE:NAME:TAG or docker-archive:FILE@N",
+            )
         return entries[0]
 
     def resolve(self, want: Platform | None, default: Platform) -> ResolvedImage:
@@ -349,7 +383,9 @@ class DockerArchiveSource(Source):
             check_digest(config_bytes, config_digest, f"{self.where}: config")
         config = parse_config(config_bytes, f"{self.where} config")
         if len(config.diff_ids) != len(layers):
-            raise BadImageError(f"{self.where}: {len(layers)} layers but {len(config.diff_ids)} diff_ids")
+            raise BadImageError(
+                f"{self.where}: {len(layers)} layers but {len(config.diff_ids)} diff_ids"
+            )
         descs = []
         for path, diff_id in zip(layers, config.diff_ids):
             member = self.archive.members.get(os.path.normpath(str(path)))
@@ -359,10 +395,20 @@ class DockerArchiveSource(Source):
             self._layer_paths[digest] = str(path)
             descs.append(Descriptor(DOCKER_LAYER_TAR, digest, member.size))
         if want is not None and not want.matches(config.platform):
-            raise NotFoundError(f"no {want} in {self.where}; available: {config.platform}",
-                                hint="choose it with --platform or drop --platform")
-        return ResolvedImage(self.where, None, DOCKER_MANIFEST, None, (), config_digest or
-                             _sha(config_bytes), config, tuple(descs))
+            raise NotFoundError(
+                f"no {want} in {self.where}; available: {config.platform}",
+                hint="choose it with --platform or drop --platform",
+            )
+        return ResolvedImage(
+            self.where,
+            None,
+            DOCKER_MANIFEST,
+            None,
+            (),
+            config_digest or sha256_digest(config_bytes),
+            config,
+            tuple(descs),
+        )
 
     def open_layer(self, desc: Descriptor) -> VerifyingReader:
         f = self.archive.open(self._layer_paths.get(desc.digest, ""))
@@ -374,16 +420,8 @@ class DockerArchiveSource(Source):
         self.archive.close()
 
 
-def _sha(data: bytes) -> str:
-    from kcompat.image import sha256_digest
-
-    return sha256_digest(data)
-
-
 def _normal_tag(tag: str) -> str:
     try:
-        from kcompat.reference import parse_docker_reference
-
         return str(parse_docker_reference(tag))
     except KcompatError:
         return tag
@@ -391,7 +429,8 @@ def _normal_tag(tag: str) -> str:
 
 def _digest_from_path(path: str) -> str | None:
     m = re.search(r"(?:^|/)blobs/(sha256)/([a-f0-9]{64})$", path) or re.match(
-        r"^([a-f0-9]{64})\.json$", path)
+        r"^([a-f0-9]{64})\.json$", path
+    )
     if m is None:
         return None
     if m.lastindex == 2:
@@ -412,7 +451,12 @@ class DirSource(Source):
     def resolve(self, want: Platform | None, default: Platform) -> ResolvedImage:
         config = ImageConfig(
             platform=want or Platform("linux", "unknown"),
-            entrypoint=None, cmd=None, env=(), workdir=None, user=None, diff_ids=(),
+            entrypoint=None,
+            cmd=None,
+            env=(),
+            workdir=None,
+            user=None,
+            diff_ids=(),
         )
         return ResolvedImage(self.where, None, None, None, (), None, config, ())
 
@@ -430,6 +474,3 @@ def open_source(ref: ImageReference, options: Options | None = None) -> Source:
     cls: Any = classes[ref.transport]
     source: Source = cls(ref)
     return source
-
-
-__all__ = ["DOCKER_CONFIG", "Manifest", "Options", "Source", "open_source"]

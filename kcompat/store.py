@@ -32,8 +32,10 @@ def default_cache_dir() -> Path:
 
 def _split(digest: str) -> tuple[str, str]:
     algo, _, hexpart = digest.partition(":")
-    if algo not in ("sha256", "sha512") or not hexpart or not all(
-        c in "0123456789abcdef" for c in hexpart
+    if (
+        algo not in ("sha256", "sha512")
+        or not hexpart
+        or not all(c in "0123456789abcdef" for c in hexpart)
     ):
         raise UnsupportedError(f"digest {digest!r} is not a sha256/sha512 digest")
     return algo, hexpart

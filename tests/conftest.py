@@ -72,17 +72,22 @@ def registry(images: Fixtures, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture(scope="session")
-def auth_registry(images: Fixtures, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealRegistry]:
+def auth_registry(
+    images: Fixtures, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RealRegistry]:
     """The same server behind htpasswd Basic auth (user alice, password wonderland)."""
     _need("docker-registry", "skopeo", "htpasswd")
     work = tmp_path_factory.mktemp("auth-registry")
     htpasswd = work / "htpasswd"
-    line = subprocess.run(["htpasswd", "-Bbn", "alice", "wonderland"], check=True,
-                          capture_output=True, text=True).stdout.strip()
+    line = subprocess.run(
+        ["htpasswd", "-Bbn", "alice", "wonderland"], check=True, capture_output=True, text=True
+    ).stdout.strip()
     htpasswd.write_text(line + "\n")
     reg = RealRegistry(work, htpasswd=htpasswd)
     try:
-        reg.push(images.oci("busybox-amd64"), "private/busybox:1", "--dest-creds", "alice:wonderland")
+        reg.push(
+            images.oci("busybox-amd64"), "private/busybox:1", "--dest-creds", "alice:wonderland"
+        )
         yield reg
     finally:
         reg.stop()

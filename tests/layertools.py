@@ -52,7 +52,9 @@ def compress(data: bytes, how: str) -> bytes:
 
 def layer(data: bytes) -> LayerInput:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    return LayerInput(digest, lambda: VerifyingReader(io.BytesIO(data), digest, len(data), f"layer {digest}"))
+    return LayerInput(
+        digest, lambda: VerifyingReader(io.BytesIO(data), digest, len(data), f"layer {digest}")
+    )
 
 
 def layers(*entry_lists: list[E], how: str = "gzip") -> list[LayerInput]:

@@ -63,17 +63,29 @@ class RealRegistry:
         config = workdir / "config.yml"
         config.write_text(
             "version: 0.1\nlog:\n  level: error\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {self.storage}\n  delete:\n    enabled: true\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.storage}\n"
+            "  delete:\n    enabled: true\n"
             f"http:\n  addr: {self.host}\n{auth}"
         )
-        self.log = open(workdir / "registry.log", "wb")
-        self.proc = subprocess.Popen(["docker-registry", "serve", str(config)],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.log = open(workdir / "registry.log", "wb")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            ["docker-registry", "serve", str(config)], stdout=self.log, stderr=subprocess.STDOUT
+        )
         wait_for(f"http://{self.host}/v2/")
 
     def push(self, source: str, dest: str, *args: str) -> None:
-        subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", *args,
-                        source, f"docker://{self.host}/{dest}"], check=True)
+        subprocess.run(
+            [
+                "skopeo",
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                *args,
+                source,
+                f"docker://{self.host}/{dest}",
+            ],
+            check=True,
+        )
 
     def blob_path(self, digest: str) -> Path:
         hexpart = digest.split(":")[1]
@@ -127,7 +139,9 @@ class ScriptedRegistry:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+            def _send(
+                self, status: int, body: bytes = b"", headers: dict[str, str] | None = None
+            ) -> None:
                 self.send_response(status)
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
@@ -135,14 +149,18 @@ class ScriptedRegistry:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 reg.requests.append(self.path)
                 if self.path.startswith("/token"):
                     from urllib.parse import parse_qs, urlparse
+
                     q = {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
                     reg.token_requests.append(q)
-                    self._send(200, json.dumps({"token": reg.token}).encode(),
-                               {"Content-Type": "application/json"})
+                    self._send(
+                        200,
+                        json.dumps({"token": reg.token}).encode(),
+                        {"Content-Type": "application/json"},
+                    )
                     return
                 if reg.fail_next:
                     status, headers = reg.fail_next.pop(0)
@@ -150,15 +168,19 @@ class ScriptedRegistry:
                     return
                 if reg.token and self.headers.get("Authorization") != f"Bearer {reg.token}":
                     challenge = DOCKER_HUB_CHALLENGE.replace(
-                        "https://auth.docker.io/token", f"http://{reg.host}/token")
-                    self._send(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}',
-                               {"WWW-Authenticate": challenge})
+                        "https://auth.docker.io/token", f"http://{reg.host}/token"
+                    )
+                    self._send(
+                        401,
+                        b'{"errors":[{"code":"UNAUTHORIZED"}]}',
+                        {"WWW-Authenticate": challenge},
+                    )
                     return
                 prefix = f"/v2/{reg.repo}/"
                 if not self.path.startswith(prefix):
                     self._send(404, b'{"errors":[{"code":"NAME_UNKNOWN"}]}')
                     return
-                kind, _, ref = self.path[len(prefix):].partition("/")
+                kind, _, ref = self.path[len(prefix) :].partition("/")
                 if kind == "manifests":
                     digest = reg.tags.get(ref, ref)
                     try:
@@ -166,7 +188,9 @@ class ScriptedRegistry:
                     except (OSError, IndexError):
                         self._send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
                         return
-                    mt = json.loads(body).get("mediaType", "application/vnd.oci.image.manifest.v1+json")
+                    mt = json.loads(body).get(
+                        "mediaType", "application/vnd.oci.image.manifest.v1+json"
+                    )
                     self._send(200, body, {"Content-Type": mt, "Docker-Content-Digest": digest})
                     return
                 if kind == "blobs":
@@ -195,7 +219,7 @@ class ScriptedRegistry:
                 drop = reg.drop_blob_after
                 sent = 0
                 for i in range(0, len(part), 65536):
-                    chunk = part[i:i + 65536]
+                    chunk = part[i : i + 65536]
                     if drop is not None and sent + len(chunk) > drop:
                         reg.drop_blob_after = None
                         self.wfile.write(chunk[: drop - sent])

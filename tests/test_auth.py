@@ -43,15 +43,24 @@ def _write_config(tmp_path: Path, doc: dict[str, object], monkeypatch: pytest.Mo
 
 def test_docker_config_auths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     token = base64.b64encode(b"bob:secret").decode()
-    _write_config(tmp_path, {"auths": {"https://index.docker.io/v1/": {"auth": token},
-                                       "reg.example:5000": {"username": "u", "password": "p"}}},
-                  monkeypatch)
+    _write_config(
+        tmp_path,
+        {
+            "auths": {
+                "https://index.docker.io/v1/": {"auth": token},
+                "reg.example:5000": {"username": "u", "password": "p"},
+            }
+        },
+        monkeypatch,
+    )
     assert stored_credentials("docker.io") == Credentials("bob", "secret")
     assert stored_credentials("reg.example:5000") == Credentials("u", "p")
     assert stored_credentials("other.example") is None
 
 
-def test_credential_helpers_are_refused_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_credential_helpers_are_refused_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _write_config(tmp_path, {"auths": {"ghcr.io": {}}, "credsStore": "desktop"}, monkeypatch)
     with pytest.raises(UnsupportedError) as err:
         stored_credentials("ghcr.io")

@@ -15,7 +15,13 @@ from kcompat.merged import LayerInput, MergedView
 from kcompat.rootfs import flatten
 from tests.layertools import E, compress, layer, layers, tar_bytes
 
-DIR, SYM, LNK, CHR, FIFO = tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.FIFOTYPE
+DIR, SYM, LNK, CHR, FIFO = (
+    tarfile.DIRTYPE,
+    tarfile.SYMTYPE,
+    tarfile.LNKTYPE,
+    tarfile.CHRTYPE,
+    tarfile.FIFOTYPE,
+)
 
 
 def view_files(ls: list[LayerInput]) -> tuple[dict[str, tuple[FileKind, bytes | str]], MergedView]:
@@ -30,10 +36,22 @@ def view_files(ls: list[LayerInput]) -> tuple[dict[str, tuple[FileKind, bytes | 
 @pytest.mark.parametrize("how", ["gzip", "zstd", "none"])
 def test_last_writer_wins_and_whiteouts(how: str) -> None:
     ls = layers(
-        [E("etc", DIR), E("etc/a", data=b"old"), E("etc/gone", data=b"x"), E("opt", DIR),
-         E("opt/lower", data=b"l"), E("d", DIR), E("d/child", data=b"c")],
-        [E("etc/a", data=b"new"), E("etc/.wh.gone"), E("opt/.wh..wh..opq"), E("opt/upper", data=b"u"),
-         E("d", SYM, link="/elsewhere")],
+        [
+            E("etc", DIR),
+            E("etc/a", data=b"old"),
+            E("etc/gone", data=b"x"),
+            E("opt", DIR),
+            E("opt/lower", data=b"l"),
+            E("d", DIR),
+            E("d/child", data=b"c"),
+        ],
+        [
+            E("etc/a", data=b"new"),
+            E("etc/.wh.gone"),
+            E("opt/.wh..wh..opq"),
+            E("opt/upper", data=b"u"),
+            E("d", SYM, link="/elsewhere"),
+        ],
         how=how,
     )
     files, view = view_files(ls)
@@ -81,8 +99,14 @@ def test_symlink_then_write_through_it_same_layer(tmp_path: Path) -> None:
     outside.mkdir()
     root = tmp_path / "root"
     root.mkdir()
-    ls = layers([E("evil", SYM, link=str(outside)), E("evil/planted", data=b"pwn"),
-                 E("rel", SYM, link="../outside"), E("rel/planted2", data=b"pwn")])
+    ls = layers(
+        [
+            E("evil", SYM, link=str(outside)),
+            E("evil/planted", data=b"pwn"),
+            E("rel", SYM, link="../outside"),
+            E("rel/planted2", data=b"pwn"),
+        ]
+    )
     issues = flatten(ls, root)
     assert os.listdir(outside) == []
     assert {i.path for i in issues if i.action == "refused"} == {"evil/planted", "rel/planted2"}
@@ -117,7 +141,10 @@ def test_planted_symlink_in_target_is_not_followed(tmp_path: Path) -> None:
 def test_hardlinks_inside_root(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
-    flatten(layers([E("bin", DIR), E("bin/a", data=b"A", mode=0o755)], [E("bin/b", LNK, link="bin/a")]), root)
+    flatten(
+        layers([E("bin", DIR), E("bin/a", data=b"A", mode=0o755)], [E("bin/b", LNK, link="bin/a")]),
+        root,
+    )
     assert os.stat(root / "bin/a").st_ino == os.stat(root / "bin/b").st_ino
     assert stat.S_IMODE(os.stat(root / "bin/a").st_mode) == 0o755
 
@@ -132,8 +159,17 @@ def test_hardlink_to_a_symlink_links_the_symlink_itself(tmp_path: Path) -> None:
 def test_device_nodes(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
-    issues = flatten(layers([E("dev", DIR), E("dev/sda", tarfile.BLKTYPE, major=8, minor=0),
-                             E("dev/null", CHR, major=1, minor=3), E("fifo", FIFO)]), root)
+    issues = flatten(
+        layers(
+            [
+                E("dev", DIR),
+                E("dev/sda", tarfile.BLKTYPE, major=8, minor=0),
+                E("dev/null", CHR, major=1, minor=3),
+                E("fifo", FIFO),
+            ]
+        ),
+        root,
+    )
     assert stat.S_ISFIFO(os.lstat(root / "fifo").st_mode)
     if os.geteuid() == 0:
         assert stat.S_ISCHR(os.lstat(root / "dev/null").st_mode)
@@ -155,6 +191,7 @@ def test_absurd_size_header_is_a_corrupt_layer() -> None:
     raw = bytearray(tar_bytes([E("f", data=b"abc")]))
     raw[124:136] = b"77777777777\0"  # size field: 8 GiB, with 3 bytes behind it
     import tarfile as tf
+
     raw[148:156] = b"        "
     raw[148:155] = (b"%06o\0" % tf.calc_chksums(bytes(raw[:512]))[0])[:7]
     with pytest.raises(BadImageError, match="truncated or corrupt"):
@@ -164,8 +201,11 @@ def test_absurd_size_header_is_a_corrupt_layer() -> None:
 def test_truncated_gzip_is_corrupt() -> None:
     data = compress(tar_bytes([E("f", data=os.urandom(100_000))]), "gzip")
     cut = data[: len(data) // 2]
-    import hashlib, io
+    import hashlib
+    import io
+
     from kcompat.layers import VerifyingReader
+
     d = "sha256:" + hashlib.sha256(cut).hexdigest()
     with pytest.raises(BadImageError, match="truncated or corrupt"):
         view_files([LayerInput(d, lambda: VerifyingReader(io.BytesIO(cut), d, len(cut), "l"))])
@@ -174,9 +214,13 @@ def test_truncated_gzip_is_corrupt() -> None:
 def test_digest_mismatch_is_integrity_error() -> None:
     good = layer(compress(tar_bytes([E("f", data=b"x")]), "gzip"))
     import io
+
     from kcompat.layers import VerifyingReader
+
     other = compress(tar_bytes([E("f", data=b"y")]), "gzip")
-    bad = LayerInput(good.digest, lambda: VerifyingReader(io.BytesIO(other), good.digest, len(other), "l"))
+    bad = LayerInput(
+        good.digest, lambda: VerifyingReader(io.BytesIO(other), good.digest, len(other), "l")
+    )
     with pytest.raises(IntegrityError):
         view_files([bad])
 

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from kcompat.errors import UsageError
-from kcompat.image import Index, Descriptor, select_manifest
-from kcompat.errors import NotFoundError
+from kcompat.errors import NotFoundError, UsageError
+from kcompat.image import Descriptor, Index, select_manifest
 from kcompat.platform import Platform, parse_platform
 
 
@@ -37,8 +36,15 @@ def test_bad_platforms(text: str) -> None:
 def _index(*plats: tuple[str, str, str | None], attest: bool = False) -> Index:
     descs = [Descriptor("m", f"sha256:{i:064x}", 1, Platform(*p)) for i, p in enumerate(plats)]
     if attest:
-        descs.append(Descriptor("m", "sha256:" + "f" * 64, 1, Platform("unknown", "unknown"),
-                                {"vnd.docker.reference.type": "attestation-manifest"}))
+        descs.append(
+            Descriptor(
+                "m",
+                "sha256:" + "f" * 64,
+                1,
+                Platform("unknown", "unknown"),
+                {"vnd.docker.reference.type": "attestation-manifest"},
+            )
+        )
     return Index("application/vnd.oci.image.index.v1+json", tuple(descs))
 
 
@@ -59,5 +65,7 @@ def test_no_match_lists_available_and_skips_attestations() -> None:
     with pytest.raises(NotFoundError) as err:
         select_manifest(idx, parse_platform("linux/arm64"), "docker.io/library/x:1")
     msg = str(err.value)
-    assert msg.startswith("no linux/arm64/v8 in docker.io/library/x:1; available: linux/amd64, linux/s390x")
+    assert msg.startswith(
+        "no linux/arm64/v8 in docker.io/library/x:1; available: linux/amd64, linux/s390x"
+    )
     assert "unknown" not in msg

@@ -27,7 +27,9 @@ D = "sha256:" + "a" * 64
         ("[::1]:5000/img:1", "[::1]:5000", "img", "1", None),
     ],
 )
-def test_docker_references(text: str, registry: str, repo: str, tag: str | None, digest: str | None) -> None:
+def test_docker_references(
+    text: str, registry: str, repo: str, tag: str | None, digest: str | None
+) -> None:
     ref = parse_reference(text)
     assert isinstance(ref, RegistryRef)
     assert (ref.registry, ref.repository, ref.tag, ref.digest) == (registry, repo, tag, digest)
@@ -76,8 +78,10 @@ def test_malformed_references_say_what_is_wrong(text: str, why: str) -> None:
         ("oci:/tmp/lay:v1", LocalRef(Transport.OCI, "/tmp/lay", "v1")),
         ("oci-archive:img.tar:ref", LocalRef(Transport.OCI_ARCHIVE, "img.tar", "ref")),
         ("docker-archive:img.tar", LocalRef(Transport.DOCKER_ARCHIVE, "img.tar")),
-        ("docker-archive:img.tar:busybox:1",
-         LocalRef(Transport.DOCKER_ARCHIVE, "img.tar", "docker.io/library/busybox:1")),
+        (
+            "docker-archive:img.tar:busybox:1",
+            LocalRef(Transport.DOCKER_ARCHIVE, "img.tar", "docker.io/library/busybox:1"),
+        ),
         ("docker-archive:img.tar@2", LocalRef(Transport.DOCKER_ARCHIVE, "img.tar", None, 2)),
         ("dir:/srv/rootfs", LocalRef(Transport.DIR, "/srv/rootfs")),
     ],

@@ -24,8 +24,12 @@ pytestmark = pytest.mark.integration
 
 
 def skopeo_inspect(ref: str, *args: str) -> dict[str, object]:
-    out = subprocess.run(["skopeo", "inspect", "--tls-verify=false", *args, ref],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", *args, ref],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out)
 
 
@@ -40,8 +44,9 @@ def skopeo_inspect(ref: str, *args: str) -> dict[str, object]:
         ("multi-docker", "linux/s390x", ["--override-arch", "s390x"]),
     ],
 )
-def test_inspect_agrees_with_skopeo(registry: RealRegistry, tag: str, platform: str | None,
-                                    skopeo_args: list[str]) -> None:
+def test_inspect_agrees_with_skopeo(
+    registry: RealRegistry, tag: str, platform: str | None, skopeo_args: list[str]
+) -> None:
     ref = f"{registry.host}/busybox:{tag}"
     theirs = skopeo_inspect(f"docker://{ref}", *skopeo_args)
     with open_image(ref, Options(platform=parse_platform(platform) if platform else None)) as o:
@@ -54,22 +59,32 @@ def test_inspect_agrees_with_skopeo(registry: RealRegistry, tag: str, platform: 
 
 
 def test_multi_arch_lists_platforms(registry: RealRegistry) -> None:
-    with open_image(f"{registry.host}/busybox:multi-docker", Options(platform=parse_platform("arm64"))) as o:
+    with open_image(
+        f"{registry.host}/busybox:multi-docker", Options(platform=parse_platform("arm64"))
+    ) as o:
         assert [str(p) for p in o.image.index_platforms] == [
-            "linux/amd64", "linux/arm64/v8", "linux/arm/v7", "linux/s390x"]
+            "linux/amd64",
+            "linux/arm64/v8",
+            "linux/arm/v7",
+            "linux/s390x",
+        ]
         assert str(o.image.config.platform) == "linux/arm64"
 
 
 def test_missing_platform_lists_available(registry: RealRegistry) -> None:
-    with pytest.raises(NotFoundError) as err, open_image(
-            f"{registry.host}/busybox:multi", Options(platform=parse_platform("riscv64"))):
+    with (
+        pytest.raises(NotFoundError) as err,
+        open_image(f"{registry.host}/busybox:multi", Options(platform=parse_platform("riscv64"))),
+    ):
         pass
     assert "available: linux/amd64, linux/arm64/v8, linux/arm/v7, linux/s390x" in str(err.value)
 
 
 def test_pull_and_unpack_arm64(registry: RealRegistry, _private_cache: Path) -> None:
     store = BlobStore()
-    with open_image(f"{registry.host}/busybox:multi", Options(platform=parse_platform("arm64"))) as o:
+    with open_image(
+        f"{registry.host}/busybox:multi", Options(platform=parse_platform("arm64"))
+    ) as o:
         pull(o, store)
         for d in o.image.layers:
             data = store.path(d.digest).read_bytes()
@@ -93,8 +108,9 @@ def test_unreachable_registry_is_a_network_error() -> None:
         pass
 
 
-def test_tampered_blob_fails_and_leaves_nothing(registry: RealRegistry, images: Fixtures,
-                                                tmp_path: Path) -> None:
+def test_tampered_blob_fails_and_leaves_nothing(
+    registry: RealRegistry, images: Fixtures, tmp_path: Path
+) -> None:
     # A repository of its own, so the tampering does not touch the other tests' blobs.
     registry.push(images.oci("busybox-s390x"), "tamper/busybox:1")
     with open_image(f"{registry.host}/tamper/busybox:1") as o:
@@ -116,8 +132,12 @@ def test_basic_auth(auth_registry: RealRegistry) -> None:
     ref = f"{auth_registry.host}/private/busybox:1"
     with pytest.raises(AuthError, match="user name and password"), open_image(ref):
         pass
-    with pytest.raises(AuthError, match="access denied with the given credentials"), open_image(
-            ref, Options(creds=__import__("kcompat.auth").auth.Credentials("alice", "wrong"))):
+    with (
+        pytest.raises(AuthError, match="access denied with the given credentials"),
+        open_image(
+            ref, Options(creds=__import__("kcompat.auth").auth.Credentials("alice", "wrong"))
+        ),
+    ):
         pass
     from kcompat.auth import Credentials
 
@@ -126,14 +146,22 @@ def test_basic_auth(auth_registry: RealRegistry) -> None:
         assert o.image.config.platform.architecture == "amd64"
 
 
-def test_basic_auth_from_docker_config(auth_registry: RealRegistry, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_basic_auth_from_docker_config(
+    auth_registry: RealRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import base64
 
     conf = tmp_path / "docker"
     conf.mkdir()
-    (conf / "config.json").write_text(json.dumps(
-        {"auths": {auth_registry.host: {"auth": base64.b64encode(b"alice:wonderland").decode()}}}))
+    (conf / "config.json").write_text(
+        json.dumps(
+            {
+                "auths": {
+                    auth_registry.host: {"auth": base64.b64encode(b"alice:wonderland").decode()}
+                }
+            }
+        )
+    )
     monkeypatch.setenv("DOCKER_CONFIG", str(conf))
     with open_image(f"{auth_registry.host}/private/busybox:1") as o:
         assert o.image.layers
@@ -141,13 +169,16 @@ def test_basic_auth_from_docker_config(auth_registry: RealRegistry, tmp_path: Pa
 
 # --- the scripted registry: failures on demand -----------------------------------------
 
+
 def test_bearer_token_flow(images: Fixtures) -> None:
     with scripted(images.layout) as reg:
         reg.token = "t0ken"
         with open_image(f"{reg.host}/test/busybox:busybox-amd64") as o:
             pull(o, BlobStore())
-        assert reg.token_requests[0] == {"service": "registry.docker.io",
-                                         "scope": "repository:library/nginx:pull"}
+        assert reg.token_requests[0] == {
+            "service": "registry.docker.io",
+            "scope": "repository:library/nginx:pull",
+        }
         assert len(reg.token_requests) == 1  # the token is reused for later requests
 
 
@@ -165,8 +196,10 @@ def test_gives_up_after_retries(images: Fixtures, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("KCOMPAT_RETRIES", "1")
     with scripted(images.layout) as reg:
         reg.fail_next = [(503, {}), (503, {}), (503, {})]
-        with pytest.raises(NetworkError, match="HTTP 503"), open_image(
-                f"{reg.host}/test/busybox:busybox-amd64"):
+        with (
+            pytest.raises(NetworkError, match="HTTP 503"),
+            open_image(f"{reg.host}/test/busybox:busybox-amd64"),
+        ):
             pass
 
 
@@ -183,8 +216,12 @@ def test_dropped_connection_resumes_with_range(images: Fixtures) -> None:
 
 
 def _kcompat(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "kcompat", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kcompat", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_pull_killed_halfway_then_rerun(images: Fixtures, tmp_path: Path) -> None:
@@ -197,7 +234,11 @@ def test_pull_killed_halfway_then_rerun(images: Fixtures, tmp_path: Path) -> Non
         blobs = cache / "blobs" / "sha256"
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            partials = [p for p in blobs.glob("*.partial") if p.stat().st_size > 100_000] if blobs.exists() else []
+            partials = (
+                [p for p in blobs.glob("*.partial") if p.stat().st_size > 100_000]
+                if blobs.exists()
+                else []
+            )
             if partials:
                 break
             time.sleep(0.05)
@@ -212,7 +253,7 @@ def test_pull_killed_halfway_then_rerun(images: Fixtures, tmp_path: Path) -> Non
                 assert "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() == f"sha256:{p.name}"
         reg.blob_delay = 0
         rerun = _kcompat("pull", ref, env=env)
-        out, err = rerun.communicate(timeout=60)
+        _, err = rerun.communicate(timeout=60)
         assert rerun.returncode == 0, err
         assert reg.range_requests  # resumed, not restarted
         assert not list(blobs.glob("*.partial"))
@@ -226,5 +267,10 @@ def test_two_concurrent_pulls_both_succeed(images: Fixtures, tmp_path: Path) -> 
         procs = [_kcompat("pull", "--unpack", ref, env=env) for _ in range(2)]
         results = [p.communicate(timeout=60) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], results
-        roots = {line for out, _ in results for line in out.decode().splitlines() if line.startswith("rootfs ")}
+        roots = {
+            line
+            for out, _ in results
+            for line in out.decode().splitlines()
+            if line.startswith("rootfs ")
+        }
         assert len(roots) == 1

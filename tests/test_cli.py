@@ -1,0 +1,101 @@
+"""The CLI as a user meets it: one-line errors and distinct exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kcompat.errors import ExitCode
+from tests.conftest import Fixtures
+from tests.registry_server import RealRegistry
+
+
+def kcompat(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kcompat", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def _one_line_error(r: subprocess.CompletedProcess[str]) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("kcompat: error: ")
+    return lines[0]
+
+
+def test_malformed_reference_exit_2() -> None:
+    r = kcompat("inspect", "Bad/Name:")
+    assert r.returncode == ExitCode.USAGE
+    assert "'Bad/Name:'" in _one_line_error(r)
+
+
+def test_bad_platform_exit_2(images: Fixtures) -> None:
+    r = kcompat("inspect", "--platform", "sparc", images.oci("busybox-multi"))
+    assert r.returncode == ExitCode.USAGE and "unknown architecture 'sparc'" in _one_line_error(r)
+
+
+def test_unknown_option_is_usage() -> None:
+    r = kcompat("inspect", "--nope", "x")
+    assert r.returncode == ExitCode.USAGE
+
+
+@pytest.mark.integration
+def test_exit_codes_against_registry(registry: RealRegistry, auth_registry: RealRegistry) -> None:
+    r = kcompat("inspect", f"{registry.host}/busybox:missing")
+    assert r.returncode == ExitCode.NOT_FOUND and "not found" in _one_line_error(r)
+    r = kcompat("inspect", f"{auth_registry.host}/private/busybox:1")
+    assert r.returncode == ExitCode.AUTH and "--creds" in _one_line_error(r)
+    r = kcompat("inspect", "127.0.0.1:9/x:1")
+    assert r.returncode == ExitCode.NETWORK and "cannot reach" in _one_line_error(r)
+    r = kcompat("inspect", "--platform", "riscv64", f"{registry.host}/busybox:multi")
+    assert r.returncode == ExitCode.NOT_FOUND and "available:" in _one_line_error(r)
+    r = kcompat("inspect", "--creds", "alice:wonderland", f"{auth_registry.host}/private/busybox:1")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.integration
+def test_inspect_json_and_text(registry: RealRegistry) -> None:
+    r = kcompat(
+        "inspect",
+        "--format",
+        "json",
+        "--platform",
+        "linux/arm64",
+        f"docker://{registry.host}/busybox:multi",
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["architecture"] == "arm64" and len(doc["index"]["platforms"]) == 4
+    assert doc["config"]["cmd"] == ["/bin/sh"]
+    r = kcompat("inspect", f"{registry.host}/busybox:amd64")
+    assert r.returncode == 0 and "Platform:     linux/amd64" in r.stdout
+
+
+@pytest.mark.integration
+def test_pull_unpack_prints_rootfs(registry: RealRegistry) -> None:
+    r = kcompat("pull", "--unpack", "--platform", "s390x", f"{registry.host}/busybox:multi-docker")
+    assert r.returncode == 0, r.stderr
+    root = Path(r.stdout.splitlines()[-1].split(" ", 1)[1])
+    assert (root / "bin" / "busybox").is_file()
+
+
+@pytest.mark.integration
+def test_integrity_failure_exit_code(images: Fixtures, tmp_path: Path) -> None:
+    import shutil
+
+    layout = tmp_path / "layout"
+    shutil.copytree(images.layout, layout)
+    index = json.loads((layout / "index.json").read_text())
+    entry = next(
+        m
+        for m in index["manifests"]
+        if m["annotations"]["org.opencontainers.image.ref.name"] == "busybox-amd64"
+    )
+    manifest = layout / "blobs" / "sha256" / entry["digest"].split(":")[1]
+    manifest.write_bytes(manifest.read_bytes() + b" ")
+    r = kcompat("inspect", f"oci:{layout}:busybox-amd64")
+    assert r.returncode == ExitCode.INTEGRITY and "digest" in _one_line_error(r)
