@@ -60,6 +60,8 @@ def registry(images: Fixtures, tmp_path_factory: pytest.TempPathFactory) -> Iter
     _need("docker-registry", "skopeo")
     reg = RealRegistry(tmp_path_factory.mktemp("registry"))
     try:
+        # First, while the registry holds no gzip copy that skopeo would reuse instead.
+        reg.push(images.oci("busybox-amd64"), "zstd/busybox:1", "--dest-compress-format", "zstd")
         for arch in ("amd64", "arm64", "armhf", "s390x"):
             reg.push(images.oci(f"busybox-{arch}"), f"busybox:{arch}")
         reg.push(images.oci("glibc-amd64"), "glibc:amd64")

@@ -97,6 +97,20 @@ def test_pull_and_unpack_arm64(registry: RealRegistry, _private_cache: Path) -> 
     assert os.readlink(root / "bin" / "sh") == "busybox"
 
 
+def test_zstd_layers_give_the_same_files_as_gzip(registry: RealRegistry) -> None:
+    store = BlobStore()
+    roots = []
+    for name in ("busybox:amd64", "zstd/busybox:1"):
+        with open_image(f"{registry.host}/{name}") as o:
+            if name.startswith("zstd"):
+                assert any(d.media_type.endswith("+zstd") for d in o.image.layers)
+            pull(o, store)
+            roots.append(unpack(o, store)[0])
+    listings = [sorted(str(p.relative_to(r)) for p in r.rglob("*")) for r in roots]
+    assert listings[0] == listings[1] and "bin/busybox" in listings[0]
+    assert (roots[0] / "bin/busybox").read_bytes() == (roots[1] / "bin/busybox").read_bytes()
+
+
 def test_unknown_tag_and_repo_are_not_found(registry: RealRegistry) -> None:
     for ref in (f"{registry.host}/busybox:nope", f"{registry.host}/nothing/here:1"):
         with pytest.raises(NotFoundError), open_image(ref):
