@@ -69,3 +69,15 @@ def test_no_match_lists_available_and_skips_attestations() -> None:
         "no linux/arm64/v8 in docker.io/library/x:1; available: linux/amd64, linux/s390x"
     )
     assert "unknown" not in msg
+
+
+def test_schema1_manifest_is_refused_with_the_fix() -> None:
+    import json
+
+    from kcompat.errors import ExitCode, UnsupportedError
+    from kcompat.image import parse_document
+
+    doc = json.dumps({"schemaVersion": 1, "name": "x", "tag": "1", "fsLayers": []}).encode()
+    with pytest.raises(UnsupportedError) as err:
+        parse_document(doc, "application/vnd.docker.distribution.manifest.v1+prettyjws", "r/x:1")
+    assert "re-push" in str(err.value) and err.value.exit_code == ExitCode.UNSUPPORTED
