@@ -60,7 +60,7 @@ def _validate(abi: str, doc: object) -> list[dict[str, object]]:
         or not isinstance(doc.get("syscalls"), list)
     ):
         raise ValueError(f"syscall table {abi}: malformed")
-    rows = doc["syscalls"]
+    rows: list[dict[str, object]] = doc["syscalls"]
     for r in rows:
         if (
             not isinstance(r, dict)
@@ -80,14 +80,15 @@ def table(abi: str) -> SyscallTable:
     by_nr: dict[int, Syscall] = {}
     by_name: dict[str, Syscall] = {}
     for r in rows:
+        since, removed = r.get("since"), r.get("removed")
         s = Syscall(
             abi=abi,
-            nr=int(r["nr"]),
-            name=str(r["name"]),  # type: ignore[call-overload]
-            aliases=tuple(r.get("aliases") or ()),  # type: ignore[arg-type]
-            since=r.get("since"),  # type: ignore[arg-type]
+            nr=int(str(r["nr"])),
+            name=str(r["name"]),
+            aliases=tuple(str(a) for a in r.get("aliases") or ()),  # type: ignore[attr-defined]
+            since=str(since) if since is not None else None,
             exact=bool(r.get("exact")),
-            removed=r.get("removed"),  # type: ignore[arg-type]
+            removed=str(removed) if removed is not None else None,
             implemented=bool(r.get("implemented", True)),
             source=str(r.get("source", "")),
         )

@@ -165,6 +165,21 @@ def read_man(path: Path) -> dict[str, tuple[str, str | None]]:
     return out
 
 
+# libseccomp keeps MIPS numbers without the ABI's base (arch-mips64.c: __SCMP_NR_BASE).
+SECCOMP_BASE = {"mips64": 5000, "mips64n32": 6000, "mips": 4000}
+
+# The sources' README: these columns say 3.0 for nearly everything (the ports are younger).
+PR457_UNRELIABLE = frozenset({"aarch64", "loongarch64", "riscv64"})
+
+
+def _kver(text: str) -> str | None:
+    """SCMP_KV_4_3 -> "4.3". 3.0 is PR #457's floor ("3.0 or older"), so no bound."""
+    m = re.fullmatch(r"SCMP_KV_(\d+)_(\d+)", text)
+    if m is None or (m.group(1), m.group(2)) == ("3", "0"):
+        return None
+    return f"{m.group(1)}.{m.group(2)}"
+
+
 def _number(text: str) -> int | None:
     return int(text) if text.isdigit() else None
 
@@ -175,6 +190,7 @@ def build_abi(
     man: dict[str, tuple[str, str | None]],
     seccomp_rows: list[dict[str, str]],
     pr457_numbers: dict[str, int | None],
+    pr457_kver: dict[str, str],
     generic: dict[tuple[int, str], Row] | None = None,
 ) -> dict[int, Row]:
     rows: dict[int, Row] = {}
@@ -182,13 +198,13 @@ def build_abi(
     for r in seccomp_rows:
         nr = _number(r.get(spec.seccomp, "PNR"))
         if nr is not None:
-            current[r["syscall"]] = nr
+            current[r["syscall"]] = nr + SECCOMP_BASE.get(spec.seccomp, 0)
     hrw = read_hrw(src / "hrw-syscalls-table" / spec.hrw)
     for name, nr in {**current, **hrw}.items():
         rows.setdefault(nr, Row(nr, name))
         rows[nr].aliases.add(name)
 
-    pr457 = {name: nr for name, nr in pr457_numbers.items()}
+    pr457 = pr457_numbers
 
     def man_since(names: set[str]) -> tuple[str | None, str | None]:
         found = [man[n] for n in sorted(names) if n in man]
@@ -219,17 +235,20 @@ def build_abi(
             if first[nr] != floor:
                 row.since, row.exact, row.source = first[nr], True, "mebeim"
             else:
+                # Older than the floor: the latest of the lower bounds we have: the
+                # generic man-pages version, PR #457's per-arch version (catches late
+                # per-arch wiring and man-pages' own slips, e.g. membarrier: 4.3, not
+                # 3.17) and the port; capped at the floor, where mebeim saw it.
                 ms, _ = man_since(row.aliases)
-                cand = max(ms or spec.port, spec.port, key=vkey)
+                bounds = [(spec.port, "port")]
+                if ms is not None:
+                    bounds.append((ms, "man-pages"))
+                kv = next((pr457_kver[n] for n in sorted(row.aliases) if n in pr457_kver), None)
+                if kv is not None:
+                    bounds.append((kv, "libseccomp-pr457"))
+                cand, row.source = max(bounds, key=lambda b: vkey(b[0]))
                 if vkey(cand) > vkey(floor):
-                    cand = floor  # present at the floor: cannot be newer than it
-                    row.source = "mebeim-floor"
-                else:
-                    row.source = (
-                        "port"
-                        if cand == spec.port and (ms is None or vkey(ms) < vkey(spec.port))
-                        else "man-pages"
-                    )
+                    cand, row.source = floor, "mebeim-floor"
                 row.since, row.exact = cand, False
             if last[nr] != newest:
                 later = [v for v in versions if vkey(v) > vkey(last[nr])]
@@ -313,7 +332,13 @@ def generate(src: Path, out: Path) -> list[Path]:
     generic: dict[tuple[int, str], Row] = {}
     for spec in ABIS:  # arm64 comes before loong64, which borrows its dates
         pr457 = {r["syscall"]: _number(r.get(spec.seccomp, "PNR")) for r in pr457_rows}
-        rows = build_abi(spec, src, man, seccomp_rows, pr457, generic)
+        kvers = {}
+        if spec.seccomp not in PR457_UNRELIABLE:
+            for r in pr457_rows:
+                kv = _kver(r.get(f"{spec.seccomp}_kver", ""))
+                if kv is not None:
+                    kvers[r["syscall"]] = kv
+        rows = build_abi(spec, src, man, seccomp_rows, pr457, kvers, generic)
         if spec.name == "arm64":
             generic = {(r.nr, r.name): r for r in rows.values()}
         path = out / f"{spec.name}.json"
