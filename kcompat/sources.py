@@ -239,7 +239,29 @@ def _ref_names(doc: Index) -> str:
     return ", ".join(names) or "none"
 
 
-class OCILayoutSource(Source):
+class _LayoutSource(Source):
+    """An OCI image layout, on disk or inside an archive: index.json names the image."""
+
+    ref: LocalRef
+    blobs: _BlobDir
+
+    def _index_bytes(self) -> bytes:
+        raise NotImplementedError
+
+    def _root(self) -> tuple[bytes, str | None, str | None]:
+        desc = _choose_from_layout_index(self._index_bytes(), self.ref.ref, self.where)
+        return self.blobs.read_small(desc), desc.media_type, desc.digest
+
+    def _small_blob(self, desc: Descriptor) -> bytes:
+        return self.blobs.read_small(desc)
+
+    def open_layer(self, desc: Descriptor) -> VerifyingReader:
+        return VerifyingReader(
+            self.blobs.open(desc), desc.digest, desc.size, f"layer {desc.digest}"
+        )
+
+
+class OCILayoutSource(_LayoutSource):
     def __init__(self, ref: LocalRef) -> None:
         self.path = Path(ref.path)
         self.ref = ref
@@ -258,18 +280,8 @@ class OCILayoutSource(Source):
         except FileNotFoundError:
             return None
 
-    def _root(self) -> tuple[bytes, str | None, str | None]:
-        index_bytes = (self.path / "index.json").read_bytes()
-        desc = _choose_from_layout_index(index_bytes, self.ref.ref, self.where)
-        return self.blobs.read_small(desc), desc.media_type, desc.digest
-
-    def _small_blob(self, desc: Descriptor) -> bytes:
-        return self.blobs.read_small(desc)
-
-    def open_layer(self, desc: Descriptor) -> VerifyingReader:
-        return VerifyingReader(
-            self.blobs.open(desc), desc.digest, desc.size, f"layer {desc.digest}"
-        )
+    def _index_bytes(self) -> bytes:
+        return (self.path / "index.json").read_bytes()
 
 
 class _Archive:
@@ -298,27 +310,18 @@ class _Archive:
         self.tar.close()
 
 
-class OCIArchiveSource(Source):
+class OCIArchiveSource(_LayoutSource):
     def __init__(self, ref: LocalRef) -> None:
         self.ref = ref
         self.where = str(ref)
         self.archive = _Archive(Path(ref.path), self.where)
         self.blobs = _BlobDir(self.archive.open, self.where)
 
-    def _root(self) -> tuple[bytes, str | None, str | None]:
+    def _index_bytes(self) -> bytes:
         f = self.archive.open("index.json")
         if f is None:
             raise BadImageError(f"{self.where}: no index.json; not an OCI archive")
-        desc = _choose_from_layout_index(f.read(), self.ref.ref, self.where)
-        return self.blobs.read_small(desc), desc.media_type, desc.digest
-
-    def _small_blob(self, desc: Descriptor) -> bytes:
-        return self.blobs.read_small(desc)
-
-    def open_layer(self, desc: Descriptor) -> VerifyingReader:
-        return VerifyingReader(
-            self.blobs.open(desc), desc.digest, desc.size, f"layer {desc.digest}"
-        )
+        return f.read()
 
     def close(self) -> None:
         self.archive.close()
