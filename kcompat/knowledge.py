@@ -1,0 +1,86 @@
+"""Facts about C libraries and Go that the rules judge by, loaded and validated at import.
+
+The data (kcompat/data/knowledge.json) cites its sources; they are gathered in
+shared/docs/compat-facts.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+
+def vkey(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.split("."))
+
+
+@dataclass(frozen=True)
+class Fallback:
+    syscall: str
+    kernel: str
+    glibc_since: str
+    fallback: bool
+    note: str
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    raw: dict[str, Any]
+    fallbacks: tuple[Fallback, ...]
+
+    def glibc_default_min_kernel(self, glibc: str, arch: str) -> str:
+        """glibc's default --enable-kernel for a release, raised to the arch's own minimum."""
+        found = "2.6.16"
+        for step in self.raw["glibc"]["default_min_kernel"]:
+            if vkey(glibc) >= vkey(step["from"]):
+                found = step.get("except_arches", {}).get(arch, step["kernel"])
+        arch_min = self.raw["glibc"]["arch_min_kernel"].get(arch)
+        return max(found, arch_min, key=vkey) if arch_min else found
+
+    def glibc_checks_kernel_version(self, glibc: str) -> bool:
+        """glibc before 2.36 aborts with FATAL: kernel too old below its ABI tag."""
+        return vkey(glibc) < vkey(self.raw["glibc"]["kernel_too_old_check_removed_in"])
+
+    def glibc_needs_vsyscall(self, glibc: str) -> bool:
+        return vkey(glibc) < vkey(self.raw["glibc"]["vsyscall_needed_before"])
+
+    def go_min_kernel(self, go_version: str) -> str:
+        found = self.raw["go_min_kernel"][0]["kernel"]
+        for step in self.raw["go_min_kernel"]:
+            if vkey(go_version) >= vkey(step["from"]):
+                found = step["kernel"]
+        return str(found)
+
+    def fallback_for(self, syscall: str, glibc: str) -> Fallback | None:
+        """glibc's own ENOSYS fallback for `syscall`, if this glibc has one."""
+        for f in self.fallbacks:
+            if f.syscall == syscall and f.fallback and vkey(glibc) >= vkey(f.glibc_since):
+                return f
+        return None
+
+
+def _load() -> Knowledge:
+    raw = json.loads(resources.files("kcompat").joinpath("data", "knowledge.json").read_text())
+    if raw.get("schema") != 1:
+        raise ValueError("kcompat/data/knowledge.json: unknown schema")
+    fallbacks = tuple(
+        Fallback(
+            str(f["syscall"]),
+            str(f["kernel"]),
+            str(f["glibc_since"]),
+            bool(f["fallback"]),
+            str(f["note"]),
+        )
+        for f in raw["enosys_fallbacks"]
+    )
+    versions = [v for f in fallbacks for v in (f.kernel, f.glibc_since)]
+    for step in (*raw["glibc"]["default_min_kernel"], *raw["go_min_kernel"]):
+        versions += [step["from"], step["kernel"]]
+    for version in versions:
+        vkey(version)  # raises ValueError on a malformed version: caught at import
+    return Knowledge(raw, fallbacks)
+
+
+KNOWLEDGE = _load()
