@@ -12,7 +12,7 @@ import typer
 
 from kcompat import __version__
 from kcompat.auth import parse_creds
-from kcompat.errors import ExitCode, KcompatError, UsageError
+from kcompat.errors import ExitCode, KcompatError
 from kcompat.platform import Platform, parse_platform
 from kcompat.pull import inspect_report, open_image, pull, unpack
 from kcompat.sources import Options
@@ -225,6 +225,3 @@ def main() -> None:
             err=True,
         )
         sys.exit(70)
-
-
-__all__ = ["UsageError", "app", "main"]

@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-
-def vkey(version: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in version.split("."))
+from kcompat.versions import version_key as vkey
 
 
 @dataclass(frozen=True)

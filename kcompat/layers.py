@@ -25,7 +25,31 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 READ_BUFFER = 1 << 20
 
 
-class VerifyingReader(io.RawIOBase):
+class _Wrapper(io.RawIOBase):
+    """A raw stream over `read(n)` of another; subclasses see each chunk in `_seen`."""
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def _read(self, n: int) -> bytes:
+        return self._inner.read(n)
+
+    def _seen(self, data: bytes) -> None:
+        pass
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self._seen(data)
+        return n
+
+
+class VerifyingReader(_Wrapper):
     """Reads a blob and checks its digest and size once it has been read to the end.
 
     `finish()` drains what the consumer left unread (tar padding, trailing zeros) and
@@ -33,29 +57,21 @@ class VerifyingReader(io.RawIOBase):
     """
 
     def __init__(self, raw: IO[bytes], digest: str, size: int | None, what: str) -> None:
-        super().__init__()
-        self._raw = raw
+        super().__init__(raw)
         self.digest = digest
         self.size = size
         self.what = what
         self._hash = hashlib.new(digest.split(":", 1)[0])
         self._count = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._raw.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
+    def _seen(self, data: bytes) -> None:
         self._hash.update(data)
-        self._count += n
+        self._count += len(data)
         if self.size is not None and self._count > self.size:
             raise IntegrityError(
                 f"{self.what} is longer than the {self.size} bytes declared",
                 hint="the image is corrupt or hostile",
             )
-        return n
 
     def finish(self) -> None:
         buf = bytearray(READ_BUFFER)
@@ -70,7 +86,7 @@ class VerifyingReader(io.RawIOBase):
 
     def close(self) -> None:
         try:
-            self._raw.close()
+            self._inner.close()
         finally:
             super().close()
 
@@ -184,28 +200,21 @@ def clean_path(name: str) -> tuple[str | None, str | None]:
     return "/".join(parts), note
 
 
-class _MemberReader(io.RawIOBase):
+class _MemberReader(_Wrapper):
     """A member's bytes; a corrupt stream under it becomes one BadImageError."""
 
     def __init__(self, inner: IO[bytes], what: str) -> None:
-        super().__init__()
-        self._inner = inner
+        super().__init__(inner)
         self._what = what
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
+    def _read(self, n: int) -> bytes:
         try:
-            data = self._inner.read(len(buffer))
+            return self._inner.read(n)
         except CORRUPT_ERRORS as e:
             raise BadImageError(
                 f"{self._what} is truncated or corrupt: {e.__class__.__name__}: {e}",
                 hint="pull the image again; if it persists the image itself is broken",
             ) from None
-        n = len(data)
-        buffer[:n] = data
-        return n
 
 
 @dataclass
@@ -221,26 +230,18 @@ class TarMember:
         return io.BufferedReader(_MemberReader(f, f"{self.what} ({self.info.name})"), READ_BUFFER)
 
 
-class _Counting(io.RawIOBase):
+class _Counting(_Wrapper):
     """Counts the tar bytes handed to tarfile and whether their end was reached."""
 
     def __init__(self, inner: IO[bytes]) -> None:
-        super().__init__()
-        self.inner = inner
+        super().__init__(inner)
         self.count = 0
         self.eof = False
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.inner.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        self.count += n
-        if n == 0:
+    def _seen(self, data: bytes) -> None:
+        self.count += len(data)
+        if not data:
             self.eof = True
-        return n
 
 
 def iter_tar(reader: VerifyingReader, what: str) -> Iterator[TarMember]:

@@ -15,7 +15,7 @@ from kcompat.layers import LayerIssue
 from kcompat.merged import LayerInput, MergedView
 from kcompat.platform import host_platform
 from kcompat.progress import Progress
-from kcompat.reference import LocalRef, Transport, parse_reference
+from kcompat.reference import parse_reference
 from kcompat.rootfs import cached_rootfs
 from kcompat.sources import Options, Source, open_source
 from kcompat.store import BlobStore
@@ -53,9 +53,9 @@ def pull(
 
 def unpack(opened: OpenImage, store: BlobStore) -> tuple[Path, list[LayerIssue]]:
     """The image's root filesystem directory (a `dir:` source is its own rootfs)."""
-    ref = getattr(opened.source, "ref", None)
-    if isinstance(ref, LocalRef) and ref.transport is Transport.DIR:
-        return Path(ref.path), []
+    own = opened.source.rootfs_dir()
+    if own is not None:
+        return own, []
     return cached_rootfs(opened.layer_inputs(), store)
 
 

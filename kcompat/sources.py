@@ -55,7 +55,6 @@ class Options:
     platform: Platform | None = None  # None: the host's platform
     creds: Credentials | None = None
     insecure_hosts: tuple[str, ...] = ()
-    jobs: int = 4
 
 
 class Source:
@@ -86,6 +85,10 @@ class Source:
 
     def close(self) -> None:
         pass
+
+    def rootfs_dir(self) -> Path | None:
+        """A directory that already is the image's root filesystem, if the source has one."""
+        return None
 
     def resolve(self, want: Platform | None, default: Platform) -> ResolvedImage:
         data, media_type, digest = self._root()
@@ -450,6 +453,9 @@ class DirSource(Source):
         self.where = str(ref)
         if not self.path.is_dir():
             raise NotFoundError(f"{self.where}: no such directory", hint="check the path")
+
+    def rootfs_dir(self) -> Path | None:
+        return self.path
 
     def resolve(self, want: Platform | None, default: Platform) -> ResolvedImage:
         config = ImageConfig(

@@ -12,12 +12,9 @@ from functools import cache
 from importlib import resources
 
 from kcompat.errors import UsageError
+from kcompat.versions import version_key
 
 ABIS = ("x86_64", "i386", "arm64", "arm", "ppc64le", "s390x", "riscv64", "mips64le", "loong64")
-
-
-def version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in version.split("."))
 
 
 @dataclass(frozen=True)
