@@ -243,7 +243,18 @@ def build_abi(
                 bounds = [(spec.port, "port")]
                 if ms is not None:
                     bounds.append((ms, "man-pages"))
-                kv = next((pr457_kver[n] for n in sorted(row.aliases) if n in pr457_kver), None)
+                # only a PR #457 row with this very number on this ABI dates it: its
+                # x86_64 "sendfile64" row (3.10) is another slot than nr 40 (sendfile)
+                base = SECCOMP_BASE.get(spec.seccomp, 0)
+                kv = next(
+                    (
+                        pr457_kver[n]
+                        for n in sorted(row.aliases)
+                        if n in pr457_kver and pr457.get(n) is not None
+                        and pr457[n] + base == nr  # type: ignore[operator]
+                    ),
+                    None,
+                )
                 if kv is not None:
                     bounds.append((kv, "libseccomp-pr457"))
                 cand, row.source = max(bounds, key=lambda b: vkey(b[0]))

@@ -217,6 +217,19 @@ def test_known_facts(abi: str, name: str, since: str) -> None:
     assert row.available_on(since)
 
 
+@pytest.mark.parametrize("abi", ["x86_64", "i386", "s390x"])
+def test_old_syscalls_are_on_old_kernels(abi: str) -> None:
+    """Every syscall man-pages dates 2.6 or earlier, on an ABI that existed then, is on 2.6.32.
+
+    Regression: x86_64 nr 40 (sendfile) was dated 3.10 from PR #457's "sendfile64" row,
+    which on x86_64 names another slot."""
+    t = table(abi)
+    for name in ("sendfile", "read", "write", "openat", "clone", "mmap", "futex", "uname"):
+        row = t.lookup(name)
+        assert row is not None, name
+        assert row.available_on("2.6.32"), (name, row.since, row.source)
+
+
 def test_never_implemented_and_removed() -> None:
     tux = table("x86_64").lookup("tuxcall")
     assert tux is not None and not tux.implemented and not tux.available_on("6.17")
