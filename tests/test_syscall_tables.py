@@ -174,6 +174,11 @@ def test_pr457_versions_disagree_only_for_a_reason(abi: str) -> None:
         row = t.by_name.get(r["syscall"])
         if not m or (m.group(1), m.group(2)) == ("3", "0") or row is None or row.since is None:
             continue
+        if (
+            not r.get(column, "").isdigit()
+            or int(r[column]) + (5000 if column == "mips64" else 0) != row.nr
+        ):
+            continue  # the same name in another slot (x86_64 "sendfile64" is 71, ours is 40)
         kv = f"{m.group(1)}.{m.group(2)}"
         if v(kv) == v(row.since):
             continue
