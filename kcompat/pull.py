@@ -17,6 +17,7 @@ from kcompat.platform import host_platform
 from kcompat.progress import Progress
 from kcompat.reference import parse_reference
 from kcompat.rootfs import cached_rootfs
+from kcompat.scan import Item, Scan, scan_items
 from kcompat.sources import Options, Source, open_source
 from kcompat.store import BlobStore
 
@@ -86,3 +87,9 @@ def inspect_report(image: ResolvedImage) -> dict[str, Any]:
             {"digest": d.digest, "mediaType": d.media_type, "size": d.size} for d in image.layers
         ],
     }
+
+
+def scan_image(opened: OpenImage) -> Scan:
+    """Every file of the image, scanned in one pass over its layers (kcompat.scan)."""
+    env = dict(e.split("=", 1) for e in opened.image.config.env if "=" in e)
+    return scan_items((Item(v.entry, v.open) for v in opened.files()), env)

@@ -1,0 +1,162 @@
+"""Which syscalls a binary needs, each with its first kernel and the evidence for it.
+
+- Static executables (and Go's raw syscalls): the numbers recovered from the machine
+  code by kcompat.disasm.
+- Dynamic executables: the libc functions the program and its libraries import, mapped
+  to the syscalls behind them (kcompat/data/libc_syscalls.json, with sources), plus what
+  glibc's own start-up calls in every program.
+- glibc's ENOSYS fallbacks (kcompat/data/knowledge.json) are attached to each call, so
+  the rules can tell "missing and fatal" from "missing and handled".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from kcompat.elf import Linkage
+from kcompat.knowledge import KNOWLEDGE
+from kcompat.scan import Scan, ScannedFile
+from kcompat.syscalls import ABIS, SyscallTable, table
+from kcompat.versions import version_key
+
+
+@dataclass(frozen=True)
+class _Rule:
+    symbols: frozenset[str]
+    syscalls: tuple[str, ...]  # "a|b": the first of them the ABI has
+    glibc_since: str | None
+    glibc_until: str | None
+    abis: frozenset[str] | None
+    source: str
+
+    def applies(self, abi: str, glibc: str | None) -> bool:
+        if self.abis is not None and abi not in self.abis:
+            return False
+        if glibc is None:
+            return self.glibc_until is None  # unknown version: assume a current glibc
+        if self.glibc_since and version_key(glibc) < version_key(self.glibc_since):
+            return False
+        return not (self.glibc_until and version_key(glibc) >= version_key(self.glibc_until))
+
+
+def _load() -> tuple[tuple[_Rule, ...], tuple[_Rule, ...]]:
+    text = resources.files("kcompat").joinpath("data", "libc_syscalls.json").read_text()
+    raw: dict[str, Any] = json.loads(text)
+    if raw.get("schema") != 1:
+        raise ValueError("kcompat/data/libc_syscalls.json: unknown schema")
+
+    def rule(r: dict[str, Any]) -> _Rule:
+        for v in (r.get("glibc_since"), r.get("glibc_until")):
+            if v is not None:
+                version_key(v)
+        abis = r.get("abis")
+        if abis is not None and not set(abis) <= set(ABIS):
+            raise ValueError(f"libc_syscalls.json: unknown ABI in {abis}")
+        return _Rule(
+            frozenset(r.get("symbols", ())),
+            tuple(r["syscalls"]),
+            r.get("glibc_since"),
+            r.get("glibc_until"),
+            frozenset(abis) if abis is not None else None,
+            str(r["source"]),
+        )
+
+    return tuple(rule(r) for r in raw["startup"]), tuple(rule(r) for r in raw["wrappers"])
+
+
+STARTUP, WRAPPERS = _load()
+_BY_SYMBOL: dict[str, list[_Rule]] = {}
+for _r in WRAPPERS:
+    for _s in _r.symbols:
+        _BY_SYMBOL.setdefault(_s, []).append(_r)
+
+
+@dataclass(frozen=True)
+class SyscallNeed:
+    name: str  # as the ABI's table names it
+    nr: int
+    since: str | None  # first kernel with it on this ABI
+    via: tuple[str, ...]  # evidence, e.g. "imports getrandom@GLIBC_2.25", "machine code"
+    fallback: str | None  # glibc's ENOSYS fallback, if this glibc has one
+
+
+@dataclass(frozen=True)
+class BinaryNeeds:
+    abi: str
+    syscalls: tuple[SyscallNeed, ...]
+    unresolved_sites: int  # syscall instructions whose number was not recovered
+    raw_syscall_import: bool  # imports syscall(): numbers chosen at run time
+    method: str
+
+    def newest(self) -> SyscallNeed | None:
+        dated = [s for s in self.syscalls if s.since]
+        return max(dated, key=lambda s: version_key(s.since or "0")) if dated else None
+
+
+def _pick(t: SyscallTable, spec: str) -> str | None:
+    for name in spec.split("|"):
+        row = t.lookup(name)
+        if row is not None and row.implemented:
+            return row.name
+    return None
+
+
+def needs_of(scan: Scan, f: ScannedFile, glibc: str | None) -> BinaryNeeds | None:
+    """The syscalls `f` needs; None for files that are not Linux executables kcompat can
+    judge (no ELF, or an ABI without a syscall table)."""
+    e = f.elf
+    if e is None or e.arch.abi is None or e.linkage is Linkage.NONE:
+        return None
+    t = table(e.arch.abi)
+    found: dict[str, list[str]] = {}
+
+    def add(spec: str, via: str) -> None:
+        name = _pick(t, spec)
+        if name is not None:
+            found.setdefault(name, [])
+            if via not in found[name] and len(found[name]) < 4:
+                found[name].append(via)
+
+    unresolved = 0
+    methods = []
+    if f.syscalls is not None:
+        for nr in f.syscalls.numbers:
+            row = t.lookup(nr)
+            if row is not None:
+                add(row.name, "machine code")
+        unresolved = f.syscalls.unresolved
+        methods.append(f.syscalls.method)
+    raw_import = False
+    if e.linkage is Linkage.DYNAMIC:
+        glibc_linked = e.libc == "glibc"
+        if glibc_linked:
+            for r in STARTUP:
+                if r.applies(t.abi, glibc):
+                    for spec in r.syscalls:
+                        add(spec, f"glibc {glibc or ''} start-up".replace("  ", " "))
+        objects = [f, *scan.library_closure(f)]
+        for obj in objects:
+            if obj.elf is None or obj.elf.soname in ("libc.so.6", "libc.musl-x86_64.so.1"):
+                continue
+            for sym in obj.elf.undefined:
+                if sym.name == "syscall":
+                    raw_import = True
+                for r in _BY_SYMBOL.get(sym.name, ()):
+                    if r.applies(t.abi, glibc if glibc_linked else None):
+                        who = "" if obj is f else f" (in {obj.path})"
+                        label = sym.name + (f"@{sym.version}" if sym.version else "")
+                        for spec in r.syscalls:
+                            add(spec, f"imports {label}{who}")
+        methods.append("imported libc functions (kcompat/data/libc_syscalls.json)")
+    needs = []
+    for name, via in sorted(found.items()):
+        row = t.lookup(name)
+        assert row is not None
+        fb = KNOWLEDGE.fallback_for(name, glibc) if glibc and e.libc == "glibc" else None
+        needs.append(
+            SyscallNeed(name, row.nr, row.since, tuple(via), f"glibc: {fb.note}" if fb else None)
+        )
+    return BinaryNeeds(t.abi, tuple(needs), unresolved, raw_import, "; ".join(methods))

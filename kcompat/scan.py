@@ -1,0 +1,498 @@
+"""Scan every file of an image (or a directory): what each executable is and needs.
+
+One pass over the files: every regular file's first bytes decide its format (never its
+name); ELF files are read whole and parsed (kcompat.elf), static executables have their
+syscall instructions recovered (kcompat.disasm), PE and Mach-O files are named, `#!`
+scripts give their interpreter. A file that cannot be read becomes a finding
+"unreadable: reason" and the scan goes on.
+
+After the pass, the image-level facts: the C library and its version, the ELF
+interpreters present, and for each dynamic executable the libraries the image's own
+search path cannot find (what ld.so would fail on).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+import re
+import stat
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO
+
+from kcompat import disasm, elf, formats
+from kcompat.disasm import SyscallScan
+from kcompat.elf import ElfInfo, Linkage
+from kcompat.formats import Format, MachOInfo, PEInfo, ScriptInfo
+from kcompat.layers import FileEntry, FileKind
+from kcompat.versions import version_key
+
+# Small text files kept from the pass: the loader's search path and the OS name.
+_KEEP = (
+    "etc/ld.so.conf",
+    "etc/ld.so.conf.d/*",
+    "etc/ld-musl-*.path",
+    "etc/os-release",
+    "usr/lib/os-release",
+)
+_KEEP_MAX = 64 * 1024
+_GLIBC_BANNER = re.compile(rb"GNU C Library [^\n\0]{0,120}? version (\d+\.\d+(?:\.\d+)?)")
+_MUSL_VERSION = re.compile(rb"\0(1\.\d+\.\d+)\0")
+GO_SYSCALL_FUNCS = frozenset(
+    {
+        "syscall.Syscall", "syscall.Syscall6", "syscall.RawSyscall", "syscall.RawSyscall6",
+        "syscall.rawSyscallNoError", "syscall.rawVforkSyscall",
+        "golang.org/x/sys/unix.Syscall", "golang.org/x/sys/unix.Syscall6",
+        "golang.org/x/sys/unix.RawSyscall", "golang.org/x/sys/unix.RawSyscall6",
+        "golang.org/x/sys/unix.SyscallNoError", "golang.org/x/sys/unix.RawSyscallNoError",
+    }
+)  # fmt: skip
+# Debian multiarch directories (where Debian's ld.so.conf.d points; listed here too so
+# an image without ld.so.conf is judged as ld.so's built-in path would)
+_TRIPLETS = {
+    ("amd64", None): "x86_64-linux-gnu",
+    ("386", None): "i386-linux-gnu",
+    ("arm64", None): "aarch64-linux-gnu",
+    ("arm", "hard-float"): "arm-linux-gnueabihf",
+    ("arm", "soft-float"): "arm-linux-gnueabi",
+    ("ppc64le", None): "powerpc64le-linux-gnu",
+    ("s390x", None): "s390x-linux-gnu",
+    ("riscv64", None): "riscv64-linux-gnu",
+    ("mips64le", "n64"): "mips64el-linux-gnuabi64",
+    ("loong64", None): "loongarch64-linux-gnu",
+}
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    path: str  # absolute inside the image: "/usr/bin/ls"
+    format: Format
+    mode: int
+    size: int
+    elf: ElfInfo | None = None
+    pe: PEInfo | None = None
+    macho: MachOInfo | None = None
+    script: ScriptInfo | None = None
+    syscalls: SyscallScan | None = None  # static executables only
+    unreadable: str | None = None
+
+    @property
+    def executable(self) -> bool:
+        return bool(self.mode & 0o111)
+
+
+@dataclass(frozen=True)
+class Node:
+    kind: FileKind
+    linkname: str  # symlink target, or the path a hard link points to
+    mode: int
+
+
+@dataclass
+class Tree:
+    """Paths of the image (absolute, no trailing slash) and how symlinks resolve in it."""
+
+    nodes: dict[str, Node] = field(default_factory=dict)
+    dirs: set[str] = field(default_factory=lambda: {"/"})
+
+    def add(self, path: str, node: Node) -> None:
+        self.nodes[path] = node
+        parent = posixpath.dirname(path)
+        while parent not in self.dirs:
+            self.dirs.add(parent)
+            parent = posixpath.dirname(parent)
+
+    def resolve(self, path: str) -> str | None:
+        """The final path of `path` with every symlink followed inside the image,
+        or None if something on the way is missing or the links loop."""
+        parts = deque(p for p in path.split("/") if p)
+        cur: list[str] = []
+        links = 0
+        while parts:
+            p = parts.popleft()
+            if p == ".":
+                continue
+            if p == "..":
+                if cur:
+                    cur.pop()
+                continue
+            cand = "/" + "/".join([*cur, p])
+            node = self.nodes.get(cand)
+            if node is None:
+                if cand in self.dirs:
+                    cur.append(p)
+                    continue
+                return None
+            if node.kind is FileKind.SYMLINK:
+                links += 1
+                if links > 40:  # the kernel's limit (MAXSYMLINKS)
+                    return None
+                if node.linkname.startswith("/"):
+                    cur = []
+                parts.extendleft(reversed([x for x in node.linkname.split("/") if x]))
+                continue
+            if node.kind is FileKind.HARDLINK:
+                cur = node.linkname.strip("/").split("/")
+                continue
+            cur.append(p)
+        return "/" + "/".join(cur)
+
+    def is_dir(self, path: str) -> bool:
+        node = self.nodes.get(path)
+        return path in self.dirs or (node is not None and node.kind is FileKind.DIR)
+
+
+@dataclass(frozen=True)
+class MissingLibrary:
+    library: str
+    needed_by: str  # the object whose DT_NEEDED names it
+
+
+@dataclass(frozen=True)
+class LibcInfo:
+    family: str  # "glibc" | "musl"
+    version: str | None
+    path: str
+    evidence: str
+
+
+@dataclass
+class Scan:
+    files: dict[str, ScannedFile]
+    tree: Tree
+    texts: dict[str, str]  # kept small text files, by absolute path
+    env: dict[str, str] = field(default_factory=dict)
+
+    # -- image-level facts ---------------------------------------------------------
+
+    def libc(self) -> list[LibcInfo]:
+        """The C libraries present (usually one), with version and where it was read."""
+        found: list[LibcInfo] = []
+        for f in self.files.values():
+            e = f.elf
+            if e is None:
+                continue
+            name = posixpath.basename(f.path)
+            if e.soname == "libc.so.6" and e.type is elf.ElfType.SHARED:
+                found.append(self._glibc(f, e))
+            elif name.startswith("ld-musl-") and name.endswith(".so.1"):
+                found.append(LibcInfo("musl", self._musl_version(f), f.path, "loader file name"))
+        return found
+
+    def _glibc(self, f: ScannedFile, e: ElfInfo) -> LibcInfo:
+        version = getattr(f, "_banner", None)
+        glibc_defs = [v[6:] for v in e.version_defs if re.fullmatch(r"GLIBC_\d+(\.\d+)+", v)]
+        banner = self.texts.get(f.path + "#banner")
+        if banner:
+            return LibcInfo("glibc", banner, f.path, "release banner in libc.so.6")
+        if glibc_defs:
+            version = max(glibc_defs, key=version_key)
+            return LibcInfo(
+                "glibc",
+                version,
+                f.path,
+                "highest GLIBC_ version defined by libc.so.6 (a lower bound)",
+            )
+        return LibcInfo("glibc", None, f.path, "libc.so.6 without version definitions")
+
+    def _musl_version(self, f: ScannedFile) -> str | None:
+        return self.texts.get(f.path + "#banner")
+
+    def interpreters(self) -> dict[str, bool]:
+        """Every PT_INTERP named by an executable, and whether the image has it."""
+        out: dict[str, bool] = {}
+        for f in self.files.values():
+            if f.elf and f.elf.interpreter and f.elf.interpreter not in out:
+                out[f.elf.interpreter] = self._elf_at(f.elf.interpreter) is not None
+        return out
+
+    def _elf_at(self, path: str) -> ScannedFile | None:
+        final = self.tree.resolve(path)
+        f = self.files.get(final) if final else None
+        return f if f is not None and f.elf is not None else None
+
+    def exists(self, path: str) -> bool:
+        final = self.tree.resolve(path)
+        return final is not None and (final in self.files or final in self.tree.nodes)
+
+    # -- the loader's search --------------------------------------------------------
+
+    def _conf_dirs(self) -> list[str]:
+        dirs: list[str] = []
+        seen: set[str] = set()
+
+        def read(path: str, depth: int) -> None:
+            if depth > 8 or path in seen:
+                return
+            seen.add(path)
+            for line in self.texts.get(path, "").splitlines():
+                line = line.split("#", 1)[0].strip()
+                if not line:
+                    continue
+                if line.startswith("include"):
+                    pattern = line.split(None, 1)[1] if len(line.split(None, 1)) > 1 else ""
+                    if not pattern.startswith("/"):
+                        pattern = posixpath.join(posixpath.dirname(path), pattern)
+                    for p in sorted(self.texts):
+                        if fnmatch.fnmatch(p, pattern):
+                            read(p, depth + 1)
+                elif line.startswith("hwcap"):
+                    continue
+                else:
+                    dirs.extend(d for d in re.split(r"[:\s,]+", line) if d)
+
+        read("/etc/ld.so.conf", 0)
+        return dirs
+
+    def search_path(self, obj: ScannedFile, musl: bool) -> list[str]:
+        """Where ld.so looks for `obj`'s DT_NEEDED entries (LD_LIBRARY_PATH from the image's
+        environment, RUNPATH/RPATH with $ORIGIN, ld.so.conf, then the built-in dirs)."""
+        assert obj.elf is not None
+        e = obj.elf
+        origin = posixpath.dirname(obj.path)
+        lib = "lib64" if e.arch.bits == 64 else "lib"
+
+        def expand(p: str) -> str:
+            p = p.replace("${ORIGIN}", origin).replace("$ORIGIN", origin)
+            return p.replace("${LIB}", lib).replace("$LIB", lib)
+
+        ld_library_path = [d for d in self.env.get("LD_LIBRARY_PATH", "").split(":") if d]
+        out = [] if e.runpath else [expand(p) for p in e.rpath]
+        out += ld_library_path + [expand(p) for p in e.runpath]
+        if musl:
+            text = next((v for k, v in self.texts.items() if k.startswith("/etc/ld-musl-")), None)
+            out += (
+                re.split(r"[:\n]+", text.strip())
+                if text
+                else ["/lib", "/usr/local/lib", "/usr/lib"]
+            )
+            return [d for d in out if d]
+        out += self._conf_dirs()
+        triplet = _TRIPLETS.get((e.arch.platform.architecture, e.arch.detail)) or _TRIPLETS.get(
+            (e.arch.platform.architecture, None)
+        )
+        if triplet:
+            out += [f"/lib/{triplet}", f"/usr/lib/{triplet}"]
+        if e.arch.bits == 64:
+            out += ["/lib64", "/usr/lib64"]
+        return [*out, "/lib", "/usr/lib"]
+
+    def find_library(self, name: str, obj: ScannedFile, musl: bool) -> ScannedFile | None:
+        assert obj.elf is not None
+        candidates = (
+            [name]
+            if "/" in name
+            else [posixpath.join(d, name) for d in self.search_path(obj, musl)]
+        )
+        for c in candidates:
+            f = self._elf_at(c)
+            # ld.so skips a file of another class or machine and goes on searching
+            if (
+                f
+                and f.elf
+                and f.elf.arch.machine == obj.elf.arch.machine
+                and (f.elf.arch.bits == obj.elf.arch.bits)
+            ):
+                return f
+        return None
+
+    def missing_libraries(self, exe: ScannedFile) -> list[MissingLibrary]:
+        """The libraries the loader cannot find for `exe`, over its whole DT_NEEDED tree."""
+        if exe.elf is None or not exe.elf.needed:
+            return []
+        musl = exe.elf.libc == "musl"
+        missing: list[MissingLibrary] = []
+        seen: set[str] = set()
+        queue = deque([exe])
+        while queue:
+            obj = queue.popleft()
+            assert obj.elf is not None
+            for name in obj.elf.needed:
+                if name in seen:
+                    continue
+                seen.add(name)
+                found = self.find_library(name, obj, musl)
+                if found is None:
+                    missing.append(MissingLibrary(name, obj.path))
+                else:
+                    queue.append(found)
+        return missing
+
+    def library_closure(self, exe: ScannedFile) -> list[ScannedFile]:
+        """The shared objects the loader maps for `exe`, found ones only, in load order."""
+        if exe.elf is None:
+            return []
+        musl = exe.elf.libc == "musl"
+        out: list[ScannedFile] = []
+        seen: set[str] = set()
+        queue = deque([exe])
+        while queue:
+            obj = queue.popleft()
+            assert obj.elf is not None
+            for name in obj.elf.needed:
+                found = self.find_library(name, obj, musl)
+                if found is not None and found.path not in seen:
+                    seen.add(found.path)
+                    out.append(found)
+                    queue.append(found)
+        return out
+
+    def script_interpreter_found(self, f: ScannedFile) -> bool | None:
+        """Whether a script's `#!` interpreter exists (for `/usr/bin/env X`, X on PATH)."""
+        if f.script is None:
+            return None
+        interp = f.script.interpreter
+        if not self.exists(interp):
+            return False
+        if posixpath.basename(interp) == "env" and f.script.argument:
+            words = [w for w in f.script.argument.split() if not w.startswith("-")]
+            if not words:
+                return True
+            prog = words[0]
+            if "/" in prog:
+                return self.exists(prog)
+            path = self.env.get("PATH", DEFAULT_PATH)
+            return any(self.exists(posixpath.join(d, prog)) for d in path.split(":") if d)
+        return True
+
+    def executables(self) -> Iterator[ScannedFile]:
+        for f in self.files.values():
+            if f.format is not Format.OTHER and (f.executable or f.format is Format.ELF):
+                yield f
+
+
+# -- the pass ----------------------------------------------------------------------------
+
+
+def _keep(path: str) -> bool:
+    rel = path.lstrip("/")
+    return any(fnmatch.fnmatch(rel, pattern) for pattern in _KEEP)
+
+
+def _read_all(head: bytes, stream: IO[bytes]) -> bytes:
+    rest = stream.read()
+    return head + rest
+
+
+def scan_file(
+    path: str, mode: int, size: int, head: bytes, read_rest: Callable[[], bytes]
+) -> tuple[ScannedFile, str | None]:
+    """One file, given its first bytes; `read_rest` gives the remaining bytes if needed.
+
+    Returns the scanned file and, for a C library, its version banner if one was found."""
+    fmt = formats.detect(head)
+    base = ScannedFile(path, fmt, mode, size)
+    banner = None
+    try:
+        if fmt is Format.ELF:
+            data = head + read_rest()
+            info = elf.read_elf(data, with_code=True)
+            syscalls = None
+            if info.linkage in (Linkage.STATIC, Linkage.STATIC_PIE) or info.go_version:
+                funcs = elf.go_functions(data, GO_SYSCALL_FUNCS) if info.go_version else None
+                syscalls = disasm.scan_code(info.arch.abi or "", info.code, funcs)
+            if info.soname == "libc.so.6":
+                m = _GLIBC_BANNER.search(data)
+                banner = m.group(1).decode() if m else None
+            elif posixpath.basename(path).startswith("ld-musl-"):
+                m = _MUSL_VERSION.search(data)
+                banner = m.group(1).decode() if m else None
+            return replace(base, elf=replace(info, code=()), syscalls=syscalls), banner
+        if fmt is Format.SCRIPT:
+            if not mode & 0o111:
+                return replace(base, format=Format.OTHER), None
+            return replace(base, script=formats.read_script(head)), None
+        if fmt is Format.PE:
+            data = head + read_rest()
+            return replace(base, pe=formats.read_pe(data)), None
+        if fmt is Format.MACHO:
+            data = head + read_rest()
+            return replace(base, macho=formats.read_macho(data)), None
+    except elf.UnreadableError as e:
+        return replace(base, unreadable=str(e)), None
+    except formats.NotThisFormat as e:
+        if fmt is Format.PE:
+            return replace(base, format=Format.OTHER), None  # a DOS stub or "MZ" text
+        return replace(base, unreadable=str(e)), None
+    return base, None
+
+
+@dataclass(frozen=True)
+class Item:
+    """One file of the tree being scanned, however it is stored."""
+
+    entry: FileEntry
+    open: Callable[[], IO[bytes]]
+
+
+def scan_items(items: Iterable[Item], env: dict[str, str] | None = None) -> Scan:
+    tree = Tree()
+    files: dict[str, ScannedFile] = {}
+    texts: dict[str, str] = {}
+    for item in items:
+        e = item.entry
+        path = "/" + e.path
+        linkname = e.linkname if e.kind is not FileKind.HARDLINK else "/" + e.linkname
+        tree.add(path, Node(e.kind, linkname, e.mode))
+        if e.kind is not FileKind.FILE:
+            continue
+        with item.open() as stream:
+            head = stream.read(formats.HEAD_SIZE)
+            if _keep(path) and e.size <= _KEEP_MAX:
+                texts[path] = (head + stream.read()).decode("utf-8", "replace")
+                continue
+            scanned, banner = scan_file(path, e.mode, e.size, head, stream.read)
+        if scanned.format is not Format.OTHER:
+            files[path] = scanned
+        if banner:
+            texts[path + "#banner"] = banner
+    # hard links share the scanned data of their target
+    for path, node in tree.nodes.items():
+        if node.kind is FileKind.HARDLINK and node.linkname in files and path not in files:
+            files[path] = replace(files[node.linkname], path=path)
+    return Scan(files, tree, texts, dict(env or {}))
+
+
+def _opener(path: Path) -> Callable[[], IO[bytes]]:
+    def open_() -> IO[bytes]:
+        return path.open("rb")
+
+    return open_
+
+
+def _dir_items(root: Path) -> Iterator[Item]:
+    """A local directory as scan items, symlinks not followed."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames) + sorted(filenames):
+            full = Path(dirpath, name)
+            try:
+                st = full.lstat()
+            except OSError:
+                continue
+            rel = full.relative_to(root).as_posix()
+            if stat.S_ISLNK(st.st_mode):
+                kind, link = FileKind.SYMLINK, os.readlink(full)
+            elif stat.S_ISDIR(st.st_mode):
+                kind, link = FileKind.DIR, ""
+            elif stat.S_ISREG(st.st_mode):
+                kind, link = FileKind.FILE, ""
+            else:
+                continue
+            entry = FileEntry(rel, kind, stat.S_IMODE(st.st_mode), st.st_size, link, st.st_uid,
+                              st.st_gid, 0, 0, 0)  # fmt: skip
+            yield Item(entry, _opener(full))
+
+
+def scan_path(path: Path, env: dict[str, str] | None = None) -> Scan:
+    """Scan a directory tree (as an image root) or one file."""
+    if path.is_dir():
+        return scan_items(_dir_items(path), env)
+    st = path.stat()
+    entry = FileEntry(path.name, FileKind.FILE, stat.S_IMODE(st.st_mode), st.st_size, "", 0, 0,
+                      0, 0, 0)  # fmt: skip
+    return scan_items([Item(entry, _opener(path))], env)
