@@ -63,6 +63,8 @@ def _needs_json(n: BinaryNeeds) -> dict[str, Any]:
     return {
         "abi": n.abi,
         "method": n.method,
+        "complete": n.complete,
+        "abi_floor": n.floor,
         "unresolved_sites": n.unresolved_sites,
         "imports_syscall_function": n.raw_syscall_import,
         "syscalls": [

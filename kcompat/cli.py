@@ -6,17 +6,21 @@ import json
 import sys
 import traceback
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from kcompat import __version__
 from kcompat.auth import parse_creds
-from kcompat.errors import ExitCode, KcompatError
+from kcompat.binaries import binaries_report
+from kcompat.errors import ExitCode, KcompatError, LocalIOError
 from kcompat.platform import Platform, parse_platform
-from kcompat.pull import inspect_report, open_image, pull, unpack
+from kcompat.pull import inspect_report, open_image, pull, scan_image, unpack
+from kcompat.scan import scan_path
 from kcompat.sources import Options
 from kcompat.store import BlobStore
+from kcompat.versions import version_key
 
 app = typer.Typer(
     name="kcompat",
@@ -156,14 +160,117 @@ def inspect_cmd(
     creds: CredsOpt = None,
     insecure_registry: InsecureOpt = None,
     format: Annotated[Format, typer.Option("--format", help="text or json")] = Format.text,
+    binaries: Annotated[
+        bool,
+        typer.Option(
+            "--binaries", help="scan every file: executables, their libc, interpreters, syscalls"
+        ),
+    ] = False,
 ) -> None:
     """Show what a reference resolves to: digest, platforms, config, layers."""
     with open_image(image, _options(platform, creds, insecure_registry)) as opened:
         report = inspect_report(opened.image)
+        if binaries:
+            store = BlobStore()
+            pull(opened, store)
+            report["binaries"] = binaries_report(scan_image(opened))
     if format is Format.json:
         typer.echo(json.dumps(report, indent=2))
         return
     _print_inspect(report)
+    if binaries:
+        _print_binaries(report["binaries"])
+
+
+@app.command("scan")
+def scan_cmd(
+    path: Annotated[Path, typer.Argument(help="a file, or a directory scanned as a root")],
+    format: Annotated[Format, typer.Option("--format", help="text or json")] = Format.text,
+) -> None:
+    """Scan local files as `inspect --binaries` scans an image."""
+    if not path.exists():
+        raise LocalIOError(f"{path}: no such file or directory", hint="give an existing path")
+    report = binaries_report(scan_path(path))
+    if format is Format.json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    _print_binaries(report)
+
+
+def _print_binaries(r: dict[str, Any]) -> None:
+    s = r["summary"]
+    libcs = ", ".join(
+        f"{c['family']} {c['version'] or '(version unknown)'} ({c['path']}, {c['evidence']})"
+        for c in s["libc"]
+    )
+    lines = [
+        "Binaries:",
+        f"  C library:        {libcs or 'none found'}",
+        f"  Formats:          {_counts(s['formats'])}",
+        f"  Architectures:    {_counts(s['architectures'])}",
+        f"  Max ABI tag:      {s['max_abi_tag'] or '-'}",
+        f"  Max GLIBC needed: {s['max_glibc_required'] or '-'}",
+    ]
+    if s["newest_syscall"]:
+        top = s["newest_syscall"]
+        lines.append(f"  Newest syscall:   {top['name']} (Linux {top['since']})")
+    if s["go_versions"]:
+        lines.append(f"  Go:               {', '.join(s['go_versions'])}")
+    for interp, present in s["interpreters"].items():
+        lines.append(f"  Interpreter:      {interp}{'' if present else '  MISSING'}")
+    for path, missing in s["missing_libraries"].items():
+        lines.append(f"  Missing libs:     {path}: {', '.join(missing)}")
+    for path in s["missing_interpreters"]:
+        lines.append(f"  No interpreter:   {path}")
+    for path, reason in s["unreadable"].items():
+        lines.append(f"  Unreadable:       {path}: {reason}")
+    for path in s["windows_or_macos"]:
+        lines.append(f"  Not Linux:        {path}")
+    lines.append("")
+    for b in r["binaries"]:
+        lines.append(_binary_line(b))
+    typer.echo("\n".join(lines))
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"
+
+
+def _binary_line(b: dict[str, Any]) -> str:
+    if b.get("unreadable"):
+        return f"{b['path']}  unreadable: {b['unreadable']}"
+    if b["format"] == "script":
+        found = "" if b["interpreter_found"] else "  (interpreter MISSING)"
+        return f"{b['path']}  script #!{b['interpreter']}{found}"
+    if b["format"] in ("pe", "macho"):
+        arch = b["arch"] if isinstance(b["arch"], str) else "+".join(b["arch"])
+        return f"{b['path']}  {b['os']} {b['format']} {arch}"
+    parts = [b["path"], b["arch"], b["linkage"]]
+    if b.get("go_version"):
+        parts.append(b["go_version"])
+    if b.get("glibc_required"):
+        parts.append(f"GLIBC>={b['glibc_required']}")
+    if b.get("abi_tag"):
+        parts.append(f"ABI-tag {b['abi_tag']}")
+    needs = b.get("needs")
+    if needs:
+        floor = version_key(needs["abi_floor"])
+        newer = sorted(
+            (x for x in needs["syscalls"] if x["since"] and version_key(x["since"]) > floor),
+            key=lambda x: version_key(x["since"]),
+        )
+        text = f"syscalls {len(needs['syscalls'])}"
+        if newer:
+            listed = ", ".join(f"{x['name']} {x['since']}" for x in newer)
+            text += f" (newer than {needs['abi_floor']}: {listed})"
+        if not needs["complete"]:
+            text += f" [{needs['method']}]"
+        if needs["unresolved_sites"]:
+            text += f", {needs['unresolved_sites']} sites unresolved"
+        parts.append(text)
+    if b.get("missing_libraries"):
+        parts.append("MISSING " + ", ".join(b["missing_libraries"]))
+    return "  ".join(parts)
 
 
 def _print_inspect(r: dict[str, Any]) -> None:

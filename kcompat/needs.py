@@ -90,6 +90,8 @@ class BinaryNeeds:
     unresolved_sites: int  # syscall instructions whose number was not recovered
     raw_syscall_import: bool  # imports syscall(): numbers chosen at run time
     method: str
+    floor: str  # the oldest kernel the ABI's table knows: syscalls at it are never news
+    complete: bool  # False when the syscalls could not be read at all (say why in method)
 
     def newest(self) -> SyscallNeed | None:
         dated = [s for s in self.syscalls if s.since]
@@ -122,6 +124,10 @@ def needs_of(scan: Scan, f: ScannedFile, glibc: str | None) -> BinaryNeeds | Non
 
     unresolved = 0
     methods = []
+    complete = True
+    if f.syscalls is None and e.linkage is not Linkage.DYNAMIC:
+        complete = False
+        methods.append(f"static syscall recovery is not implemented for {t.abi}: syscalls unknown")
     if f.syscalls is not None:
         for nr in f.syscalls.numbers:
             row = t.lookup(nr)
@@ -159,4 +165,6 @@ def needs_of(scan: Scan, f: ScannedFile, glibc: str | None) -> BinaryNeeds | Non
         needs.append(
             SyscallNeed(name, row.nr, row.since, tuple(via), f"glibc: {fb.note}" if fb else None)
         )
-    return BinaryNeeds(t.abi, tuple(needs), unresolved, raw_import, "; ".join(methods))
+    return BinaryNeeds(
+        t.abi, tuple(needs), unresolved, raw_import, "; ".join(methods), t.floor, complete
+    )

@@ -44,6 +44,12 @@ class SyscallTable:
     by_nr: dict[int, Syscall]
     by_name: dict[str, Syscall]
 
+    @property
+    def floor(self) -> str:
+        """The oldest kernel the table dates anything to: 2.6.32, or the port's first release."""
+        dated = [s.since for s in self.by_nr.values() if s.since]
+        return min(dated, key=version_key) if dated else "0"
+
     def lookup(self, key: int | str) -> Syscall | None:
         if isinstance(key, int):
             return self.by_nr.get(key)

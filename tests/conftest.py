@@ -13,6 +13,7 @@ from tests.registry_server import RealRegistry
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "tests" / "fixtures" / "build_images.py"
+BUILD_BINARIES = REPO / "tests" / "fixtures" / "build_binaries.py"
 
 
 def _need(*tools: str) -> None:
@@ -52,6 +53,30 @@ def images() -> Fixtures:
     _need("apt-get", "dpkg-deb", "umoci", "skopeo")
     out = subprocess.run([sys.executable, str(BUILD)], check=True, capture_output=True, text=True)
     return Fixtures(Path(out.stdout.strip().splitlines()[-1]))
+
+
+@dataclass(frozen=True)
+class Binaries:
+    root: Path
+
+    def bin(self, name: str) -> Path:
+        return self.root / "bin" / name
+
+    @property
+    def bullseye(self) -> str:
+        return f"oci:{self.root / 'layout'}:bullseye"
+
+
+@pytest.fixture(scope="session")
+def binaries() -> Binaries:
+    """Real binaries from Debian, PyPI and npm packages, and a bullseye image (cached)."""
+    _need("apt-get", "dpkg-deb", "umoci", "mmdebstrap", "npm", "tar")
+    out = subprocess.run(
+        [sys.executable, str(BUILD_BINARIES)], check=False, capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        pytest.fail(f"build_binaries.py failed: {out.stderr or out.stdout}")
+    return Binaries(Path(out.stdout.strip().splitlines()[-1]))
 
 
 @pytest.fixture(scope="session")
