@@ -14,12 +14,14 @@ import typer
 from kcompat import __version__
 from kcompat.auth import parse_creds
 from kcompat.binaries import binaries_report
-from kcompat.errors import ExitCode, KcompatError, LocalIOError
+from kcompat.check import run_check, sarif
+from kcompat.errors import ExitCode, KcompatError, LocalIOError, UsageError
 from kcompat.platform import Platform, parse_platform
 from kcompat.pull import inspect_report, open_image, pull, scan_image, unpack
 from kcompat.scan import scan_path
 from kcompat.sources import Options
 from kcompat.store import BlobStore
+from kcompat.target import Target, described, load_profile, probe_host
 from kcompat.versions import version_key
 
 app = typer.Typer(
@@ -273,6 +275,174 @@ def _binary_line(b: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+class CheckFormat(str, Enum):
+    text = "text"
+    json = "json"
+    sarif = "sarif"
+
+
+class FailOn(str, Enum):
+    incompatible = "incompatible"
+    uncertain = "uncertain"
+    never = "never"
+
+
+def _target(
+    host: bool,
+    target_file: Path | None,
+    kernel: str | None,
+    arch: str | None,
+    vsyscall: str | None,
+    cgroup: str | None,
+    runtime: str | None,
+    no_binfmt: bool,
+) -> Target:
+    described_opts = [arch, vsyscall, cgroup, runtime] + ([True] if no_binfmt else [])
+    if target_file is not None and (kernel or host or any(described_opts)):
+        raise UsageError("--target FILE cannot be combined with --host or --kernel/--arch/...")
+    if target_file is not None:
+        return load_profile(target_file)
+    if kernel is not None:
+        if host:
+            raise UsageError("--host and --kernel describe different targets: give one")
+        return described(kernel, arch, vsyscall, cgroup, runtime, binfmt=not no_binfmt)
+    if any(described_opts):
+        raise UsageError(
+            "a described target needs --kernel", hint="e.g. --kernel 3.10 --arch amd64"
+        )
+    return probe_host()
+
+
+CommandArg = Annotated[
+    Optional[list[str]], typer.Argument(help="command to judge instead of the image's own")
+]
+HostOpt = Annotated[bool, typer.Option("--host", help="judge against this machine (default)")]
+TargetOpt = Annotated[
+    Optional[Path], typer.Option("--target", help="a profile saved by 'kcompat host --save'")
+]
+KernelOpt = Annotated[
+    Optional[str], typer.Option("--kernel", help="described target: kernel version, e.g. 3.10")
+]
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="described target: architecture")]
+VsyscallOpt = Annotated[Optional[str], typer.Option("--vsyscall", help="emulate, xonly or none")]
+CgroupOpt = Annotated[Optional[str], typer.Option("--cgroup", help="v1, v2 or hybrid")]
+RuntimeOpt = Annotated[Optional[str], typer.Option("--runtime", help="e.g. docker:20.10.7")]
+NoBinfmtOpt = Annotated[
+    bool, typer.Option("--no-binfmt", help="the described target has no qemu-user handlers")
+]
+CheckFormatOpt = Annotated[CheckFormat, typer.Option("--format", help="text, json or sarif")]
+FailOnOpt = Annotated[FailOn, typer.Option("--fail-on", help="which verdict exits 1 (CI gates)")]
+SaveOpt = Annotated[
+    Optional[Path], typer.Option("--save", help="write the profile to FILE for --target")
+]
+
+
+@app.command("check")
+def check_cmd(
+    image: ImageArg,
+    command: CommandArg = None,
+    platform: PlatformOpt = None,
+    creds: CredsOpt = None,
+    insecure_registry: InsecureOpt = None,
+    host: HostOpt = False,
+    target_file: TargetOpt = None,
+    kernel: KernelOpt = None,
+    arch: ArchOpt = None,
+    vsyscall: VsyscallOpt = None,
+    cgroup: CgroupOpt = None,
+    runtime: RuntimeOpt = None,
+    no_binfmt: NoBinfmtOpt = False,
+    format: CheckFormatOpt = CheckFormat.text,
+    fail_on: FailOnOpt = FailOn.incompatible,
+) -> None:
+    """Predict whether IMAGE runs on a target, why not, and how to fix it."""
+    target = _target(host, target_file, kernel, arch, vsyscall, cgroup, runtime, no_binfmt)
+    with open_image(image, _options(platform, creds, insecure_registry)) as opened:
+        pull(opened, BlobStore())
+        rep = run_check(opened, target, command or None)
+    if format is CheckFormat.json:
+        typer.echo(json.dumps(rep, indent=2))
+    elif format is CheckFormat.sarif:
+        typer.echo(json.dumps(sarif(rep), indent=2))
+    else:
+        _print_check(rep)
+    verdict = rep["verdict"]
+    if (fail_on is FailOn.incompatible and verdict == "incompatible") or (
+        fail_on is FailOn.uncertain and verdict in ("incompatible", "uncertain")
+    ):
+        raise typer.Exit(int(ExitCode.CHECK_FAILED))
+
+
+_MARK = {"fatal": "FAIL", "uncertain": "MAYBE", "warning": "WARN", "info": "ok"}
+
+
+def _print_check(rep: dict[str, Any]) -> None:
+    t = rep["target"]
+    where = "this host" if t["source"] == "host" else t["source"]
+    lines = [
+        f"{rep['image']['reference']} ({rep['image']['platform']}) on {where}: "
+        f"Linux {t['kernel'] or '?'} {t['platform']}",
+        f"Entrypoint: {' '.join(rep['entrypoint']['argv']) or '-'}"
+        + (f"  -> {rep['entrypoint']['binary']}" if rep["entrypoint"]["binary"] else ""),
+        f"Verdict: {rep['verdict'].upper()}",
+    ]
+    order = ["fatal", "uncertain", "warning", "info"]
+    for f in sorted(rep["findings"], key=lambda f: order.index(f["severity"])):
+        lines.append(f"  [{_MARK[f['severity']]}] {f['title']}")
+        lines.append(f"      {f['explanation']}")
+        for ev in f["evidence"][:6]:
+            lines.append(f"      evidence: {ev}")
+        if len(f["evidence"]) > 6:
+            lines.append(f"      ... {len(f['evidence']) - 6} more (--format json)")
+        if f["fix"]:
+            lines.append(f"      fix: {f['fix']}")
+    for note in t.get("notes", []):
+        lines.append(f"  note: {note}")
+    typer.echo("\n".join(lines))
+
+
+@app.command("host")
+def host_cmd(
+    format: Annotated[Format, typer.Option("--format", help="text or json")] = Format.text,
+    save: SaveOpt = None,
+) -> None:
+    """Probe this machine: kernel, arch, compat modes, binfmt_misc, vsyscall, cgroups..."""
+    profile = probe_host().to_json()
+    if save is not None:
+        tmp = save.with_name(save.name + ".partial")
+        try:
+            tmp.write_text(json.dumps(profile, indent=2) + "\n")
+            tmp.replace(save)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise LocalIOError(f"cannot write {save}: {e.strerror}") from None
+    if format is Format.json:
+        typer.echo(json.dumps(profile, indent=2))
+        return
+    lines = [
+        f"Kernel:          {profile['kernel'] or 'unknown'}",
+        f"Platform:        {profile['platform']}",
+        f"Compat modes:    {', '.join(profile['compat_arches']) or 'none'}",
+        f"vsyscall:        {profile['vsyscall'] or 'unknown'}",
+        f"cgroup:          {profile['cgroup'] or 'unknown'}",
+        f"seccomp:         {profile['seccomp'] or 'unknown'}",
+        f"user namespaces: {profile['userns']}",
+        f"private binfmt:  {profile['private_binfmt']}",
+        f"qemu-user:       {', '.join(f'{a}={p}' for a, p in profile['qemu'].items()) or 'none'}",
+        "binfmt_misc:",
+        *[
+            f"  {b['name']}: {'enabled' if b['enabled'] else 'disabled'} flags={b['flags'] or '-'} "
+            f"{b['interpreter']} ({'static' if b['interpreter_static'] else 'not static'})"
+            for b in profile["binfmt"]
+        ],
+        f"runtimes:        {_counts(profile['runtimes']) if profile['runtimes'] else 'none'}",
+        *[f"note: {n}" for n in profile["notes"]],
+    ]
+    if save is not None:
+        lines.append(f"saved {save}")
+    typer.echo("\n".join(lines))
+
+
 def _print_inspect(r: dict[str, Any]) -> None:
     cfg = r["config"]
     platform = "/".join(x for x in (r["os"], r["architecture"], r["variant"]) if x)
@@ -303,7 +473,9 @@ def _print_inspect(r: dict[str, Any]) -> None:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)  # typer.Exit(code) comes back as the return value here
     except KcompatError as e:
         if _state["debug"]:
             traceback.print_exc()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from importlib import resources
 from typing import Any
 
@@ -50,6 +51,13 @@ class Knowledge:
             if vkey(go_version) >= vkey(step["from"]):
                 found = step["kernel"]
         return str(found)
+
+    def program_fallback(self, program: str, syscall: str) -> str | None:
+        """A well-known program's own ENOSYS fallback for `syscall`, with its source."""
+        for f in self.raw.get("program_fallbacks", ()):
+            if f["syscall"] == syscall and any(fnmatch(program, p) for p in f["programs"]):
+                return f"{f['note']} ({f['source']})"
+        return None
 
     def fallback_for(self, syscall: str, glibc: str) -> Fallback | None:
         """glibc's own ENOSYS fallback for `syscall`, if this glibc has one."""

@@ -4,5 +4,7 @@ from __future__ import annotations
 
 
 def version_key(version: str) -> tuple[int, ...]:
-    """ "4.11" -> (4, 11); raises ValueError on anything but dot-separated numbers."""
-    return tuple(int(x) for x in version.split("."))
+    """ "4.11" -> (4, 11, 0): missing parts are zero, so "3.2" == "3.2.0";
+    raises ValueError on anything but dot-separated numbers."""
+    parts = tuple(int(x) for x in version.split("."))
+    return parts + (0,) * (3 - len(parts))

@@ -1,0 +1,650 @@
+"""The rule engine: from an image's scanned binaries and a target, findings and a verdict.
+
+Each finding names its rule, what it rests on (file, note, symbol, syscall), what the
+user will see and how to fix it. Only a certain failure makes the verdict
+`incompatible`; a failure that depends on how a program handles an error (ENOSYS from a
+syscall without a known fallback, say) makes it `uncertain`, with the calls listed.
+The facts and exact messages come from shared/docs/compat-facts.md via knowledge.json.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+from kcompat.binaries import glibc_required
+from kcompat.formats import Format
+from kcompat.image import ImageConfig
+from kcompat.knowledge import KNOWLEDGE
+from kcompat.needs import SyscallNeed, needs_of
+from kcompat.scan import DEFAULT_PATH, Scan, ScannedFile
+from kcompat.syscalls import table
+from kcompat.target import QEMU_NAMES, Target
+from kcompat.versions import version_key
+
+
+class Severity(str, Enum):
+    FATAL = "fatal"  # it will fail: the verdict is incompatible
+    UNCERTAIN = "uncertain"  # it may fail: the verdict is at best uncertain
+    WARNING = "warning"  # worth knowing; does not change the verdict
+    INFO = "info"
+
+
+class Verdict(str, Enum):
+    COMPATIBLE = "compatible"
+    INCOMPATIBLE = "incompatible"
+    UNCERTAIN = "uncertain"
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    severity: Severity
+    title: str
+    explanation: str
+    evidence: tuple[str, ...] = ()
+    fix: str | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class Entrypoint:
+    argv: tuple[str, ...]
+    chain: tuple[str, ...]  # argv[0] resolved, then script interpreters, in exec order
+    binary: ScannedFile | None  # the ELF the kernel finally runs
+    problem: Finding | None = None
+
+
+@dataclass
+class Result:
+    verdict: Verdict
+    findings: list[Finding] = field(default_factory=list)
+    entrypoint: Entrypoint | None = None
+
+
+def verdict_of(findings: list[Finding]) -> Verdict:
+    if any(f.severity is Severity.FATAL for f in findings):
+        return Verdict.INCOMPATIBLE
+    if any(f.severity is Severity.UNCERTAIN for f in findings):
+        return Verdict.UNCERTAIN
+    return Verdict.COMPATIBLE
+
+
+# -- the entrypoint ----------------------------------------------------------------------
+
+
+def resolve_entrypoint(scan: Scan, config: ImageConfig, argv: list[str] | None) -> Entrypoint:
+    """What runs: ENTRYPOINT + CMD (or the given command), argv[0] looked up in the image's
+    PATH as the runtime does, then `#!` interpreters followed to the ELF file."""
+    args = list(argv) if argv else [*(config.entrypoint or ()), *(config.cmd or ())]
+    if not args:
+        return Entrypoint(
+            (),
+            (),
+            None,
+            _fatal_entry(
+                "no-command",
+                "the image has no command",
+                "The image config has neither Entrypoint nor Cmd, so a runtime has nothing to run.",
+                "give a command: kcompat check IMAGE -- CMD",
+            ),
+        )
+    path = scan.env.get("PATH", DEFAULT_PATH)
+    first = args[0]
+    if "/" in first:
+        candidates = [
+            first if first.startswith("/") else posixpath.join(config.workdir or "/", first)
+        ]
+    else:
+        candidates = [posixpath.join(d, first) for d in path.split(":") if d]
+    found = next((c for c in candidates if scan.exists(c)), None)
+    if found is None:
+        return Entrypoint(
+            tuple(args),
+            (),
+            None,
+            _fatal_entry(
+                "entrypoint-missing",
+                f"{first}: not found in the image",
+                f'The runtime fails with: exec: "{first}": executable file not found in $PATH '
+                f"(searched {path}).",
+                "fix the image's Entrypoint/Cmd or install the program",
+            ),
+        )
+    chain = [found]
+    current = scan.files.get(scan.tree.resolve(found) or "")
+    for _ in range(4):
+        if current is None or current.script is None:
+            break
+        interp = current.script.interpreter
+        if posixpath.basename(interp) == "env" and current.script.argument:
+            prog = current.script.argument.split()[0]
+            interp = next(
+                (
+                    posixpath.join(d, prog)
+                    for d in path.split(":")
+                    if d and scan.exists(posixpath.join(d, prog))
+                ),
+                prog,
+            )
+        if not scan.exists(interp):
+            return Entrypoint(
+                tuple(args),
+                tuple(chain),
+                None,
+                _fatal_entry(
+                    "script-interpreter-missing",
+                    f"{current.path}: interpreter {interp} is missing",
+                    f"The script starts with #!{current.script.interpreter}"
+                    f"{' ' + current.script.argument if current.script.argument else ''}; "
+                    f"{interp} is not in the image, so exec fails with "
+                    "'no such file or directory'.",
+                    f"install {posixpath.basename(interp)} in the image",
+                    current.path,
+                ),
+            )
+        chain.append(interp)
+        current = scan.files.get(scan.tree.resolve(interp) or "")
+    return Entrypoint(tuple(args), tuple(chain), current)
+
+
+def _fatal_entry(
+    rule: str, title: str, explanation: str, fix: str, path: str | None = None
+) -> Finding:
+    return Finding(rule, Severity.FATAL, title, explanation, (), fix, path)
+
+
+# -- the rules ---------------------------------------------------------------------------
+
+
+def _glibc(scan: Scan) -> tuple[str | None, str | None, str | None]:
+    """(glibc version, its minimum kernel from ld.so/libc.so.6's ABI tag, evidence path)."""
+    for c in scan.libc():
+        if c.family == "glibc":
+            f = scan.files.get(c.path)
+            tag = f.elf.abi_tag if f and f.elf else None
+            return c.version, tag, c.path
+    return None, None, None
+
+
+def check(scan: Scan, config: ImageConfig, target: Target, argv: list[str] | None) -> Result:
+    findings: list[Finding] = []
+    entry = resolve_entrypoint(scan, config, argv)
+    if entry.problem:
+        findings.append(entry.problem)
+    findings += _os_rule(scan, config, entry)
+    binary = entry.binary
+    arch_ok = True
+    if binary is not None and binary.elf is not None:
+        arch_findings = _arch_rule(binary, config, target)
+        findings += arch_findings
+        arch_ok = not any(f.severity is Severity.FATAL for f in arch_findings)
+        findings += _loader_rule(scan, binary)
+    if arch_ok and target.kernel is not None and binary is not None and binary.elf is not None:
+        findings += _kernel_rules(scan, binary, target)
+    findings += _vsyscall_rule(scan, binary, target)
+    findings += _runtime_rule(scan, binary, target)
+    findings += _cgroup_rule(scan, entry, target)
+    return Result(verdict_of(findings), findings, entry)
+
+
+def _os_rule(scan: Scan, config: ImageConfig, entry: Entrypoint) -> list[Finding]:
+    os_ = config.platform.os
+    if os_ != "linux":
+        return [
+            Finding(
+                "os",
+                Severity.FATAL,
+                f"a {os_} image",
+                f'The image config says os "{os_}": the runtime refuses it with "image operating '
+                f'system "{os_}" cannot be used on this platform". Containers share the host '
+                "kernel; only Linux images run on Linux.",
+                (f"config os: {os_}",),
+                "use a linux variant of the image (--platform linux/...)",
+            )
+        ]
+    if entry.chain:
+        final = scan.files.get(scan.tree.resolve(entry.chain[-1]) or "")
+        if final is not None and final.format in (Format.PE, Format.MACHO):
+            kind = "Windows PE" if final.format is Format.PE else "macOS Mach-O"
+            return [
+                Finding(
+                    "os",
+                    Severity.FATAL,
+                    f"the entrypoint is a {kind} file",
+                    f"{final.path} is a {kind} executable; Linux cannot exec it "
+                    "('exec format error').",
+                    (f"{final.path}: {final.format.value} magic",),
+                    "use a Linux build of the program",
+                    final.path,
+                )
+            ]
+    return []
+
+
+def _arch_rule(binary: ScannedFile, config: ImageConfig, target: Target) -> list[Finding]:
+    assert binary.elf is not None
+    arch = binary.elf.arch.platform.architecture
+    out: list[Finding] = []
+    labelled = config.platform.architecture
+    if labelled != arch:
+        out.append(
+            Finding(
+                "mislabelled",
+                Severity.WARNING,
+                f"image labelled {labelled} but its entrypoint is {arch}",
+                f"The config says {config.platform}, but {binary.path} is an ELF file for "
+                f"{binary.elf.arch}. Runtimes choose by the label and the kernel runs by the "
+                "ELF header: this judgement follows the ELF header.",
+                (
+                    f"config architecture: {labelled}",
+                    f"{binary.path}: e_machine {binary.elf.arch.machine}",
+                ),
+                "rebuild or re-tag the image with the right platform",
+                binary.path,
+            )
+        )
+    evidence = (f"{binary.path}: ELF {binary.elf.arch}",)
+    if arch == target.platform.architecture:
+        return out
+    if arch in target.compat_arches:
+        out.append(
+            Finding(
+                "arch",
+                Severity.INFO,
+                f"{arch} runs natively in compat mode",
+                f"The target runs {arch} binaries natively "
+                f"({target.platform.architecture} compat mode).",
+                evidence,
+                None,
+                binary.path,
+            )
+        )
+        return out
+    qemu = QEMU_NAMES.get(arch, arch)
+    handler = target.handler_for(arch)
+    go = binary.elf.go_version
+    go_note = (
+        (
+            f" {binary.path} is a Go program ({go}); Go under qemu-user is a known source "
+            "of crashes ('fatal error: rt_sigaction failure', golang/go#13024)."
+        )
+        if go
+        else ""
+    )
+    if handler is not None and handler.usable_in_container():
+        out.append(
+            Finding(
+                "arch",
+                Severity.WARNING if go else Severity.INFO,
+                f"{arch} runs under emulation ({handler.name})",
+                f"binfmt_misc entry {handler.name} is enabled with flag F and a static interpreter "
+                f"({handler.interpreter}); expect 8-15x slower execution.{go_note}",
+                (*evidence, f"/proc/sys/fs/binfmt_misc/{handler.name}: flags {handler.flags}"),
+                None,
+                binary.path,
+            )
+        )
+        return out
+    if target.private_binfmt and arch in target.qemu:
+        out.append(
+            Finding(
+                "arch",
+                Severity.WARNING if go else Severity.INFO,
+                f"{arch} can run under emulation in a private binfmt_misc",
+                f"Linux {target.kernel} allows binfmt_misc in a user namespace (6.7+): kcompat run "
+                f"registers {target.qemu[arch]} there, nothing changes on the host.{go_note}",
+                (*evidence, f"static interpreter {target.qemu[arch]}"),
+                None,
+                binary.path,
+            )
+        )
+        return out
+    if target.binfmt_assumed:
+        out.append(
+            Finding(
+                "arch",
+                Severity.WARNING if go else Severity.INFO,
+                f"{arch} assumed to run under qemu-user emulation",
+                "The described target is assumed to have qemu-user binfmt handlers (flag F, static "
+                f"interpreters); pass --no-binfmt if it has none.{go_note}",
+                evidence,
+                None,
+                binary.path,
+            )
+        )
+        return out
+    why = "no binfmt_misc handler is registered for it"
+    if handler is not None:
+        problems = []
+        if not handler.enabled:
+            problems.append("disabled")
+        if "F" not in handler.flags:
+            problems.append("lacks flag F, so the interpreter must exist inside the container")
+        if handler.interpreter_static is False:
+            problems.append(f"its interpreter {handler.interpreter} is dynamically linked")
+        why = f"binfmt_misc entry {handler.name} is " + "; ".join(problems)
+    out.append(
+        Finding(
+            "arch",
+            Severity.FATAL,
+            f"{arch} binaries cannot run on {target.platform}",
+            f"{binary.path} is {binary.elf.arch} and {why}: exec fails with 'exec format error'.",
+            evidence,
+            f"apt-get install qemu-user-static (Debian package qemu-user-static, gives "
+            f"qemu-{qemu}-static), then kcompat run uses a private binfmt_misc on Linux 6.7+, or "
+            f"register it host-wide: kcompat binfmt install {arch}; or use the "
+            f"{target.platform.architecture} variant of the image",
+            binary.path,
+        )
+    )
+    return out
+
+
+def _loader_rule(scan: Scan, binary: ScannedFile) -> list[Finding]:
+    e = binary.elf
+    assert e is not None
+    if e.interpreter is None:
+        return []
+    if scan.tree.resolve(e.interpreter) not in scan.files:
+        return [
+            Finding(
+                "interpreter-missing",
+                Severity.FATAL,
+                f"{binary.path}: its loader {e.interpreter} is missing",
+                f"{binary.path} asks for the ELF interpreter {e.interpreter} (PT_INTERP), which is "
+                "not in the image: exec fails with 'no such file or directory' although the file "
+                "exists.",
+                (f"{binary.path}: PT_INTERP {e.interpreter}",),
+                "install the C library the program was built for, or use a static build",
+                binary.path,
+            )
+        ]
+    missing = scan.missing_libraries(binary)
+    if missing:
+        first = missing[0].library
+        return [
+            Finding(
+                "library-missing",
+                Severity.FATAL,
+                f"{binary.path}: {', '.join(m.library for m in missing)} not found",
+                f"The loader fails with: {binary.path}: error while loading shared libraries: "
+                f"{first}: cannot open shared object file: No such file or directory.",
+                tuple(
+                    f"DT_NEEDED {m.library} of {m.needed_by}: not on the search path"
+                    for m in missing
+                ),
+                "install the package that provides it, or fix RUNPATH / ld.so.conf",
+                binary.path,
+            )
+        ]
+    return []
+
+
+def _kernel_rules(scan: Scan, binary: ScannedFile, target: Target) -> list[Finding]:
+    assert binary.elf is not None and target.kernel is not None
+    e = binary.elf
+    kernel = target.kernel
+    out: list[Finding] = []
+    glibc, libc_tag, libc_path = _glibc(scan)
+    dynamic_glibc = e.interpreter is not None and e.libc == "glibc"
+    static = e.interpreter is None
+    # ABI tag: glibc < 2.36 refuses to start below its configured minimum kernel
+    if dynamic_glibc and glibc and libc_tag and version_key(kernel) < version_key(libc_tag):
+        if KNOWLEDGE.glibc_checks_kernel_version(glibc):
+            out.append(
+                Finding(
+                    "kernel-too-old",
+                    Severity.FATAL,
+                    f"glibc {glibc} needs Linux {libc_tag}; the target has {kernel}",
+                    "glibc before 2.36 compares the running kernel with its minimum at start-up "
+                    "and "
+                    "aborts: 'FATAL: kernel too old' (exit 127).",
+                    (
+                        f"{libc_path}: .note.ABI-tag {libc_tag}",
+                        f"glibc {glibc} (< 2.36 keeps the check)",
+                    ),
+                    f"run on Linux >= {libc_tag}, or use an image with an older distribution",
+                    binary.path,
+                )
+            )
+            return out
+        out.append(
+            Finding(
+                "abi-tag",
+                Severity.INFO,
+                f"glibc {glibc} is built for Linux {libc_tag}, the target has {kernel}",
+                "glibc 2.36 and later no longer check the kernel version; what decides is whether "
+                "the syscalls it uses exist (below).",
+                (f"{libc_path}: .note.ABI-tag {libc_tag}",),
+                None,
+                binary.path,
+            )
+        )
+    elif static and e.abi_tag and version_key(kernel) < version_key(e.abi_tag) and not e.go_version:
+        out.append(
+            Finding(
+                "kernel-too-old",
+                Severity.UNCERTAIN,
+                f"{binary.path} is built for Linux {e.abi_tag}; the target has {kernel}",
+                "A statically linked glibc program: glibc before 2.36 aborts with "
+                "'FATAL: kernel too "
+                "old', 2.36 and later go on; the glibc version inside a static binary is not "
+                "recorded, so the outcome is uncertain.",
+                (f"{binary.path}: .note.ABI-tag {e.abi_tag}",),
+                f"run on Linux >= {e.abi_tag}",
+                binary.path,
+            )
+        )
+    if e.go_version:
+        minimum = KNOWLEDGE.go_min_kernel(e.go_version.removeprefix("go"))
+        if version_key(kernel) < version_key(minimum):
+            out.append(
+                Finding(
+                    "go-min-kernel",
+                    Severity.UNCERTAIN,
+                    f"{e.go_version} documents Linux {minimum} as its minimum; "
+                    f"the target has {kernel}",
+                    "Below the documented minimum the Go runtime is not supported; it may fail at "
+                    "start-up or later.",
+                    (
+                        f"{binary.path}: .go.buildinfo {e.go_version}",
+                        "Go wiki: MinimumRequirements",
+                    ),
+                    f"run on Linux >= {minimum} or build with an older Go",
+                    binary.path,
+                )
+            )
+    out += _syscall_rule(scan, binary, target, glibc)
+    return out
+
+
+def _syscall_rule(
+    scan: Scan, binary: ScannedFile, target: Target, glibc: str | None
+) -> list[Finding]:
+    assert binary.elf is not None and target.kernel is not None
+    needs = needs_of(scan, binary, glibc if binary.elf.libc == "glibc" else None)
+    if needs is None:
+        return []
+    out: list[Finding] = []
+    if not needs.complete:
+        out.append(
+            Finding(
+                "syscalls-unknown",
+                Severity.UNCERTAIN,
+                f"{binary.path}: syscalls could not be read",
+                needs.method,
+                (),
+                None,
+                binary.path,
+            )
+        )
+    t = table(needs.abi)
+    absent = set(target.absent_syscalls or ())
+    handled: list[tuple[SyscallNeed, str, str]] = []
+    unhandled: list[tuple[SyscallNeed, str, str | None]] = []
+    for s in needs.syscalls:
+        row = t.lookup(s.name)
+        missing = (
+            s.name in absent
+            if target.absent_syscalls is not None
+            else (row is not None and not row.available_on(target.kernel))
+        )
+        if not missing:
+            continue
+        fallback = (
+            s.fallback
+            or _static_glibc_fallback(binary, s.name)
+            or KNOWLEDGE.program_fallback(posixpath.basename(binary.path), s.name)
+        )
+        line = f"{s.name} (Linux {s.since}) via {', '.join(s.via[:2])}"
+        if fallback:
+            handled.append((s, line, fallback))
+        else:
+            unhandled.append((s, line, None))
+    if handled:
+        out.append(
+            Finding(
+                "syscalls-with-fallback",
+                Severity.INFO,
+                f"{len(handled)} syscall(s) newer than {target.kernel}, handled by fallbacks",
+                "These return ENOSYS on the target and the C library falls back: "
+                + "; ".join(f"{s.name}: {fb}" for s, _, fb in handled),
+                tuple(line for _, line, _ in handled),
+                None,
+                binary.path,
+            )
+        )
+    if unhandled:
+        out.append(
+            Finding(
+                "syscalls-newer-than-kernel",
+                Severity.UNCERTAIN,
+                f"{len(unhandled)} syscall(s) newer than {target.kernel} without a known fallback",
+                "These return ENOSYS on the target. Programs often handle that (it is how new "
+                "syscalls are probed), so this is not proof of failure; whether it fails depends "
+                "on the code path.",
+                tuple(line for _, line, _ in unhandled),
+                f"run on a newer kernel (the newest needed: "
+                f"{max((s.since or '0' for s, _, _ in unhandled), key=version_key)})",
+                binary.path,
+            )
+        )
+    return out
+
+
+def _static_glibc_fallback(binary: ScannedFile, name: str) -> str | None:
+    """For a static glibc binary: syscalls that only glibc's own start-up makes, with the
+    fallback its version must have (the call's presence proves the version)."""
+    e = binary.elf
+    if e is None or e.interpreter is not None or e.libc != "glibc":
+        return None
+    proofs = {
+        "rseq": "2.35",  # registered at start-up since 2.35, failure tolerated
+        "clone3": "2.34",  # __clone_internal falls back to clone
+        "faccessat2": "2.33",
+    }
+    if name in proofs:
+        fb = KNOWLEDGE.fallback_for(name, proofs[name])
+        return f"glibc >= {proofs[name]} (the call itself shows it): {fb.note}" if fb else None
+    return None
+
+
+def _vsyscall_rule(scan: Scan, binary: ScannedFile | None, target: Target) -> list[Finding]:
+    if target.vsyscall != "none" or binary is None or binary.elf is None:
+        return []
+    if binary.elf.arch.platform.architecture != "amd64":
+        return []
+    glibc, _, libc_path = _glibc(scan)
+    if binary.elf.interpreter and glibc and KNOWLEDGE.glibc_needs_vsyscall(glibc):
+        return [
+            Finding(
+                "vsyscall",
+                Severity.FATAL,
+                f"glibc {glibc} needs vsyscall; the target has vsyscall=none",
+                "glibc before 2.14 calls the fixed vsyscall page: on a vsyscall=none kernel the "
+                "process dies with SIGSEGV (exit 139); dmesg shows 'vsyscall attempted with "
+                "vsyscall=none'.",
+                (f"{libc_path}: glibc {glibc}", "target vsyscall: none"),
+                "boot the host with vsyscall=emulate (or xonly, Linux 5.3+), "
+                "or use a newer base image",
+                binary.path,
+            )
+        ]
+    return []
+
+
+# runtime default seccomp profiles that answer new syscalls with EPERM (compat-facts)
+_SECCOMP_FIXES = (
+    (
+        "glibc",
+        "2.34",
+        "clone3",
+        "docker",
+        "20.10.9",
+        "moby/moby#42681, backported to 20.10 by #42836 (released in 20.10.9)",
+    ),
+)
+
+
+def _runtime_rule(scan: Scan, binary: ScannedFile | None, target: Target) -> list[Finding]:
+    if not target.runtime or binary is None or binary.elf is None:
+        return []
+    name, _, version = target.runtime.partition(":")
+    out = []
+    glibc, _, _ = _glibc(scan)
+    for libc, since, call, runtime, fixed, source in _SECCOMP_FIXES:
+        if (
+            libc == "glibc"
+            and glibc
+            and version_key(glibc) >= version_key(since)
+            and (name == runtime and version_key(version) < version_key(fixed))
+        ):
+            out.append(
+                Finding(
+                    "runtime-seccomp",
+                    Severity.UNCERTAIN,
+                    f"{target.runtime}'s seccomp profile answers {call} with EPERM",
+                    f"glibc {glibc} tries {call} first and falls back only on ENOSYS; with EPERM, "
+                    "creating threads and spawning fail ('Operation not permitted', e.g. curl: (6) "
+                    "getaddrinfo() thread failed to start). Single-threaded programs are not hit.",
+                    (f"glibc {glibc}", f"runtime {target.runtime} < {fixed}", source),
+                    f"upgrade {runtime} to >= {fixed}, or run with a seccomp profile that returns "
+                    "ENOSYS",
+                    binary.path,
+                )
+            )
+    return out
+
+
+def _cgroup_rule(scan: Scan, entry: Entrypoint, target: Target) -> list[Finding]:
+    if target.cgroup != "v2" or entry.binary is None or entry.binary.elf is None:
+        return []
+    b = entry.binary
+    if not any("systemd" in p for p in (*entry.chain, b.path)):
+        return []
+    version = None
+    for lib in b.elf.needed if b.elf else ():
+        m = re.match(r"libsystemd-shared-(\d+)", lib)
+        if m:
+            version = int(m.group(1))
+    if version is not None and version >= 230:
+        return []
+    known = f"systemd {version}" if version else "a systemd without libsystemd-shared (< 231)"
+    return [
+        Finding(
+            "cgroup-v2-systemd",
+            Severity.FATAL if version else Severity.UNCERTAIN,
+            f"{known} on a cgroup v2-only host",
+            "systemd before 230 cannot run on cgroup v2: 'Failed to mount cgroup at "
+            "/sys/fs/cgroup/systemd: Operation not permitted' (containers/podman#6183).",
+            (f"{b.path}", "target cgroup: v2"),
+            "boot the host with systemd.unified_cgroup_hierarchy=0, or use a newer base image",
+            b.path,
+        )
+    ]
+
+
+__all__ = ["Finding", "Result", "Severity", "Verdict", "check", "glibc_required"]

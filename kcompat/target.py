@@ -1,0 +1,387 @@
+"""The host an image is judged against: this machine (probed), a saved profile, or one
+described on the command line.
+
+Every probe is total: one that cannot tell returns None ("unknown"), never raises.
+A described target assumes what the version tables say; a probed one says what it saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform as _platform
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from kcompat.errors import LocalIOError, UsageError
+from kcompat.platform import Platform, host_platform, parse_platform
+from kcompat.versions import version_key
+
+PROFILE_SCHEMA = 1
+BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
+# Native compat modes (compat-facts: i386 on x86_64 via IA32_EMULATION, AArch32 on some
+# arm64 CPUs): which foreign arches a host of this arch may run without emulation.
+_COMPAT_CANDIDATES = {"amd64": ("386",), "arm64": ("arm",)}
+# arch-test's names (Debian architectures) -> OCI
+_DEBIAN_ARCH = {"i386": "386", "armhf": "arm", "armel": "arm", "amd64": "amd64", "arm64": "arm64"}
+# qemu-user's names for the OCI arches
+QEMU_NAMES = {
+    "amd64": "x86_64",
+    "386": "i386",
+    "arm64": "aarch64",
+    "arm": "arm",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+    "mips64le": "mips64el",
+    "loong64": "loongarch64",
+}
+
+
+@dataclass(frozen=True)
+class BinfmtEntry:
+    name: str
+    enabled: bool
+    interpreter: str
+    flags: str
+    magic: str | None
+    mask: str | None
+    interpreter_exists: bool
+    interpreter_static: bool | None
+
+    @property
+    def arch(self) -> str | None:
+        """The OCI arch this entry emulates, from its qemu-<arch> name."""
+        base = self.name.removeprefix("qemu-")
+        for oci, qemu in QEMU_NAMES.items():
+            if base == qemu:
+                return oci
+        return None
+
+    def usable_in_container(self) -> bool:
+        """Enabled, flag F (opened at registration) and a static interpreter (compat-facts)."""
+        return self.enabled and "F" in self.flags and self.interpreter_static is not False
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the judged host is. None everywhere means "unknown"."""
+
+    source: str  # "host", "file:<path>", "described"
+    kernel: str | None  # "6.18.0"
+    platform: Platform
+    compat_arches: tuple[str, ...] = ()  # OCI arches run natively besides the main one
+    binfmt: tuple[BinfmtEntry, ...] = ()
+    binfmt_assumed: bool = False  # described target: qemu handlers assumed for every arch
+    private_binfmt: bool | None = None  # Linux 6.7+ binfmt_misc in a user namespace
+    qemu: dict[str, str] = field(default_factory=dict)  # OCI arch -> interpreter path
+    vsyscall: str | None = None  # "emulate" | "xonly" | "none"
+    cgroup: str | None = None  # "v1" | "v2" | "hybrid"
+    seccomp: str | None = None  # "disabled" | "strict" | "filter"
+    userns: bool | None = None
+    runtimes: dict[str, str] = field(default_factory=dict)  # name -> version
+    runtime: str | None = None  # the runtime images will run under, "docker:20.10.7"
+    absent_syscalls: tuple[str, ...] | None = None  # probed: ENOSYS
+    blocked_syscalls: tuple[str, ...] | None = None  # probed: EPERM (seccomp)
+    notes: tuple[str, ...] = ()
+
+    def runs_natively(self, arch: str) -> bool:
+        return arch == self.platform.architecture or arch in self.compat_arches
+
+    def handler_for(self, arch: str) -> BinfmtEntry | None:
+        return next((b for b in self.binfmt if b.arch == arch), None)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["schema"] = PROFILE_SCHEMA
+        d["platform"] = str(self.platform)
+        return d
+
+
+# -- probes of this machine -------------------------------------------------------------
+
+
+def _read(path: str | Path) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def probe_kernel() -> str | None:
+    release = _platform.release()
+    m = re.match(r"(\d+\.\d+(?:\.\d+)?)", release)
+    return m.group(1) if m else None
+
+
+def probe_vsyscall() -> str | None:
+    """From /proc/self/maps: r-xp emulate, --xp xonly, absent none (compat-facts)."""
+    maps = _read("/proc/self/maps")
+    if maps is None:
+        return None
+    for line in maps.splitlines():
+        if line.endswith("[vsyscall]"):
+            perms = line.split()[1]
+            return "emulate" if perms.startswith("r") else "xonly"
+    return "none"
+
+
+def probe_cgroup() -> str | None:
+    try:
+        if Path("/sys/fs/cgroup/cgroup.controllers").exists():
+            return "v2"
+        if Path("/sys/fs/cgroup/unified").is_dir():
+            return "hybrid"
+        if Path("/sys/fs/cgroup").is_dir():
+            return "v1"
+    except OSError:
+        pass
+    return None
+
+
+def probe_seccomp() -> str | None:
+    status = _read("/proc/self/status")
+    m = re.search(r"^Seccomp:\s+(\d)", status or "", re.M)
+    return {"0": "disabled", "1": "strict", "2": "filter"}.get(m.group(1)) if m else None
+
+
+def probe_userns() -> bool | None:
+    v = _read("/proc/sys/kernel/unprivileged_userns_clone")
+    if v is not None and v.strip() == "0" and os.geteuid() != 0:
+        return False
+    mx = _read("/proc/sys/user/max_user_namespaces")
+    if mx is not None:
+        return mx.strip() != "0"
+    return None
+
+
+def _is_static(path: str) -> bool | None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return None
+    if not head.startswith(b"\x7fELF"):
+        return None
+    # a PT_INTERP program header means dynamic; read the headers with kcompat.elf
+    from kcompat.elf import UnreadableError, read_elf
+
+    try:
+        with open(path, "rb") as f:
+            return read_elf(f.read()).interpreter is None
+    except (UnreadableError, OSError):
+        return None
+
+
+def probe_binfmt() -> tuple[BinfmtEntry, ...]:
+    entries = []
+    try:
+        names = sorted(p.name for p in BINFMT_DIR.iterdir() if p.name not in ("register", "status"))
+    except OSError:
+        return ()
+    for name in names:
+        text = _read(BINFMT_DIR / name)
+        if text is None:
+            continue
+        fields: dict[str, str] = {}
+        for line in text.splitlines():
+            if line in ("enabled", "disabled"):
+                fields["state"] = line
+            elif " " in line:
+                k, v = line.split(" ", 1)
+                fields[k.rstrip(":")] = v.strip()
+        interp = fields.get("interpreter", "")
+        entries.append(
+            BinfmtEntry(
+                name=name,
+                enabled=fields.get("state") == "enabled",
+                interpreter=interp,
+                flags=fields.get("flags", ""),
+                magic=fields.get("magic"),
+                mask=fields.get("mask"),
+                interpreter_exists=bool(interp) and os.path.exists(interp),
+                interpreter_static=_is_static(interp) if interp else None,
+            )
+        )
+    return tuple(entries)
+
+
+def find_qemu() -> dict[str, str]:
+    """Static qemu-user interpreters on PATH: qemu-<arch>-static, or a static qemu-<arch>."""
+    found = {}
+    for oci, q in QEMU_NAMES.items():
+        for name in (f"qemu-{q}-static", f"qemu-{q}"):
+            path = shutil.which(name)
+            if path and _is_static(os.path.realpath(path)):
+                found[oci] = path
+                break
+    return found
+
+
+def probe_compat(arch: str) -> tuple[str, ...] | None:
+    """Foreign arches this CPU and kernel run natively, by executing a tiny program of
+    each (Debian's arch-test does exactly that); None without arch-test."""
+    if shutil.which("arch-test") is None:
+        return None
+    out = []
+    for candidate in _COMPAT_CANDIDATES.get(arch, ()):
+        debian = next(d for d, o in _DEBIAN_ARCH.items() if o == candidate)
+        try:
+            r = subprocess.run(
+                ["arch-test", "-n", debian], capture_output=True, text=True, timeout=20
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if r.returncode == 0 and "ok" in r.stdout:
+            out.append(candidate)
+    return tuple(out)
+
+
+def _version_of(cmd: list[str], pattern: str) -> str | None:
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(pattern, r.stdout + r.stderr)
+    return m.group(1) if m else None
+
+
+def probe_runtimes() -> dict[str, str]:
+    found = {}
+    for name, cmd, pattern in (
+        ("docker", ["docker", "--version"], r"version (\d+\.\d+\.\d+)"),
+        ("podman", ["podman", "--version"], r"version (\d+\.\d+\.\d+)"),
+        ("crun", ["crun", "--version"], r"version (\d+\.\d+(?:\.\d+)?)"),
+        ("runc", ["runc", "--version"], r"version (\d+\.\d+\.\d+)"),
+    ):
+        v = _version_of(cmd, pattern)
+        if v:
+            found[name] = v
+    for lib in Path("/usr/lib").glob("*/libseccomp.so.2.*"):
+        m = re.search(r"libseccomp\.so\.(\d+\.\d+\.\d+)", lib.name)
+        if m:
+            found["libseccomp"] = m.group(1)
+    return found
+
+
+def probe_host() -> Target:
+    kernel = probe_kernel()
+    plat = host_platform()
+    compat = probe_compat(plat.architecture)
+    notes = []
+    if compat is None:
+        notes.append("native compat modes unknown: arch-test is not installed")
+    private = None
+    if kernel is not None:
+        userns = probe_userns()
+        private = version_key(kernel) >= (6, 7, 0) and userns is not False
+    return Target(
+        source="host",
+        kernel=kernel,
+        platform=plat,
+        compat_arches=compat or (),
+        binfmt=probe_binfmt(),
+        private_binfmt=private,
+        qemu=find_qemu(),
+        vsyscall=probe_vsyscall() if plat.architecture == "amd64" else None,
+        cgroup=probe_cgroup(),
+        seccomp=probe_seccomp(),
+        userns=probe_userns(),
+        runtimes=probe_runtimes(),
+        notes=(*notes, "syscalls not probed: kernel version tables are used (backports not seen)"),
+    )
+
+
+# -- described and saved targets ---------------------------------------------------------
+
+
+def _kernel(text: str) -> str:
+    if not re.fullmatch(r"\d+\.\d+(\.\d+)?", text):
+        raise UsageError(f"--kernel {text!r} is not a kernel version", hint="e.g. --kernel 3.10")
+    return text
+
+
+def described(
+    kernel: str,
+    arch: str | None = None,
+    vsyscall: str | None = None,
+    cgroup: str | None = None,
+    runtime: str | None = None,
+    binfmt: bool = True,
+) -> Target:
+    plat = parse_platform(arch) if arch else host_platform()
+    if vsyscall not in (None, "emulate", "xonly", "none"):
+        raise UsageError(f"--vsyscall {vsyscall!r}", hint="one of: emulate, xonly, none")
+    if cgroup not in (None, "v1", "v2", "hybrid"):
+        raise UsageError(f"--cgroup {cgroup!r}", hint="one of: v1, v2, hybrid")
+    if runtime is not None and not re.fullmatch(r"[a-z]+:\d+\.\d+(\.\d+)?", runtime):
+        raise UsageError(f"--runtime {runtime!r}", hint="NAME:VERSION, e.g. docker:20.10.7")
+    k = _kernel(kernel)
+    if vsyscall is None and plat.architecture == "amd64":
+        # the kernel default: emulate before 5.3, xonly from 5.3 (compat-facts)
+        vsyscall = "xonly" if version_key(k) >= (5, 3) else "emulate"
+    return Target(
+        source="described",
+        kernel=k,
+        platform=plat,
+        compat_arches=_COMPAT_CANDIDATES.get(plat.architecture, ())[:1]
+        if plat.architecture == "amd64"
+        else (),
+        binfmt_assumed=binfmt,
+        private_binfmt=False,
+        vsyscall=vsyscall,
+        cgroup=cgroup,
+        runtime=runtime,
+        notes=("described target: syscalls judged by the kernel version tables",),
+    )
+
+
+def load_profile(path: Path) -> Target:
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as e:
+        raise LocalIOError(f"cannot read target profile {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(
+            f"target profile {path} is not JSON ({e.msg}, line {e.lineno})",
+            hint="write one with: kcompat host --save FILE",
+        ) from None
+    if not isinstance(raw, dict) or raw.get("schema") != PROFILE_SCHEMA:
+        raise UsageError(
+            f"target profile {path} has no schema {PROFILE_SCHEMA}",
+            hint="write one with: kcompat host --save FILE",
+        )
+    try:
+        binfmt = tuple(BinfmtEntry(**b) for b in raw.get("binfmt", ()))
+        t = Target(
+            source=f"file:{path}",
+            kernel=raw.get("kernel"),
+            platform=parse_platform(raw["platform"]),
+            compat_arches=tuple(raw.get("compat_arches", ())),
+            binfmt=binfmt,
+            binfmt_assumed=bool(raw.get("binfmt_assumed", False)),
+            private_binfmt=raw.get("private_binfmt"),
+            qemu=dict(raw.get("qemu", {})),
+            vsyscall=raw.get("vsyscall"),
+            cgroup=raw.get("cgroup"),
+            seccomp=raw.get("seccomp"),
+            userns=raw.get("userns"),
+            runtimes=dict(raw.get("runtimes", {})),
+            runtime=raw.get("runtime"),
+            absent_syscalls=tuple(raw["absent_syscalls"]) if raw.get("absent_syscalls") else None,
+            blocked_syscalls=tuple(raw["blocked_syscalls"])
+            if raw.get("blocked_syscalls")
+            else None,
+            notes=tuple(raw.get("notes", ())),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"target profile {path} is malformed: {e}") from None
+    if t.kernel is not None:
+        _kernel(t.kernel)
+    return replace(t)

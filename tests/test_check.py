@@ -1,0 +1,208 @@
+"""`kcompat check` and `kcompat host`: verdicts on real images against described,
+saved and probed targets, the JSON report against ci/report.schema.json, SARIF."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from kcompat.pull import open_image, scan_image
+from kcompat.rules import Severity, Verdict, check
+from kcompat.scan import Scan
+from kcompat.target import described, probe_host
+from tests.conftest import Binaries, Fixtures
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((REPO / "ci" / "report.schema.json").read_text())
+
+
+def kcompat(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kcompat", *args], capture_output=True, text=True, check=False
+    )
+
+
+def check_json(*args: str) -> tuple[int, dict[str, Any]]:
+    r = kcompat("check", "--format", "json", *args)
+    assert r.stdout, r.stderr
+    rep = json.loads(r.stdout)
+    jsonschema.validate(rep, SCHEMA)
+    return r.returncode, rep
+
+
+def rules(rep: dict[str, Any], severity: str | None = None) -> set[str]:
+    return {f["rule"] for f in rep["findings"] if severity is None or f["severity"] == severity}
+
+
+@pytest.fixture(scope="module")
+def bullseye(binaries: Binaries) -> tuple[Scan, Any]:
+    with open_image(binaries.bullseye) as opened:
+        return scan_image(opened), opened.image.config
+
+
+@pytest.mark.integration
+def test_kernel_too_old_below_glibc_minimum(bullseye: tuple[Scan, Any]) -> None:
+    """compat-facts: Debian 11 (glibc 2.31) at 3.1 prints FATAL: kernel too old; at 3.2 runs."""
+    scan, config = bullseye
+    old = check(scan, config, described("3.1"), ["/bin/true"])
+    assert old.verdict is Verdict.INCOMPATIBLE
+    fatal = [f for f in old.findings if f.severity is Severity.FATAL]
+    assert [f.rule for f in fatal] == ["kernel-too-old"]
+    assert "FATAL: kernel too old" in fatal[0].explanation
+    assert any(".note.ABI-tag 3.2.0" in e for e in fatal[0].evidence)
+    assert check(scan, config, described("3.2"), ["/bin/true"]).verdict is Verdict.COMPATIBLE
+    assert check(scan, config, described("3.2.0"), ["/bin/true"]).verdict is Verdict.COMPATIBLE
+
+
+@pytest.mark.integration
+def test_fallbacks_are_not_failures(bullseye: tuple[Scan, Any]) -> None:
+    """ls imports statx (4.11): glibc 2.28+ falls back, so on 3.10 it is compatible."""
+    scan, config = bullseye
+    r = check(scan, config, described("3.10"), ["ls", "-l"])
+    assert r.verdict is Verdict.COMPATIBLE
+    handled = next(f for f in r.findings if f.rule == "syscalls-with-fallback")
+    assert any(
+        e.startswith("statx (Linux 4.11) via imports statx@GLIBC_2.28") for e in handled.evidence
+    )
+
+
+@pytest.mark.integration
+def test_missing_syscall_without_fallback_is_uncertain(bullseye: tuple[Scan, Any]) -> None:
+    """getrandom (3.17) from a program with no known fallback: uncertain, never 'fails'."""
+    scan, config = bullseye
+    users = [
+        f.path
+        for f in scan.files.values()
+        if f.elf and f.executable and any(s.name == "getrandom" for s in f.elf.undefined)
+        and f.path.rsplit("/", 1)[-1] not in ("bash",)
+    ]  # fmt: skip
+    assert users, "bullseye has programs importing getrandom"
+    r = check(scan, config, described("3.10"), [users[0]])
+    assert r.verdict is Verdict.UNCERTAIN
+    (finding,) = [f for f in r.findings if f.rule == "syscalls-newer-than-kernel"]
+    assert any(e.startswith("getrandom (Linux 3.17)") for e in finding.evidence)
+
+
+@pytest.mark.integration
+def test_entrypoint_problems(bullseye: tuple[Scan, Any]) -> None:
+    scan, config = bullseye
+    r = check(scan, config, described("6.1"), ["no-such-program"])
+    assert r.verdict is Verdict.INCOMPATIBLE and rules_of(r) == {"entrypoint-missing"}
+    ls = scan.files["/bin/ls"]
+    lib = scan.find_library("libselinux.so.1", ls, musl=False)
+    assert lib is not None
+    saved = scan.files.pop(lib.path)
+    try:
+        r = check(scan, config, described("6.1"), ["ls"])
+        assert "library-missing" in rules_of(r) and r.verdict is Verdict.INCOMPATIBLE
+        (f,) = [f for f in r.findings if f.rule == "library-missing"]
+        assert "error while loading shared libraries: libselinux.so.1" in f.explanation
+    finally:
+        scan.files[lib.path] = saved
+
+
+def rules_of(r: Any) -> set[str]:
+    return {f.rule for f in r.findings}
+
+
+@pytest.mark.integration
+def test_vsyscall_none_only_hits_old_glibc(bullseye: tuple[Scan, Any]) -> None:
+    scan, config = bullseye
+    r = check(scan, config, described("5.10", vsyscall="none"), ["/bin/true"])
+    assert "vsyscall" not in rules_of(r)  # glibc 2.31 >= 2.14
+
+
+@pytest.mark.integration
+def test_cli_described_targets_and_exit_codes(images: Fixtures, binaries: Binaries) -> None:
+    code, rep = check_json("--kernel", "3.1", binaries.bullseye, "--", "/bin/true")
+    assert (code, rep["verdict"]) == (1, "incompatible")
+    assert rep["target"]["kernel"] == "3.1" and rep["entrypoint"]["binary"] == "/bin/true"
+    code, rep = check_json("--kernel", "3.2", binaries.bullseye)
+    assert (code, rep["verdict"]) == (0, "compatible")
+    assert rep["image_summary"]["libc"][0]["version"] == "2.31"
+    # arm64 busybox on an amd64 host without handlers: exec format error
+    code, rep = check_json(
+        "--kernel", "6.1", "--arch", "amd64", "--no-binfmt", images.oci("busybox-arm64")
+    )
+    assert (code, rep["verdict"]) == (1, "incompatible")
+    (arch,) = [f for f in rep["findings"] if f["rule"] == "arch"]
+    assert "exec format error" in arch["explanation"] and "qemu-user-static" in arch["fix"]
+    # the same with the default described target: qemu handlers assumed
+    code, rep = check_json("--kernel", "6.1", "--arch", "amd64", images.oci("busybox-arm64"))
+    assert (code, rep["verdict"]) == (0, "compatible") and "arch" in rules(rep, "info")
+    # bookworm's static busybox on 3.10: getrandom without a known fallback -> uncertain,
+    # which exits 0 by default and 1 with --fail-on uncertain
+    code, rep = check_json("--kernel", "3.10", images.oci("glibc-amd64"))
+    assert (code, rep["verdict"]) == (0, "uncertain")
+    r = kcompat("check", "--kernel", "3.10", "--fail-on", "uncertain", images.oci("glibc-amd64"))
+    assert r.returncode == 1 and "Verdict: UNCERTAIN" in r.stdout
+
+
+@pytest.mark.integration
+def test_runtime_seccomp_rule(images: Fixtures) -> None:
+    """glibc 2.36 (bookworm) under docker 20.10.7's profile (clone3 -> EPERM): uncertain."""
+    code, rep = check_json(
+        "--kernel", "5.10", "--runtime", "docker:20.10.7", images.oci("glibc-amd64")
+    )
+    assert "runtime-seccomp" in rules(rep, "uncertain")
+    code, rep = check_json(
+        "--kernel", "5.10", "--runtime", "docker:24.0.5", images.oci("glibc-amd64")
+    )
+    assert "runtime-seccomp" not in rules(rep)
+
+
+@pytest.mark.integration
+def test_saved_host_profile_round_trip(tmp_path: Path, images: Fixtures) -> None:
+    profile = tmp_path / "host.json"
+    r = kcompat("host", "--save", str(profile))
+    assert r.returncode == 0, r.stderr
+    saved = json.loads(profile.read_text())
+    live = probe_host()
+    assert saved["kernel"] == live.kernel and saved["platform"] == str(live.platform)
+    assert "Kernel:" in r.stdout
+    code, rep = check_json("--target", str(profile), images.oci("busybox-amd64"))
+    assert (
+        code == 0
+        and rep["target"]["source"] == f"file:{profile}"
+        and rep["verdict"] == "compatible"
+    )
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    r = kcompat("check", "--target", str(bad), images.oci("busybox-amd64"))
+    assert r.returncode == 2 and "not JSON" in r.stderr and "kcompat host --save" in r.stderr
+
+
+def test_host_probe_is_total() -> None:
+    t = probe_host()
+    assert t.kernel is not None and t.platform.os == "linux"
+    assert t.vsyscall in ("emulate", "xonly", "none", None)
+    assert t.cgroup in ("v1", "v2", "hybrid", None)
+    for entry in t.binfmt:
+        assert entry.name and entry.flags is not None
+
+
+def test_usage_errors() -> None:
+    for args in (
+        ["--kernel", "three"],
+        ["--arch", "amd64"],
+        ["--vsyscall", "sometimes", "--kernel", "5.4"],
+    ):
+        r = kcompat("check", *args, "oci:/nonexistent:x")
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.startswith("kcompat: error:")
+
+
+@pytest.mark.integration
+def test_sarif(binaries: Binaries) -> None:
+    r = kcompat("check", "--format", "sarif", "--kernel", "3.1", binaries.bullseye)
+    doc = json.loads(r.stdout)
+    assert doc["version"] == "2.1.0"
+    results = doc["runs"][0]["results"]
+    assert any(x["ruleId"] == "kernel-too-old" and x["level"] == "error" for x in results)
+    assert doc["runs"][0]["properties"]["verdict"] == "incompatible"
