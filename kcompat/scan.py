@@ -301,12 +301,14 @@ class Scan:
                 return f
         return None
 
-    def missing_libraries(self, exe: ScannedFile) -> list[MissingLibrary]:
-        """The libraries the loader cannot find for `exe`, over its whole DT_NEEDED tree."""
-        if exe.elf is None or not exe.elf.needed:
-            return []
-        musl = exe.elf.libc == "musl"
+    def load(self, exe: ScannedFile) -> tuple[list[ScannedFile], list[MissingLibrary]]:
+        """What the loader does for `exe` over its whole DT_NEEDED tree, breadth first as
+        ld.so does: the shared objects it maps, and the names it cannot find."""
+        found: list[ScannedFile] = []
         missing: list[MissingLibrary] = []
+        if exe.elf is None:
+            return found, missing
+        musl = exe.elf.libc == "musl"
         seen: set[str] = set()
         queue = deque([exe])
         while queue:
@@ -316,31 +318,19 @@ class Scan:
                 if name in seen:
                     continue
                 seen.add(name)
-                found = self.find_library(name, obj, musl)
-                if found is None:
+                lib = self.find_library(name, obj, musl)
+                if lib is None:
                     missing.append(MissingLibrary(name, obj.path))
-                else:
-                    queue.append(found)
-        return missing
+                elif lib not in found:
+                    found.append(lib)
+                    queue.append(lib)
+        return found, missing
+
+    def missing_libraries(self, exe: ScannedFile) -> list[MissingLibrary]:
+        return self.load(exe)[1]
 
     def library_closure(self, exe: ScannedFile) -> list[ScannedFile]:
-        """The shared objects the loader maps for `exe`, found ones only, in load order."""
-        if exe.elf is None:
-            return []
-        musl = exe.elf.libc == "musl"
-        out: list[ScannedFile] = []
-        seen: set[str] = set()
-        queue = deque([exe])
-        while queue:
-            obj = queue.popleft()
-            assert obj.elf is not None
-            for name in obj.elf.needed:
-                found = self.find_library(name, obj, musl)
-                if found is not None and found.path not in seen:
-                    seen.add(found.path)
-                    out.append(found)
-                    queue.append(found)
-        return out
+        return self.load(exe)[0]
 
     def script_interpreter_found(self, f: ScannedFile) -> bool | None:
         """Whether a script's `#!` interpreter exists (for `/usr/bin/env X`, X on PATH)."""
