@@ -175,17 +175,20 @@ class Scan:
         found: list[LibcInfo] = []
         for f in self.files.values():
             e = f.elf
-            if e is None:
-                continue
-            name = posixpath.basename(f.path)
-            if e.soname == "libc.so.6" and e.type is elf.ElfType.SHARED:
+            if e is not None and e.soname == "libc.so.6" and e.type is elf.ElfType.SHARED:
                 found.append(self._glibc(f, e))
-            elif name.startswith("ld-musl-") and name.endswith(".so.1"):
-                found.append(LibcInfo("musl", self._musl_version(f), f.path, "loader file name"))
+        # musl is found from the loader its programs name (often a symlink to libc.so)
+        musl_paths = {
+            resolved
+            for interp in self.interpreters()
+            if "ld-musl" in interp and (resolved := self.tree.resolve(interp)) in self.files
+        }
+        for path in sorted(musl_paths):
+            version = self.texts.get(path + "#banner")
+            found.append(LibcInfo("musl", version, path, "version string in the musl loader"))
         return found
 
     def _glibc(self, f: ScannedFile, e: ElfInfo) -> LibcInfo:
-        version = getattr(f, "_banner", None)
         glibc_defs = [v[6:] for v in e.version_defs if re.fullmatch(r"GLIBC_\d+(\.\d+)+", v)]
         banner = self.texts.get(f.path + "#banner")
         if banner:
@@ -199,9 +202,6 @@ class Scan:
                 "highest GLIBC_ version defined by libc.so.6 (a lower bound)",
             )
         return LibcInfo("glibc", None, f.path, "libc.so.6 without version definitions")
-
-    def _musl_version(self, f: ScannedFile) -> str | None:
-        return self.texts.get(f.path + "#banner")
 
     def interpreters(self) -> dict[str, bool]:
         """Every PT_INTERP named by an executable, and whether the image has it."""
@@ -389,7 +389,7 @@ def scan_file(
             if info.soname == "libc.so.6":
                 m = _GLIBC_BANNER.search(data)
                 banner = m.group(1).decode() if m else None
-            elif posixpath.basename(path).startswith("ld-musl-"):
+            elif _is_musl_libc(path):
                 m = _MUSL_VERSION.search(data)
                 banner = m.group(1).decode() if m else None
             return replace(base, elf=replace(info, code=()), syscalls=syscalls), banner
@@ -410,6 +410,15 @@ def scan_file(
             return replace(base, format=Format.OTHER), None  # a DOS stub or "MZ" text
         return replace(base, unreadable=str(e)), None
     return base, None
+
+
+def _is_musl_libc(path: str) -> bool:
+    """musl's one file (loader and libc): ld-musl-ARCH.so.1 on Alpine, libc.so under
+    /lib/ARCH-linux-musl on Debian, libc.musl-ARCH.so.1 as Alpine's link name."""
+    name = posixpath.basename(path)
+    return name.startswith(("ld-musl-", "libc.musl-")) or (
+        name == "libc.so" and posixpath.dirname(path).endswith("-linux-musl")
+    )
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ class Binaries:
 @pytest.fixture(scope="session")
 def binaries() -> Binaries:
     """Real binaries from Debian, PyPI and npm packages, and a bullseye image (cached)."""
-    _need("apt-get", "dpkg-deb", "umoci", "mmdebstrap", "npm", "tar")
+    _need("apt-get", "dpkg-deb", "umoci", "mmdebstrap", "npm", "tar", "musl-gcc")
     out = subprocess.run(
         [sys.executable, str(BUILD_BINARIES)], check=False, capture_output=True, text=True
     )

@@ -301,3 +301,21 @@ def test_bullseye_inspect_binaries(binaries: Binaries) -> None:
 def test_glibc_required(bullseye_scan: Scan) -> None:
     scan = bullseye_scan
     assert glibc_required(scan.files["/bin/ls"]) == "2.28"
+
+
+@pytest.mark.integration
+def test_musl(binaries: Binaries) -> None:
+    """A program built with Debian's musl-gcc, in a root with Debian's musl package."""
+    root = binaries.root / "musl-root"
+    scan = scan_path(root)
+    hello = scan.files["/bin/hello"]
+    assert hello.elf is not None and hello.elf.libc == "musl"
+    assert hello.elf.interpreter == "/lib/ld-musl-x86_64.so.1"
+    assert scan.missing_libraries(hello) == []  # libc.so found through /etc/ld-musl-x86_64.path
+    deb = next((binaries.root / "downloads").glob("musl_*_amd64.deb"))
+    version = subprocess.run(
+        ["dpkg-deb", "-f", str(deb), "Version"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    (libc,) = scan.libc()
+    assert libc.family == "musl" and version.startswith(f"{libc.version}-")
+    assert scan.interpreters() == {"/lib/ld-musl-x86_64.so.1": True}
