@@ -483,6 +483,21 @@ def _syscall_rule(
         )
     t = table(needs.abi)
     absent = set(target.absent_syscalls or ())
+    blocked = sorted(s.name for s in needs.syscalls if s.name in set(target.blocked_syscalls or ()))
+    if blocked:
+        out.append(
+            Finding(
+                "syscalls-blocked",
+                Severity.UNCERTAIN,
+                f"{len(blocked)} syscall(s) answered with EPERM on the target",
+                "The target's probe saw EPERM (a seccomp profile or missing capability) for "
+                "calls this program makes; fallbacks run only on ENOSYS, so a call that is "
+                "needed fails with 'Operation not permitted'.",
+                tuple(f"{n}: EPERM on the target" for n in blocked),
+                "allow them in the seccomp profile, or make it answer ENOSYS",
+                binary.path,
+            )
+        )
     handled: list[tuple[SyscallNeed, str, str]] = []
     unhandled: list[tuple[SyscallNeed, str, str | None]] = []
     for s in needs.syscalls:

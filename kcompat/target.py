@@ -19,6 +19,7 @@ from typing import Any
 
 from kcompat.errors import LocalIOError, UsageError
 from kcompat.platform import Platform, host_platform, parse_platform
+from kcompat.probe import probe_syscalls
 from kcompat.versions import version_key
 
 PROFILE_SCHEMA = 1
@@ -281,6 +282,20 @@ def probe_host() -> Target:
     if kernel is not None:
         userns = probe_userns()
         private = version_key(kernel) >= (6, 7, 0) and userns is not False
+    absent = blocked = None
+    abi = {"amd64": "x86_64", "386": "i386", "arm64": "arm64", "arm": "arm", "ppc64le": "ppc64le",
+           "s390x": "s390x", "riscv64": "riscv64", "mips64le": "mips64le",
+           "loong64": "loong64"}.get(plat.architecture)  # fmt: skip
+    probed = probe_syscalls(abi) if abi else None
+    if probed is not None:
+        absent, blocked = probed.absent, probed.blocked
+        notes.append(
+            f"syscalls probed: {len(probed.present)} present, {len(absent)} absent (ENOSYS), "
+            f"{len(blocked)} blocked (EPERM); {len(probed.skipped)} not called because they "
+            "cannot be called harmlessly"
+        )
+    else:
+        notes.append("syscalls not probed: the kernel version tables are used")
     return Target(
         source="host",
         kernel=kernel,
@@ -294,7 +309,9 @@ def probe_host() -> Target:
         seccomp=probe_seccomp(),
         userns=probe_userns(),
         runtimes=probe_runtimes(),
-        notes=(*notes, "syscalls not probed: kernel version tables are used (backports not seen)"),
+        absent_syscalls=absent,
+        blocked_syscalls=blocked,
+        notes=tuple(notes),
     )
 
 

@@ -206,3 +206,22 @@ def test_sarif(binaries: Binaries) -> None:
     results = doc["runs"][0]["results"]
     assert any(x["ruleId"] == "kernel-too-old" and x["level"] == "error" for x in results)
     assert doc["runs"][0]["properties"]["verdict"] == "incompatible"
+
+
+@pytest.mark.integration
+def test_probed_syscalls_decide(tmp_path: Path, binaries: Binaries) -> None:
+    """A saved profile's probe results beat the version tables: an EPERM'd statx makes
+    ls uncertain (no fallback on EPERM); an ENOSYS'd statx is handled by glibc."""
+    profile = tmp_path / "host.json"
+    assert kcompat("host", "--save", str(profile)).returncode == 0
+    raw = json.loads(profile.read_text())
+    assert raw["absent_syscalls"] is not None  # the host was probed
+    raw["blocked_syscalls"] = ["statx"]
+    profile.write_text(json.dumps(raw))
+    code, rep = check_json("--target", str(profile), binaries.bullseye, "--", "ls")
+    assert (code, rep["verdict"]) == (0, "uncertain") and "syscalls-blocked" in rules(rep)
+    raw["blocked_syscalls"] = []
+    raw["absent_syscalls"] = [*raw["absent_syscalls"], "statx"]
+    profile.write_text(json.dumps(raw))
+    code, rep = check_json("--target", str(profile), binaries.bullseye, "--", "ls")
+    assert rep["verdict"] == "compatible" and "syscalls-with-fallback" in rules(rep)
