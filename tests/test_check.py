@@ -225,3 +225,20 @@ def test_probed_syscalls_decide(tmp_path: Path, binaries: Binaries) -> None:
     profile.write_text(json.dumps(raw))
     code, rep = check_json("--target", str(profile), binaries.bullseye, "--", "ls")
     assert rep["verdict"] == "compatible" and "syscalls-with-fallback" in rules(rep)
+
+
+@pytest.mark.integration
+def test_musl_on_old_docker(binaries: Binaries) -> None:
+    """musl 1.2.3 (>= 1.2.2 tries faccessat2) under docker 19.03's profile: uncertain."""
+    from kcompat.image import ImageConfig
+    from kcompat.platform import Platform
+    from kcompat.scan import scan_path
+
+    scan = scan_path(binaries.root / "musl-root")
+    config = ImageConfig(Platform("linux", "amd64"), None, ("/bin/hello",), (), None, None, ())
+    old = check(scan, config, described("5.10", runtime="docker:19.03.15"), None)
+    (f,) = [f for f in old.findings if f.rule == "runtime-seccomp"]
+    assert "faccessat2" in f.title and "musl 1.2.3" in f.evidence
+    assert old.verdict is Verdict.UNCERTAIN
+    new = check(scan, config, described("5.10", runtime="docker:20.10.24"), None)
+    assert new.verdict is Verdict.COMPATIBLE
