@@ -282,8 +282,9 @@ class CheckFormat(str, Enum):
 
 
 class FailOn(str, Enum):
-    incompatible = "incompatible"
-    uncertain = "uncertain"
+    fatal = "fatal"  # an incompatible verdict
+    error = "error"  # incompatible or uncertain
+    warning = "warning"  # also any warning finding
     never = "never"
 
 
@@ -331,7 +332,10 @@ NoBinfmtOpt = Annotated[
     bool, typer.Option("--no-binfmt", help="the described target has no qemu-user handlers")
 ]
 CheckFormatOpt = Annotated[CheckFormat, typer.Option("--format", help="text, json or sarif")]
-FailOnOpt = Annotated[FailOn, typer.Option("--fail-on", help="which verdict exits 1 (CI gates)")]
+FailOnOpt = Annotated[
+    FailOn,
+    typer.Option("--fail-on", help="exit 1 on: fatal (incompatible), error (+uncertain), warning"),
+]
 SaveOpt = Annotated[
     Optional[Path], typer.Option("--save", help="write the profile to FILE for --target")
 ]
@@ -353,7 +357,7 @@ def check_cmd(
     runtime: RuntimeOpt = None,
     no_binfmt: NoBinfmtOpt = False,
     format: CheckFormatOpt = CheckFormat.text,
-    fail_on: FailOnOpt = FailOn.incompatible,
+    fail_on: FailOnOpt = FailOn.fatal,
 ) -> None:
     """Predict whether IMAGE runs on a target, why not, and how to fix it."""
     target = _target(host, target_file, kernel, arch, vsyscall, cgroup, runtime, no_binfmt)
@@ -367,9 +371,14 @@ def check_cmd(
     else:
         _print_check(rep)
     verdict = rep["verdict"]
-    if (fail_on is FailOn.incompatible and verdict == "incompatible") or (
-        fail_on is FailOn.uncertain and verdict in ("incompatible", "uncertain")
-    ):
+    failing = {
+        FailOn.fatal: verdict == "incompatible",
+        FailOn.error: verdict in ("incompatible", "uncertain"),
+        FailOn.warning: verdict in ("incompatible", "uncertain")
+        or any(f["severity"] == "warning" for f in rep["findings"]),
+        FailOn.never: False,
+    }[fail_on]
+    if failing:
         raise typer.Exit(int(ExitCode.CHECK_FAILED))
 
 

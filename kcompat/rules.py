@@ -33,7 +33,8 @@ class Severity(str, Enum):
 
 
 class Verdict(str, Enum):
-    COMPATIBLE = "compatible"
+    NATIVE = "native"  # runs, on the target's own CPU (or its compat mode)
+    EMULATED = "emulated"  # runs, through a qemu-user binfmt handler
     INCOMPATIBLE = "incompatible"
     UNCERTAIN = "uncertain"
 
@@ -69,7 +70,9 @@ def verdict_of(findings: list[Finding]) -> Verdict:
         return Verdict.INCOMPATIBLE
     if any(f.severity is Severity.UNCERTAIN for f in findings):
         return Verdict.UNCERTAIN
-    return Verdict.COMPATIBLE
+    if any(f.rule == "emulated" for f in findings):
+        return Verdict.EMULATED
+    return Verdict.NATIVE
 
 
 # -- the entrypoint ----------------------------------------------------------------------
@@ -277,7 +280,7 @@ def _arch_rule(binary: ScannedFile, config: ImageConfig, target: Target) -> list
     if handler is not None and handler.usable_in_container():
         out.append(
             Finding(
-                "arch",
+                "emulated",
                 Severity.WARNING if go else Severity.INFO,
                 f"{arch} runs under emulation ({handler.name})",
                 f"binfmt_misc entry {handler.name} is enabled with flag F and a static interpreter "
@@ -291,7 +294,7 @@ def _arch_rule(binary: ScannedFile, config: ImageConfig, target: Target) -> list
     if target.private_binfmt and arch in target.qemu:
         out.append(
             Finding(
-                "arch",
+                "emulated",
                 Severity.WARNING if go else Severity.INFO,
                 f"{arch} can run under emulation in a private binfmt_misc",
                 f"Linux {target.kernel} allows binfmt_misc in a user namespace (6.7+): kcompat run "
@@ -305,7 +308,7 @@ def _arch_rule(binary: ScannedFile, config: ImageConfig, target: Target) -> list
     if target.binfmt_assumed:
         out.append(
             Finding(
-                "arch",
+                "emulated",
                 Severity.WARNING if go else Severity.INFO,
                 f"{arch} assumed to run under qemu-user emulation",
                 "The described target is assumed to have qemu-user binfmt handlers (flag F, static "
