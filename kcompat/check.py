@@ -10,6 +10,7 @@ from typing import Any
 
 from kcompat import __version__
 from kcompat.binaries import binaries_report
+from kcompat.platform import Platform
 from kcompat.pull import OpenImage, scan_image
 from kcompat.rules import Finding, Result, Severity, check
 from kcompat.target import Target
@@ -17,9 +18,38 @@ from kcompat.target import Target
 REPORT_SCHEMA = 1
 
 
+def choose_platform(platforms: tuple[Platform, ...], target: Target) -> Platform | None:
+    """The best entry of a multi-arch index for the target: native, then a compat mode,
+    then anything (emulated). None when the index offers no linux entry."""
+    linux = [p for p in platforms if p.os == "linux"]
+    for wanted in (target.platform.architecture, *target.compat_arches):
+        same = [p for p in linux if p.architecture == wanted]
+        if same:
+            if target.platform.variant:
+                exact = [p for p in same if p.variant == target.platform.variant]
+                if exact:
+                    return exact[0]
+            return same[0]
+    return linux[0] if linux else None
+
+
 def run_check(opened: OpenImage, target: Target, argv: list[str] | None) -> dict[str, Any]:
     scan = scan_image(opened)
     result = check(scan, opened.image.config, target, argv)
+    platforms = opened.image.index_platforms
+    if len(platforms) > 1:
+        chosen = opened.image.config.platform
+        others = ", ".join(str(p) for p in platforms if p.architecture != chosen.architecture)
+        result.findings.append(
+            Finding(
+                "platform-choice",
+                Severity.INFO,
+                f"judged {chosen} of a multi-arch image",
+                f"The index also offers: {others}. Without --platform kcompat judges the best "
+                "entry for the target (native, then compat mode, then emulated).",
+                tuple(str(p) for p in platforms),
+            )
+        )
     return report(opened, target, result, binaries_report(scan)["summary"])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -14,8 +15,8 @@ import typer
 from kcompat import __version__
 from kcompat.auth import parse_creds
 from kcompat.binaries import binaries_report
-from kcompat.check import run_check, sarif
-from kcompat.errors import ExitCode, KcompatError, LocalIOError, UsageError
+from kcompat.check import choose_platform, run_check, sarif
+from kcompat.errors import ExitCode, KcompatError, LocalIOError, NotFoundError, UsageError
 from kcompat.platform import Platform, parse_platform
 from kcompat.pull import inspect_report, open_image, pull, scan_image, unpack
 from kcompat.scan import scan_path
@@ -361,7 +362,10 @@ def check_cmd(
 ) -> None:
     """Predict whether IMAGE runs on a target, why not, and how to fix it."""
     target = _target(host, target_file, kernel, arch, vsyscall, cgroup, runtime, no_binfmt)
-    with open_image(image, _options(platform, creds, insecure_registry)) as opened:
+    options = _options(platform, creds, insecure_registry)
+    if platform is None:
+        options = _best_platform(image, options, target)
+    with open_image(image, options) as opened:
         pull(opened, BlobStore())
         rep = run_check(opened, target, command or None)
     if format is CheckFormat.json:
@@ -380,6 +384,25 @@ def check_cmd(
     }[fail_on]
     if failing:
         raise typer.Exit(int(ExitCode.CHECK_FAILED))
+
+
+def _best_platform(image: str, options: Options, target: Target) -> Options:
+    """For a multi-arch image, the entry that suits the target best: its own arch, then a
+    compat-mode arch, then what the index has (judged as emulated)."""
+    wanted = [target.platform, *(Platform("linux", a) for a in target.compat_arches)]
+    for candidate in wanted:
+        try:
+            with open_image(image, replace(options, platform=candidate)) as opened:
+                best = choose_platform(opened.image.index_platforms, target) or candidate
+            return replace(options, platform=best)
+        except NotFoundError:
+            continue  # the index has no entry for it
+    try:
+        with open_image(image, replace(options, platform=None)) as opened:
+            fallback = choose_platform(opened.image.index_platforms, target)
+    except NotFoundError:
+        return options
+    return replace(options, platform=fallback) if fallback else options
 
 
 _MARK = {"fatal": "FAIL", "uncertain": "MAYBE", "warning": "WARN", "info": "ok"}

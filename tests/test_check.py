@@ -4,6 +4,7 @@ saved and probed targets, the JSON report against ci/report.schema.json, SARIF."
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -238,3 +239,74 @@ def test_musl_on_old_docker(binaries: Binaries) -> None:
     assert old.verdict is Verdict.UNCERTAIN
     new = check(scan, config, described("5.10", runtime="docker:20.10.24"), None)
     assert new.verdict is Verdict.NATIVE
+
+
+@pytest.mark.integration
+def test_multi_arch_image_judged_for_the_target(images: Fixtures) -> None:
+    """Without --platform: the target's own arch from the index, else an emulated one."""
+    _, rep = check_json("--kernel", "6.1", "--arch", "arm64", images.oci("busybox-multi"))
+    assert rep["image"]["platform"].startswith("linux/arm64") and rep["verdict"] == "native"
+    assert "platform-choice" in rules(rep)
+    _, rep = check_json("--kernel", "6.1", "--arch", "s390x", images.oci("busybox-multi"))
+    assert rep["image"]["platform"] == "linux/s390x"
+    _, rep = check_json("--kernel", "6.1", "--arch", "riscv64", images.oci("busybox-multi"))
+    assert rep["verdict"] == "emulated" and "emulated" in rules(rep)
+
+
+@pytest.mark.integration
+def test_windows_image_is_incompatible(tmp_path: Path, images: Fixtures) -> None:
+    layout = tmp_path / "layout"
+    shutil.copytree(images.layout, layout)
+    subprocess.run(
+        ["umoci", "config", "--image", f"{layout}:busybox-amd64", "--os", "windows"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    code, rep = check_json("--kernel", "6.1", f"oci:{layout}:busybox-amd64")
+    assert (code, rep["verdict"]) == (1, "incompatible")
+    (f,) = [f for f in rep["findings"] if f["rule"] == "os"]
+    assert 'image operating system "windows" cannot be used on this platform' in f["explanation"]
+
+
+@pytest.mark.integration
+def test_vsyscall_none_with_old_glibc(bullseye: tuple[Scan, Any]) -> None:
+    """glibc 2.12-era libc (CentOS 6) on vsyscall=none: fatal. The libc's version is
+    crafted here (the scan's record of libc.so.6's banner); no such image is built."""
+    scan, config = bullseye
+    (libc,) = scan.libc()
+    banner_key = libc.path + "#banner"
+    real = scan.texts[banner_key]
+    scan.texts[banner_key] = "2.12"
+    try:
+        r = check(scan, config, described("4.19", vsyscall="none"), ["/bin/true"])
+        assert r.verdict is Verdict.INCOMPATIBLE and "vsyscall" in rules_of(r)
+        ok = check(scan, config, described("4.19", vsyscall="emulate"), ["/bin/true"])
+        assert "vsyscall" not in rules_of(ok)
+    finally:
+        scan.texts[banner_key] = real
+
+
+@pytest.mark.integration
+def test_bookworm_glibc_on_2_6_32_lists_syscalls(images: Fixtures) -> None:
+    """Debian 12's glibc 2.36 has no kernel check: on 2.6.32 it is not fatal, and the
+    syscalls newer than the kernel are listed (libc.so.6 run as a program)."""
+    code, rep = check_json(
+        "--kernel", "2.6.32", images.oci("glibc-amd64"), "--", "/lib/x86_64-linux-gnu/libc.so.6"
+    )
+    assert rep["verdict"] != "incompatible" and code == 0
+    assert "kernel-too-old" not in rules(rep) and "abi-tag" in rules(rep, "info")
+    listed = [e for f in rep["findings"] if f["rule"].startswith("syscalls") for e in f["evidence"]]
+    assert any(e.startswith("rseq (Linux 4.18)") for e in listed)
+
+
+@pytest.mark.integration
+def test_done_when_through_the_registry(registry: Any, binaries: Binaries) -> None:
+    """The issue's acceptance: bullseye from a docker-registry, at 3.1 and 3.2."""
+    registry.push(binaries.bullseye, "debian:bullseye")
+    ref = f"docker://{registry.host}/debian:bullseye"
+    code, rep = check_json("--kernel", "3.1", ref)
+    assert (code, rep["verdict"]) == (1, "incompatible")
+    (f,) = [f for f in rep["findings"] if f["rule"] == "kernel-too-old"]
+    assert "FATAL: kernel too old" in f["explanation"]
+    assert any("libc-2.31.so: .note.ABI-tag 3.2.0" in e for e in f["evidence"])
+    code, rep = check_json("--kernel", "3.2", ref)
+    assert (code, rep["verdict"]) == (0, "native")
