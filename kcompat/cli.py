@@ -468,6 +468,12 @@ def host_cmd(
             for b in profile["binfmt"]
         ],
         f"runtimes:        {_counts(profile['runtimes']) if profile['runtimes'] else 'none'}",
+        f"syscalls absent: {' '.join(profile['absent_syscalls'] or []) or '-'}"
+        if profile["absent_syscalls"] is not None
+        else "syscalls absent: not probed",
+        f"syscalls EPERM:  {' '.join(profile['blocked_syscalls'] or []) or '-'}"
+        if profile["blocked_syscalls"] is not None
+        else "syscalls EPERM:  not probed",
         *[f"note: {n}" for n in profile["notes"]],
     ]
     if save is not None:

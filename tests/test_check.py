@@ -310,3 +310,47 @@ def test_done_when_through_the_registry(registry: Any, binaries: Binaries) -> No
     assert any("libc-2.31.so: .note.ABI-tag 3.2.0" in e for e in f["evidence"])
     code, rep = check_json("--kernel", "3.2", ref)
     assert (code, rep["verdict"]) == (0, "native")
+
+
+@pytest.mark.integration
+def test_arm64_on_this_host_is_emulated(images: Fixtures) -> None:
+    """The issue's acceptance on this x86_64 host: emulated, with the handler named."""
+    host = probe_host()
+    if host.platform.architecture != "amd64" or not (
+        host.handler_for("arm64") or (host.private_binfmt and "arm64" in host.qemu)
+    ):
+        pytest.skip("needs an arm64 binfmt handler, or Linux 6.7+ with qemu-aarch64-static")
+    code, rep = check_json("--host", images.oci("busybox-arm64"))
+    assert (code, rep["verdict"]) == (0, "emulated")
+    (f,) = [f for f in rep["findings"] if f["rule"] == "emulated"]
+    assert "qemu-aarch64" in " ".join([f["title"], f["explanation"], *f["evidence"]])
+
+
+@pytest.mark.integration
+def test_mislabelled_image(tmp_path: Path, images: Fixtures) -> None:
+    """An index/config saying arm64 over amd64 binaries: judged by the ELF header."""
+    layout = tmp_path / "layout"
+    shutil.copytree(images.layout, layout)
+    subprocess.run(
+        ["umoci", "config", "--image", f"{layout}:busybox-amd64", "--architecture", "arm64"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    _, rep = check_json("--kernel", "6.1", "--arch", "amd64", "--no-binfmt",
+                        "--platform", "linux/arm64", f"oci:{layout}:busybox-amd64")  # fmt: skip
+    assert "mislabelled" in rules(rep, "warning") and rep["verdict"] == "native"
+
+
+@pytest.mark.integration
+def test_go_minimum_kernel(binaries: Binaries) -> None:
+    """fzf (Go 1.19.8): Go documents 2.6.32 as its minimum; below it, uncertain."""
+    from kcompat.image import ImageConfig
+    from kcompat.platform import Platform
+    from kcompat.scan import scan_path
+
+    scan = scan_path(binaries.root / "bin")
+    config = ImageConfig(Platform("linux", "amd64"), None, ("/fzf-amd64",), (), None, None, ())
+    r = check(scan, config, described("2.6.30"), None)
+    (f,) = [f for f in r.findings if f.rule == "go-min-kernel"]
+    assert f.severity is Severity.UNCERTAIN and "go1.19.8" in f.title
+    assert not [f for f in check(scan, config, described("3.10"), None).findings
+                if f.rule == "go-min-kernel"]  # fmt: skip
