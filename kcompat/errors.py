@@ -10,7 +10,7 @@ from enum import IntEnum
 
 class ExitCode(IntEnum):
     OK = 0
-    CHECK_FAILED = 1  # reserved for `check --fail-on`
+    CHECK_FAILED = 1  # `check` failed its --fail-on
     USAGE = 2
     NOT_FOUND = 3
     AUTH = 4

@@ -354,3 +354,30 @@ def test_go_minimum_kernel(binaries: Binaries) -> None:
     assert f.severity is Severity.UNCERTAIN and "go1.19.8" in f.title
     assert not [f for f in check(scan, config, described("3.10"), None).findings
                 if f.rule == "go-min-kernel"]  # fmt: skip
+
+
+@pytest.mark.integration
+def test_systemd_on_cgroup_v2(binaries: Binaries) -> None:
+    """Debian 12's systemd 252 as PID 1 on a cgroup v2 host is fine; the same file with
+    its libsystemd-shared name crafted to CentOS 7's 219 is fatal (podman#6183)."""
+    from dataclasses import replace
+
+    from kcompat.image import ImageConfig
+    from kcompat.platform import Platform
+    from kcompat.scan import scan_path
+
+    scan = scan_path(binaries.root / "bin")
+    config = ImageConfig(Platform("linux", "amd64"), None, ("/systemd-amd64",), (), None, None, ())
+    real = scan.files["/systemd-amd64"]
+    assert real.elf is not None and any(
+        n.startswith("libsystemd-shared-252") for n in real.elf.needed
+    )
+    ok = check(scan, config, described("5.10", cgroup="v2"), ["/systemd-amd64"])
+    assert "cgroup-v2-systemd" not in rules_of(ok)
+    old_needed = tuple(n.replace("252", "219") for n in real.elf.needed)
+    scan.files["/systemd-amd64"] = replace(real, elf=replace(real.elf, needed=old_needed))
+    bad = check(scan, config, described("5.10", cgroup="v2"), ["/systemd-amd64"])
+    (f,) = [f for f in bad.findings if f.rule == "cgroup-v2-systemd"]
+    assert f.severity is Severity.FATAL and "systemd 219" in f.title
+    v1 = check(scan, config, described("5.10", cgroup="v1"), ["/systemd-amd64"])
+    assert "cgroup-v2-systemd" not in rules_of(v1)
