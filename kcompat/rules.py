@@ -337,8 +337,8 @@ def _arch_rule(binary: ScannedFile, config: ImageConfig, target: Target) -> list
             f"{binary.path} is {binary.elf.arch} and {why}: exec fails with 'exec format error'.",
             evidence,
             f"apt-get install qemu-user-static (Debian package qemu-user-static, gives "
-            f"qemu-{qemu}-static), then kcompat run uses a private binfmt_misc on Linux 6.7+, or "
-            f"register it host-wide: kcompat binfmt install {arch}; or use the "
+            f"qemu-{qemu}-static and registers binfmt_misc entries with flag F); on Linux "
+            f"6.7+ a private binfmt_misc in a user namespace needs no host change; or use the "
             f"{target.platform.architecture} variant of the image",
             binary.path,
         )
