@@ -364,11 +364,6 @@ def _keep(path: str) -> bool:
     return any(fnmatch.fnmatch(rel, pattern) for pattern in _KEEP)
 
 
-def _read_all(head: bytes, stream: IO[bytes]) -> bytes:
-    rest = stream.read()
-    return head + rest
-
-
 def scan_file(
     path: str, mode: int, size: int, head: bytes, read_rest: Callable[[], bytes]
 ) -> tuple[ScannedFile, str | None]:
