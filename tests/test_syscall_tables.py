@@ -273,7 +273,8 @@ def test_data_reaches_an_installed_wheel(tmp_path: Path) -> None:
     probe = (
         "import kcompat.syscalls as s, json; r = s.table('arm64').lookup('statx');"
         "from kcompat.knowledge import KNOWLEDGE as k;"
-        "print(json.dumps([s.__file__, r.nr, r.since, k.go_min_kernel('1.24')]))"
+        "from kcompat.binfmt import BINFMT as b;"
+        "print(json.dumps([s.__file__, r.nr, r.since, k.go_min_kernel('1.24'), b['arm64'].qemu]))"
     )
     out = subprocess.run(
         [str(venv / "bin" / "python"), "-c", probe],
@@ -282,5 +283,5 @@ def test_data_reaches_an_installed_wheel(tmp_path: Path) -> None:
         text=True,
         cwd=tmp_path,
     ).stdout
-    path, nr, since, go = json.loads(out)
-    assert str(venv) in path and (nr, since, go) == (291, "4.11", "3.2")
+    path, nr, since, go, qemu = json.loads(out)
+    assert str(venv) in path and (nr, since, go, qemu) == (291, "4.11", "3.2", "aarch64")
