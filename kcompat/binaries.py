@@ -44,15 +44,16 @@ def facts(scan: Scan) -> list[BinaryFacts]:
     glibc = next((c.version for c in scan.libc() if c.family == "glibc"), None)
     out = []
     for f in sorted(scan.executables(), key=lambda f: f.path):
-        needs = needs_of(scan, f, glibc) if f.elf and f.executable else None
+        needs = None
         missing: tuple[str, ...] = ()
         interp_found: bool | None = None
-        if f.elf and f.elf.interpreter and f.executable:
-            interp_found = scan.tree.resolve(f.elf.interpreter) in scan.files
-            if interp_found:
-                missing = tuple(
-                    f"{m.library} (needed by {m.needed_by})" for m in scan.missing_libraries(f)
-                )
+        if f.elf and f.executable:
+            libraries, not_found = scan.load(f)  # one loader walk for both uses
+            needs = needs_of(scan, f, glibc, libraries)
+            if f.elf.interpreter:
+                interp_found = scan.tree.resolve(f.elf.interpreter) in scan.files
+                if interp_found:
+                    missing = tuple(f"{m.library} (needed by {m.needed_by})" for m in not_found)
         elif f.script is not None:
             interp_found = scan.script_interpreter_found(f)
         out.append(BinaryFacts(f, needs, missing, interp_found))

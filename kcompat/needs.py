@@ -106,9 +106,12 @@ def _pick(t: SyscallTable, spec: str) -> str | None:
     return None
 
 
-def needs_of(scan: Scan, f: ScannedFile, glibc: str | None) -> BinaryNeeds | None:
+def needs_of(
+    scan: Scan, f: ScannedFile, glibc: str | None, libraries: list[ScannedFile] | None = None
+) -> BinaryNeeds | None:
     """The syscalls `f` needs; None for files that are not Linux executables kcompat can
-    judge (no ELF, or an ABI without a syscall table)."""
+    judge (no ELF, or an ABI without a syscall table). `libraries`: what Scan.load found
+    for `f`, when the caller has it already."""
     e = f.elf
     if e is None or e.arch.abi is None or e.linkage is Linkage.NONE:
         return None
@@ -143,7 +146,9 @@ def needs_of(scan: Scan, f: ScannedFile, glibc: str | None) -> BinaryNeeds | Non
                 if r.applies(t.abi, glibc):
                     for spec in r.syscalls:
                         add(spec, f"glibc {glibc or ''} start-up".replace("  ", " "))
-        objects = [f, *scan.library_closure(f)]
+        if libraries is None:
+            libraries = scan.library_closure(f)
+        objects = [f, *libraries]
         for obj in objects:
             if obj.elf is None or obj.elf.soname in ("libc.so.6", "libc.musl-x86_64.so.1"):
                 continue

@@ -14,14 +14,14 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 
-from kcompat.binaries import glibc_required
+from kcompat.binfmt import QEMU_NAMES
 from kcompat.formats import Format
 from kcompat.image import ImageConfig
 from kcompat.knowledge import KNOWLEDGE
 from kcompat.needs import SyscallNeed, needs_of
 from kcompat.scan import DEFAULT_PATH, Scan, ScannedFile
 from kcompat.syscalls import table
-from kcompat.target import QEMU_NAMES, Target
+from kcompat.target import Target
 from kcompat.versions import version_key
 
 
@@ -689,4 +689,4 @@ def _cgroup_rule(scan: Scan, entry: Entrypoint, target: Target) -> list[Finding]
     ]
 
 
-__all__ = ["Finding", "Result", "Severity", "Verdict", "check", "glibc_required"]
+__all__ = ["Finding", "Result", "Severity", "Verdict", "check"]

@@ -167,6 +167,7 @@ class Scan:
     tree: Tree
     texts: dict[str, str]  # kept small text files, by absolute path
     env: dict[str, str] = field(default_factory=dict)
+    banners: dict[str, str] = field(default_factory=dict)  # C library path -> its version
 
     # -- image-level facts ---------------------------------------------------------
 
@@ -184,13 +185,13 @@ class Scan:
             if "ld-musl" in interp and (resolved := self.tree.resolve(interp)) in self.files
         }
         for path in sorted(musl_paths):
-            version = self.texts.get(path + "#banner")
+            version = self.banners.get(path)
             found.append(LibcInfo("musl", version, path, "version string in the musl loader"))
         return found
 
     def _glibc(self, f: ScannedFile, e: ElfInfo) -> LibcInfo:
         glibc_defs = [v[6:] for v in e.version_defs if re.fullmatch(r"GLIBC_\d+(\.\d+)+", v)]
-        banner = self.texts.get(f.path + "#banner")
+        banner = self.banners.get(f.path)
         if banner:
             return LibcInfo("glibc", banner, f.path, "release banner in libc.so.6")
         if glibc_defs:
@@ -428,6 +429,7 @@ def scan_items(items: Iterable[Item], env: dict[str, str] | None = None) -> Scan
     tree = Tree()
     files: dict[str, ScannedFile] = {}
     texts: dict[str, str] = {}
+    banners: dict[str, str] = {}
     for item in items:
         e = item.entry
         path = "/" + e.path
@@ -444,12 +446,12 @@ def scan_items(items: Iterable[Item], env: dict[str, str] | None = None) -> Scan
         if scanned.format is not Format.OTHER:
             files[path] = scanned
         if banner:
-            texts[path + "#banner"] = banner
+            banners[path] = banner
     # hard links share the scanned data of their target
     for path, node in tree.nodes.items():
         if node.kind is FileKind.HARDLINK and node.linkname in files and path not in files:
             files[path] = replace(files[node.linkname], path=path)
-    return Scan(files, tree, texts, dict(env or {}))
+    return Scan(files, tree, texts, dict(env or {}), banners)
 
 
 def _opener(path: Path) -> Callable[[], IO[bytes]]:

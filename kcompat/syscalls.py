@@ -15,6 +15,12 @@ from kcompat.errors import UsageError
 from kcompat.versions import version_key
 
 ABIS = ("x86_64", "i386", "arm64", "arm", "ppc64le", "s390x", "riscv64", "mips64le", "loong64")
+# OCI architecture -> the syscall ABI its Linux programs use (the 64-bit one where an
+# arch has several: x32 and mips n32 have no table)
+ABI_OF_ARCH = {
+    "amd64": "x86_64", "386": "i386", "arm64": "arm64", "arm": "arm", "ppc64le": "ppc64le",
+    "s390x": "s390x", "riscv64": "riscv64", "mips64le": "mips64le", "loong64": "loong64",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)

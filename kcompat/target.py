@@ -13,13 +13,16 @@ import platform as _platform
 import re
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kcompat.binfmt import QEMU_NAMES
+from kcompat.elf import UnreadableError, read_elf
 from kcompat.errors import LocalIOError, UsageError
 from kcompat.platform import Platform, host_platform, parse_platform
 from kcompat.probe import probe_syscalls
+from kcompat.syscalls import ABI_OF_ARCH
 from kcompat.versions import version_key
 
 PROFILE_SCHEMA = 1
@@ -29,18 +32,6 @@ BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 _COMPAT_CANDIDATES = {"amd64": ("386",), "arm64": ("arm",)}
 # arch-test's names (Debian architectures) -> OCI
 _DEBIAN_ARCH = {"i386": "386", "armhf": "arm", "armel": "arm", "amd64": "amd64", "arm64": "arm64"}
-# qemu-user's names for the OCI arches
-QEMU_NAMES = {
-    "amd64": "x86_64",
-    "386": "i386",
-    "arm64": "aarch64",
-    "arm": "arm",
-    "ppc64le": "ppc64le",
-    "s390x": "s390x",
-    "riscv64": "riscv64",
-    "mips64le": "mips64el",
-    "loong64": "loongarch64",
-}
 
 
 @dataclass(frozen=True)
@@ -168,9 +159,6 @@ def _is_static(path: str) -> bool | None:
         return None
     if not head.startswith(b"\x7fELF"):
         return None
-    # a PT_INTERP program header means dynamic; read the headers with kcompat.elf
-    from kcompat.elf import UnreadableError, read_elf
-
     try:
         with open(path, "rb") as f:
             return read_elf(f.read()).interpreter is None
@@ -283,9 +271,7 @@ def probe_host() -> Target:
         userns = probe_userns()
         private = version_key(kernel) >= (6, 7, 0) and userns is not False
     absent = blocked = None
-    abi = {"amd64": "x86_64", "386": "i386", "arm64": "arm64", "arm": "arm", "ppc64le": "ppc64le",
-           "s390x": "s390x", "riscv64": "riscv64", "mips64le": "mips64le",
-           "loong64": "loong64"}.get(plat.architecture)  # fmt: skip
+    abi = ABI_OF_ARCH.get(plat.architecture)
     probed = probe_syscalls(abi) if abi else None
     if probed is not None:
         absent, blocked = probed.absent, probed.blocked
@@ -347,9 +333,8 @@ def described(
         source="described",
         kernel=k,
         platform=plat,
-        compat_arches=_COMPAT_CANDIDATES.get(plat.architecture, ())[:1]
-        if plat.architecture == "amd64"
-        else (),
+        # IA32_EMULATION is on in the usual amd64 kernels; AArch32 on arm64 is CPU-dependent
+        compat_arches=("386",) if plat.architecture == "amd64" else (),
         binfmt_assumed=binfmt,
         private_binfmt=False,
         vsyscall=vsyscall,
@@ -401,4 +386,4 @@ def load_profile(path: Path) -> Target:
         raise UsageError(f"target profile {path} is malformed: {e}") from None
     if t.kernel is not None:
         _kernel(t.kernel)
-    return replace(t)
+    return t

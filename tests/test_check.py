@@ -273,16 +273,15 @@ def test_vsyscall_none_with_old_glibc(bullseye: tuple[Scan, Any]) -> None:
     crafted here (the scan's record of libc.so.6's banner); no such image is built."""
     scan, config = bullseye
     (libc,) = scan.libc()
-    banner_key = libc.path + "#banner"
-    real = scan.texts[banner_key]
-    scan.texts[banner_key] = "2.12"
+    real = scan.banners[libc.path]
+    scan.banners[libc.path] = "2.12"
     try:
         r = check(scan, config, described("4.19", vsyscall="none"), ["/bin/true"])
         assert r.verdict is Verdict.INCOMPATIBLE and "vsyscall" in rules_of(r)
         ok = check(scan, config, described("4.19", vsyscall="emulate"), ["/bin/true"])
         assert "vsyscall" not in rules_of(ok)
     finally:
-        scan.texts[banner_key] = real
+        scan.banners[libc.path] = real
 
 
 @pytest.mark.integration
