@@ -19,6 +19,13 @@ class ExitCode(IntEnum):
     BAD_IMAGE = 7
     UNSUPPORTED = 8
     LOCAL_IO = 9
+    INCOMPATIBLE = 10  # `run` refused: the prediction says the image cannot run here
+    # `run`, once the container exists, uses docker's statuses: 125 it could not be set
+    # up, 126 the command cannot be invoked, 127 the command was not found; otherwise
+    # the container's own status (128+N when a signal N ended it).
+    CONTAINER_SETUP = 125
+    CANNOT_INVOKE = 126
+    COMMAND_NOT_FOUND = 127
     INTERRUPTED = 130
 
 
@@ -82,3 +89,21 @@ class LocalIOError(KcompatError):
     """The local disk or cache failed us."""
 
     exit_code = ExitCode.LOCAL_IO
+
+
+class IncompatibleError(KcompatError):
+    """`run` stopped before starting: the prediction for this host is `incompatible`."""
+
+    exit_code = ExitCode.INCOMPATIBLE
+
+
+class ContainerError(KcompatError):
+    """The container could not be set up, or its command could not be started."""
+
+    exit_code = ExitCode.CONTAINER_SETUP
+
+    def __init__(self, message: str, *, hint: str | None = None, exit_code: int = 125) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = ExitCode(exit_code) if exit_code in ExitCode._value2member_map_ else (
+            ExitCode.CONTAINER_SETUP
+        )
