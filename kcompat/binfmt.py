@@ -58,3 +58,99 @@ def _load() -> dict[str, BinfmtSpec]:
 BINFMT = _load()
 # qemu-user's name for each OCI arch kcompat emulates: qemu-<name>-static
 QEMU_NAMES = {arch: spec.qemu for arch, spec in BINFMT.items()}
+
+
+# -- host-wide registration: only through `kcompat binfmt install/remove` (root) ----------
+
+BINFMT_DIR = "/proc/sys/fs/binfmt_misc"
+
+
+def _ensure_mounted() -> None:
+    import os
+
+    from kcompat import linuxapi
+    from kcompat.errors import LocalIOError
+
+    if os.path.exists(f"{BINFMT_DIR}/register"):
+        return
+    try:
+        linuxapi.mount("binfmt_misc", BINFMT_DIR, "binfmt_misc")
+    except OSError as e:
+        raise LocalIOError(
+            f"cannot mount binfmt_misc on {BINFMT_DIR}: {e.strerror}",
+            hint="host-wide registration needs root (or use kcompat run, which needs none "
+            "on Linux 6.7+)",
+        ) from None
+
+
+def _write(path: str, text: str) -> None:
+    from kcompat.errors import LocalIOError
+
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as e:
+        raise LocalIOError(
+            f"cannot write {path}: {e.strerror}", hint="binfmt_misc changes need root"
+        ) from None
+
+
+def _arches(arches: list[str]) -> list[str]:
+    from kcompat.errors import UsageError
+    from kcompat.platform import normalize_arch
+
+    out = []
+    for a in arches:
+        oci = normalize_arch(a)[0]
+        if oci not in BINFMT:
+            raise UsageError(f"no binfmt entry for {a!r}", hint=f"one of {', '.join(BINFMT)}")
+        out.append(oci)
+    return out
+
+
+def install(arches: list[str]) -> list[tuple[str, str]]:
+    """Register static qemu-user interpreters host-wide with flag F; by default every
+    arch that is foreign to this host and has one installed."""
+    import os
+
+    from kcompat.errors import UnsupportedError
+    from kcompat.platform import host_platform
+    from kcompat.target import find_qemu
+
+    qemu = find_qemu()
+    native = host_platform().architecture
+    wanted = _arches(arches) or [a for a in BINFMT if a in qemu and a != native]
+    if not wanted:
+        raise UnsupportedError(
+            "no static qemu-user interpreter found",
+            hint="apt-get install -y qemu-user-static (Debian package qemu-user-static)",
+        )
+    _ensure_mounted()
+    done = []
+    for arch in wanted:
+        spec = BINFMT[arch]
+        interp = qemu.get(arch)
+        if interp is None:
+            raise UnsupportedError(
+                f"no static qemu-{spec.qemu} for {arch}",
+                hint="apt-get install -y qemu-user-static (Debian package qemu-user-static)",
+            )
+        name = f"qemu-{spec.qemu}"
+        if os.path.exists(f"{BINFMT_DIR}/{name}"):
+            _write(f"{BINFMT_DIR}/{name}", "-1")
+        _write(f"{BINFMT_DIR}/register", spec.register_line(os.path.realpath(interp), name))
+        done.append((name, interp))
+    return done
+
+
+def remove(arches: list[str]) -> list[str]:
+    """Remove the qemu-<arch> entries for these arches (all of the table's if none)."""
+    import os
+
+    names = [f"qemu-{BINFMT[a].qemu}" for a in (_arches(arches) or list(BINFMT))]
+    removed = []
+    for name in names:
+        if os.path.exists(f"{BINFMT_DIR}/{name}"):
+            _write(f"{BINFMT_DIR}/{name}", "-1")
+            removed.append(name)
+    return removed

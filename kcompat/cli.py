@@ -481,6 +481,144 @@ def host_cmd(
     typer.echo("\n".join(lines))
 
 
+RunCommandArg = Annotated[
+    Optional[list[str]], typer.Argument(help="command and arguments (replace the image's CMD)")
+]
+EnvOpt = Annotated[
+    Optional[list[str]], typer.Option("-e", "--env", help="VAR=value, or VAR from here")
+]
+EnvFileOpt = Annotated[Optional[list[Path]], typer.Option("--env-file", help="file of VAR=value")]
+VolumeOpt = Annotated[
+    Optional[list[str]], typer.Option("-v", "--volume", help="HOST:CONTAINER[:ro]")
+]
+Flag = bool
+
+
+@app.command(
+    "run",
+    context_settings={"allow_interspersed_args": False},
+)
+def run_cmd(
+    image: ImageArg,
+    command: RunCommandArg = None,
+    platform: PlatformOpt = None,
+    creds: CredsOpt = None,
+    insecure_registry: InsecureOpt = None,
+    env: EnvOpt = None,
+    env_file: EnvFileOpt = None,
+    workdir: Annotated[Optional[str], typer.Option("-w", "--workdir")] = None,
+    user: Annotated[Optional[str], typer.Option("-u", "--user", help="UID[:GID] or name")] = None,
+    volume: VolumeOpt = None,
+    entrypoint: Annotated[Optional[str], typer.Option("--entrypoint")] = None,
+    hostname: Annotated[Optional[str], typer.Option("--hostname")] = None,
+    network: Annotated[str, typer.Option("--network", help="host or none")] = "host",
+    interactive: Annotated[Flag, typer.Option("-i", "--interactive", help="keep stdin")] = False,
+    tty: Annotated[Flag, typer.Option("-t", "--tty", help="allocate a pty")] = False,
+    read_only: Annotated[Flag, typer.Option("--read-only", help="read-only root")] = False,
+    rm: Annotated[Flag, typer.Option("--rm", help="discard the writable layer (default)")] = False,
+    keep: Annotated[Flag, typer.Option("--keep", help="keep the writable layer")] = False,
+    memory: Annotated[Optional[str], typer.Option("-m", "--memory", help="e.g. 512m")] = None,
+    cpus: Annotated[Optional[str], typer.Option("--cpus", help="e.g. 1.5")] = None,
+    pids_limit: Annotated[Optional[int], typer.Option("--pids-limit")] = None,
+    force: Annotated[Flag, typer.Option("--force", help="run even if judged incompatible")] = False,
+    profile: Annotated[
+        Optional[Path], typer.Option("--profile", help="this host's profile from 'host --save'")
+    ] = None,
+    rootfs_mode: Annotated[
+        str, typer.Option("--rootfs-mode", help="auto, overlay or copy (the writable layer)")
+    ] = "auto",
+) -> None:
+    """Run IMAGE: natively in namespaces, or through qemu-user for a foreign arch."""
+    from kcompat.container import run as run_container
+    from kcompat.run import RunOptions, host_target, prepare
+
+    if rm and keep:
+        raise UsageError("--rm and --keep contradict each other: give one")
+    if rootfs_mode not in ("auto", "overlay", "copy"):
+        raise UsageError(f"--rootfs-mode {rootfs_mode!r} is not auto, overlay or copy")
+    argv = list(command or ())
+    if argv[:1] == ["--"]:  # after IMAGE every word is the command's, even "--"
+        argv = argv[1:]
+    opts = RunOptions(
+        command=tuple(argv),
+        env=tuple(env or ()),
+        env_files=tuple(env_file or ()),
+        workdir=workdir,
+        user=user,
+        volumes=tuple(volume or ()),
+        entrypoint=entrypoint,
+        hostname=hostname,
+        network=network,
+        interactive=interactive,
+        tty=tty,
+        read_only=read_only,
+        keep=keep,
+        force=force,
+        memory=memory,
+        cpus=cpus,
+        pids_limit=pids_limit,
+        rootfs_mode=rootfs_mode,
+    )
+    target = host_target(profile)
+    store = BlobStore()
+    with open_image(image, _options(platform, creds, insecure_registry)) as opened:
+        prepared = prepare(opened, opts, store, target)
+    pred = prepared.prediction
+    if pred.verdict == "uncertain":
+        titles = "; ".join(f["title"] for f in pred.findings if f["severity"] == "uncertain")
+        _warn(f"prediction uncertain: {titles} (kcompat check {image} for details)")
+    elif pred.verdict == "incompatible":
+        _warn("prediction incompatible, running anyway (--force)")
+    code = run_container(prepared.spec)
+    if keep and prepared.spec.keep_dir is not None:
+        _warn(f"writable layer kept in {prepared.spec.keep_dir / 'upper'}")
+    raise typer.Exit(code)
+
+
+binfmt_app = typer.Typer(help="The host's binfmt_misc registrations for qemu-user (root).")
+app.add_typer(binfmt_app, name="binfmt")
+ArchesArg = Annotated[Optional[list[str]], typer.Argument(help="OCI arches, e.g. arm64 s390x")]
+
+
+@binfmt_app.command("list")
+def binfmt_list_cmd(
+    format: Annotated[Format, typer.Option("--format", help="text or json")] = Format.text,
+) -> None:
+    """Show the registered binfmt_misc entries and whether containers can use them."""
+    from kcompat.target import probe_binfmt
+
+    entries = probe_binfmt()
+    if format is Format.json:
+        typer.echo(json.dumps([e.__dict__ | {"arch": e.arch} for e in entries], indent=2))
+        return
+    if not entries:
+        typer.echo("no binfmt_misc entries (or binfmt_misc is not mounted)")
+    for e in entries:
+        usable = "usable in containers" if e.usable_in_container() else "not usable in containers"
+        typer.echo(
+            f"{e.name}: {'enabled' if e.enabled else 'disabled'} flags={e.flags or '-'} "
+            f"{e.interpreter} ({usable})"
+        )
+
+
+@binfmt_app.command("install")
+def binfmt_install_cmd(arches: ArchesArg = None) -> None:
+    """Register qemu-user host-wide with flag F (all foreign arches found if none given)."""
+    from kcompat.binfmt import install
+
+    for name, interp in install(arches or []):
+        typer.echo(f"registered {name}: {interp}")
+
+
+@binfmt_app.command("remove")
+def binfmt_remove_cmd(arches: ArchesArg = None) -> None:
+    """Remove kcompat's qemu-user registrations (all of them if no arch is given)."""
+    from kcompat.binfmt import remove
+
+    for name in remove(arches or []):
+        typer.echo(f"removed {name}")
+
+
 def _print_inspect(r: dict[str, Any]) -> None:
     cfg = r["config"]
     platform = "/".join(x for x in (r["os"], r["architecture"], r["variant"]) if x)
