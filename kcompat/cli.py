@@ -492,6 +492,16 @@ VolumeOpt = Annotated[
     Optional[list[str]], typer.Option("-v", "--volume", help="HOST:CONTAINER[:ro]")
 ]
 Flag = bool
+WorkdirOpt = Annotated[Optional[str], typer.Option("-w", "--workdir")]
+UserOpt = Annotated[Optional[str], typer.Option("-u", "--user", help="UID[:GID] or name")]
+EntrypointOpt = Annotated[Optional[str], typer.Option("--entrypoint")]
+HostnameOpt = Annotated[Optional[str], typer.Option("--hostname")]
+MemoryOpt = Annotated[Optional[str], typer.Option("-m", "--memory", help="e.g. 512m")]
+CpusOpt = Annotated[Optional[str], typer.Option("--cpus", help="e.g. 1.5")]
+PidsOpt = Annotated[Optional[int], typer.Option("--pids-limit")]
+ProfileOpt = Annotated[
+    Optional[Path], typer.Option("--profile", help="this host's profile from 'host --save'")
+]
 
 
 @app.command(
@@ -506,24 +516,22 @@ def run_cmd(
     insecure_registry: InsecureOpt = None,
     env: EnvOpt = None,
     env_file: EnvFileOpt = None,
-    workdir: Annotated[Optional[str], typer.Option("-w", "--workdir")] = None,
-    user: Annotated[Optional[str], typer.Option("-u", "--user", help="UID[:GID] or name")] = None,
+    workdir: WorkdirOpt = None,
+    user: UserOpt = None,
     volume: VolumeOpt = None,
-    entrypoint: Annotated[Optional[str], typer.Option("--entrypoint")] = None,
-    hostname: Annotated[Optional[str], typer.Option("--hostname")] = None,
+    entrypoint: EntrypointOpt = None,
+    hostname: HostnameOpt = None,
     network: Annotated[str, typer.Option("--network", help="host or none")] = "host",
     interactive: Annotated[Flag, typer.Option("-i", "--interactive", help="keep stdin")] = False,
     tty: Annotated[Flag, typer.Option("-t", "--tty", help="allocate a pty")] = False,
     read_only: Annotated[Flag, typer.Option("--read-only", help="read-only root")] = False,
     rm: Annotated[Flag, typer.Option("--rm", help="discard the writable layer (default)")] = False,
     keep: Annotated[Flag, typer.Option("--keep", help="keep the writable layer")] = False,
-    memory: Annotated[Optional[str], typer.Option("-m", "--memory", help="e.g. 512m")] = None,
-    cpus: Annotated[Optional[str], typer.Option("--cpus", help="e.g. 1.5")] = None,
-    pids_limit: Annotated[Optional[int], typer.Option("--pids-limit")] = None,
+    memory: MemoryOpt = None,
+    cpus: CpusOpt = None,
+    pids_limit: PidsOpt = None,
     force: Annotated[Flag, typer.Option("--force", help="run even if judged incompatible")] = False,
-    profile: Annotated[
-        Optional[Path], typer.Option("--profile", help="this host's profile from 'host --save'")
-    ] = None,
+    profile: ProfileOpt = None,
     rootfs_mode: Annotated[
         str, typer.Option("--rootfs-mode", help="auto, overlay or copy (the writable layer)")
     ] = "auto",

@@ -37,6 +37,7 @@ import tty as ttymod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kcompat import linuxapi as L
 from kcompat.cgroups import CgroupLimits, Limits
@@ -94,7 +95,7 @@ class RunSpec:
     scratch: Path = Path("/nonexistent")  # an existing directory a tmpfs is mounted on
     keep_dir: Path | None = None  # where the writable layer goes when kept
     emulation: Emulation | None = None
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
     rootfs_mode: str = "auto"  # auto | overlay | copy
     capabilities: frozenset[int] = L.DOCKER_DEFAULT_CAPS
 
@@ -280,8 +281,7 @@ def _register_binfmt(emu: Emulation) -> None:
             return  # no private instance: the host's entry (flag F, static) serves
         raise _fail(
             EXIT_SETUP,
-            f"cannot mount a private binfmt_misc for {emu.arch} ({e.strerror}; needs Linux "
-            "6.7+)",
+            f"cannot mount a private binfmt_misc for {emu.arch} ({e.strerror}; needs Linux 6.7+)",
         ) from None
     assert emu.register_line is not None
     # Flag F: the kernel opens the interpreter now, through the old root, so it need not
@@ -398,7 +398,10 @@ def _container_init(spec: RunSpec, errw: int, ptysock: socket.socket | None) -> 
     except OSError as e:
         hint = ""
         if e.errno in (errno.EPERM, errno.EINVAL) and step in ("credentials",):
-            hint = " (only root is mapped in this user namespace: run as root, or add your user to /etc/subuid and /etc/subgid)"
+            hint = (
+                " (only root is mapped in this user namespace: run as root, or add your user"
+                " to /etc/subuid and /etc/subgid)"
+            )
         raise _fail(EXIT_SETUP, f"{step}: {e.strerror or e}{hint}") from None
     env = dict(spec.env)
     for sig in range(1, signal.NSIG):
@@ -426,7 +429,7 @@ def _child_main(spec: RunSpec, errw: int, ptysock: socket.socket | None) -> None
         code, msg = EXIT_SETUP, "exec returned"
     except _Step as e:
         code, msg = e.code, str(e)
-    except BaseException as e:  # noqa: BLE001 - a forked child must never unwind
+    except BaseException as e:  # a forked child must never unwind
         code, msg = EXIT_SETUP, f"internal error: {e!r}"
     with contextlib.suppress(OSError):
         os.write(errw, f"{code} {msg}".encode())
@@ -463,7 +466,7 @@ def _keeper(
         _, status = os.waitpid(pid, 0)
         os.write(fds["status_w"], struct.pack("=i", status))
         code = 0
-    except BaseException:  # noqa: BLE001 - a forked child must never unwind
+    except BaseException:  # a forked child must never unwind
         code = EXIT_SETUP
     os._exit(code)
 
@@ -581,7 +584,7 @@ def run(spec: RunSpec) -> int:
         os.close(fd)
     if sock_child is not None:
         sock_child.close()
-    handlers: dict[int, object] = {}
+    handlers: dict[int, Any] = {}
     reaped = False
     try:
         first = os.read(status_r, 256)
@@ -603,7 +606,7 @@ def run(spec: RunSpec) -> int:
             handlers[sig] = signal.signal(sig, forward)
         master = -1
         if sock_parent is not None:
-            msg, got, _flags, _addr = socket.recv_fds(sock_parent, 1, 1)
+            _msg, got, _flags, _addr = socket.recv_fds(sock_parent, 1, 1)
             if got:
                 master = got[0]
                 _copy_winsize(0, master)
@@ -623,14 +626,14 @@ def run(spec: RunSpec) -> int:
             code = int(code_s) if code_s.isdigit() else EXIT_SETUP
             raise ContainerError(text, exit_code=code)
         if len(raw) != 4:
-            return 128 + signal.SIGKILL
+            return 128 + int(signal.SIGKILL)
         status = struct.unpack("=i", raw)[0]
         if os.WIFSIGNALED(status):
             return 128 + os.WTERMSIG(status)
         return os.WEXITSTATUS(status)
     finally:
-        for sig, old in handlers.items():
-            signal.signal(sig, old)  # type: ignore[arg-type]
+        for signum, old in handlers.items():
+            signal.signal(signum, old)
         if not reaped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(keeper, signal.SIGKILL)
@@ -642,4 +645,3 @@ def run(spec: RunSpec) -> int:
         if sock_parent is not None:
             sock_parent.close()
         cgroup.remove()
-

@@ -104,6 +104,5 @@ class ContainerError(KcompatError):
 
     def __init__(self, message: str, *, hint: str | None = None, exit_code: int = 125) -> None:
         super().__init__(message, hint=hint)
-        self.exit_code = ExitCode(exit_code) if exit_code in ExitCode._value2member_map_ else (
-            ExitCode.CONTAINER_SETUP
-        )
+        known = exit_code in ExitCode._value2member_map_
+        self.exit_code = ExitCode(exit_code) if known else ExitCode.CONTAINER_SETUP

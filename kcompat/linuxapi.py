@@ -11,6 +11,7 @@ Everything here raises OSError with the real errno, like the os module does.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -170,10 +171,8 @@ def limit_capabilities(keep: frozenset[int]) -> None:
         if cap not in keep:
             prctl(PR_CAPBSET_DROP, cap)
     # Ambient capabilities exist since 4.3; EINVAL before that is harmless.
-    try:
+    with contextlib.suppress(OSError):
         prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-    except OSError:
-        pass
     low = sum(1 << c for c in keep if c < 32)
     high = sum(1 << (c - 32) for c in keep if c >= 32)
     header = struct.pack("Ii", _LINUX_CAPABILITY_VERSION_3, 0)

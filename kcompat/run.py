@@ -266,8 +266,7 @@ def choose_emulation(arch: str, target: Target) -> Emulation | None:
         raise UnsupportedError(
             f"the image is {arch} and no static qemu-user for it was found "
             f"(qemu-{spec.qemu}-static)",
-            hint="install Debian's package qemu-user-static: apt-get install -y "
-            "qemu-user-static",
+            hint="install Debian's package qemu-user-static: apt-get install -y qemu-user-static",
         )
     raise UnsupportedError(
         f"the image is {arch}; Linux {target.kernel} has no private binfmt_misc (needs "
@@ -298,9 +297,7 @@ def _with_binfmt(target: Target) -> Target:
     return replace(target, binfmt=probe_binfmt())
 
 
-def prepare(
-    opened: OpenImage, opts: RunOptions, store: BlobStore, target: Target
-) -> Prepared:
+def prepare(opened: OpenImage, opts: RunOptions, store: BlobStore, target: Target) -> Prepared:
     pull(opened, store)
     rootfs, _issues = unpack(opened, store)
     config = opened.image.config
