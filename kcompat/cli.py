@@ -14,12 +14,9 @@ import typer
 
 from kcompat import __version__
 from kcompat.auth import parse_creds
-from kcompat.binaries import binaries_report
-from kcompat.check import choose_platform, run_check, sarif
 from kcompat.errors import ExitCode, KcompatError, LocalIOError, NotFoundError, UsageError
 from kcompat.platform import Platform, parse_platform
 from kcompat.pull import inspect_report, open_image, pull, scan_image, unpack
-from kcompat.scan import scan_path
 from kcompat.sources import Options
 from kcompat.store import BlobStore
 from kcompat.target import Target, described, load_profile, probe_host
@@ -176,6 +173,8 @@ def inspect_cmd(
         if binaries:
             store = BlobStore()
             pull(opened, store)
+            from kcompat.binaries import binaries_report
+
             report["binaries"] = binaries_report(scan_image(opened))
     if format is Format.json:
         typer.echo(json.dumps(report, indent=2))
@@ -193,6 +192,9 @@ def scan_cmd(
     """Scan local files as `inspect --binaries` scans an image."""
     if not path.exists():
         raise LocalIOError(f"{path}: no such file or directory", hint="give an existing path")
+    from kcompat.binaries import binaries_report
+    from kcompat.scan import scan_path
+
     report = binaries_report(scan_path(path))
     if format is Format.json:
         typer.echo(json.dumps(report, indent=2))
@@ -361,6 +363,8 @@ def check_cmd(
     fail_on: FailOnOpt = FailOn.fatal,
 ) -> None:
     """Predict whether IMAGE runs on a target, why not, and how to fix it."""
+    from kcompat.check import run_check, sarif
+
     target = _target(host, target_file, kernel, arch, vsyscall, cgroup, runtime, no_binfmt)
     options = _options(platform, creds, insecure_registry)
     if platform is None:
@@ -389,6 +393,8 @@ def check_cmd(
 def _best_platform(image: str, options: Options, target: Target) -> Options:
     """For a multi-arch image, the entry that suits the target best: its own arch, then a
     compat-mode arch, then what the index has (judged as emulated)."""
+    from kcompat.check import choose_platform
+
     wanted = [target.platform, *(Platform("linux", a) for a in target.compat_arches)]
     for candidate in wanted:
         try:
@@ -499,6 +505,9 @@ HostnameOpt = Annotated[Optional[str], typer.Option("--hostname")]
 MemoryOpt = Annotated[Optional[str], typer.Option("-m", "--memory", help="e.g. 512m")]
 CpusOpt = Annotated[Optional[str], typer.Option("--cpus", help="e.g. 1.5")]
 PidsOpt = Annotated[Optional[int], typer.Option("--pids-limit")]
+SimKernelOpt = Annotated[
+    Optional[str], typer.Option("--kernel", help="simulate this older kernel, e.g. 3.10")
+]
 ProfileOpt = Annotated[
     Optional[Path], typer.Option("--profile", help="this host's profile from 'host --save'")
 ]
@@ -535,6 +544,10 @@ def run_cmd(
     rootfs_mode: Annotated[
         str, typer.Option("--rootfs-mode", help="auto, overlay or copy (the writable layer)")
     ] = "auto",
+    kernel: SimKernelOpt = None,
+    seccomp_eperm: Annotated[
+        Flag, typer.Option("--seccomp-eperm", help="with --kernel: newer syscalls get EPERM")
+    ] = False,
 ) -> None:
     """Run IMAGE: natively in namespaces, or through qemu-user for a foreign arch."""
     from kcompat.container import run as run_container
@@ -566,7 +579,11 @@ def run_cmd(
         cpus=cpus,
         pids_limit=pids_limit,
         rootfs_mode=rootfs_mode,
+        kernel=kernel,
+        seccomp_eperm=seccomp_eperm,
     )
+    if seccomp_eperm and not kernel:
+        raise UsageError("--seccomp-eperm needs --kernel")
     target = host_target(profile)
     store = BlobStore()
     with open_image(image, _options(platform, creds, insecure_registry)) as opened:
@@ -575,8 +592,13 @@ def run_cmd(
     if pred.verdict == "uncertain":
         titles = "; ".join(f["title"] for f in pred.findings if f["severity"] == "uncertain")
         _warn(f"prediction uncertain: {titles} (kcompat check {image} for details)")
-    elif pred.verdict == "incompatible":
+    elif pred.verdict == "incompatible" and not kernel:
         _warn("prediction incompatible, running anyway (--force)")
+    for note in prepared.notes:
+        if kernel:
+            _warn(note)
+    if kernel:
+        _warn(f"prediction for Linux {kernel}: {pred.verdict}")
     code = run_container(prepared.spec)
     if keep and prepared.spec.keep_dir is not None:
         _warn(f"writable layer kept in {prepared.spec.keep_dir / 'upper'}")

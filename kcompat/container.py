@@ -98,6 +98,12 @@ class RunSpec:
     limits: Limits = field(default_factory=Limits)
     rootfs_mode: str = "auto"  # auto | overlay | copy
     capabilities: frozenset[int] = L.DOCKER_DEFAULT_CAPS
+    # A simulated older kernel (kcompat.seccomp): the BPF program installed just before
+    # exec, and the release the first process sees, through a same-arch qemu-user -r
+    # (host path of its static interpreter).
+    seccomp_program: bytes | None = None
+    fake_release: str | None = None
+    release_interpreter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -321,6 +327,10 @@ def _container_init(spec: RunSpec, errw: int, ptysock: socket.socket | None) -> 
         L.mount("tmpfs", scratch, "tmpfs", L.MS_NOSUID | L.MS_NODEV, "mode=0755")
         with open(os.path.join(scratch, "hostname"), "w") as f:
             f.write(spec.hostname + "\n")
+        qemu_fd = -1
+        if spec.fake_release and spec.release_interpreter:
+            step = f"open {spec.release_interpreter}"
+            qemu_fd = os.open(spec.release_interpreter, os.O_RDONLY | os.O_CLOEXEC)
         step = "root file system"
         root = _mount_root(spec, scratch)
         os.makedirs(root + OLD_ROOT, exist_ok=True)
@@ -404,13 +414,27 @@ def _container_init(spec: RunSpec, errw: int, ptysock: socket.socket | None) -> 
             )
         raise _fail(EXIT_SETUP, f"{step}: {e.strerror or e}{hint}") from None
     env = dict(spec.env)
+    argv0 = spec.argv[0]
+    if qemu_fd >= 0:
+        path = argv0 if "/" in argv0 else _which(argv0, env.get("PATH", ""))
+        if path is None:
+            raise _fail(EXIT_NOT_FOUND, f'exec: "{argv0}": executable file not found in $PATH')
     for sig in range(1, signal.NSIG):
         with contextlib.suppress(OSError, ValueError, RuntimeError):
             signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     L.set_pdeathsig(signal.SIGKILL)
     try:
-        os.execvpe(spec.argv[0], list(spec.argv), env)
+        if spec.seccomp_program is not None:
+            from kcompat.seccomp import install  # imported before fork by the caller
+
+            install(spec.seccomp_program)
+        if qemu_fd >= 0:
+            # qemu-user runs the program with the faked release (-r); -0 keeps argv[0].
+            qargv = ["qemu", "-r", str(spec.fake_release), "-0", argv0, str(path),
+                     *spec.argv[1:]]  # fmt: skip
+            os.execve(qemu_fd, qargv, env)
+        os.execvpe(argv0, list(spec.argv), env)
     except FileNotFoundError:
         if "/" in spec.argv[0]:
             raise _fail(EXIT_NOT_FOUND, f'exec "{spec.argv[0]}": no such file or directory'
@@ -421,6 +445,14 @@ def _container_init(spec: RunSpec, errw: int, ptysock: socket.socket | None) -> 
     except OSError as e:
         code = EXIT_CANNOT_INVOKE
         raise _fail(code, f'exec "{spec.argv[0]}": {e.strerror}') from None
+
+
+def _which(name: str, path: str) -> str | None:
+    for d in path.split(":"):
+        candidate = os.path.join(d or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 def _child_main(spec: RunSpec, errw: int, ptysock: socket.socket | None) -> None:
@@ -553,6 +585,8 @@ def _read_exact(fd: int, n: int) -> bytes:
 
 def run(spec: RunSpec) -> int:
     """Run the container; return its exit status (128+N when killed by signal N)."""
+    if spec.seccomp_program is not None:
+        import kcompat.seccomp  # noqa: F401  (the child must not import after pivot_root)
     flags = L.CLONE_NEWUSER | L.CLONE_NEWNS | L.CLONE_NEWUTS | L.CLONE_NEWIPC | L.CLONE_NEWPID
     if spec.network == "none":
         flags |= L.CLONE_NEWNET

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kcompat.image import ResolvedImage
 from kcompat.layers import LayerIssue
@@ -17,9 +17,11 @@ from kcompat.platform import host_platform
 from kcompat.progress import Progress
 from kcompat.reference import parse_reference
 from kcompat.rootfs import cached_rootfs
-from kcompat.scan import Item, Scan, scan_items
 from kcompat.sources import Options, Source, open_source
 from kcompat.store import BlobStore
+
+if TYPE_CHECKING:
+    from kcompat.scan import Scan
 
 
 @dataclass
@@ -91,5 +93,7 @@ def inspect_report(image: ResolvedImage) -> dict[str, Any]:
 
 def scan_image(opened: OpenImage) -> Scan:
     """Every file of the image, scanned in one pass over its layers (kcompat.scan)."""
+    from kcompat.scan import Item, scan_items  # the scanner's imports only when scanning
+
     env = dict(e.split("=", 1) for e in opened.image.config.env if "=" in e)
     return scan_items((Item(v.entry, v.open) for v in opened.files()), env)

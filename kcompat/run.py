@@ -22,8 +22,6 @@ from kcompat.container import Emulation, RunSpec, Volume
 from kcompat.errors import IncompatibleError, NotFoundError, UnsupportedError, UsageError
 from kcompat.image import ImageConfig
 from kcompat.pull import OpenImage, pull, unpack
-from kcompat.rules import Verdict, check
-from kcompat.scan import scan_path
 from kcompat.store import BlobStore
 from kcompat.target import Target, probe_binfmt, probe_host
 from kcompat.versions import version_key
@@ -52,6 +50,8 @@ class RunOptions:
     cpus: str | None = None
     pids_limit: int | None = None
     rootfs_mode: str = "auto"
+    kernel: str | None = None  # simulate this older kernel (kcompat.seccomp, qemu-user -r)
+    seccomp_eperm: bool = False
 
 
 @dataclass(frozen=True)
@@ -223,6 +223,9 @@ def predict(
         return Prediction(raw["verdict"], tuple(raw["findings"]), cached=True)
     except (OSError, ValueError, KeyError):
         pass
+    from kcompat.rules import check  # the scanner and rules load only on a cache miss
+    from kcompat.scan import scan_path
+
     env = dict(e.split("=", 1) for e in config.env if "=" in e)
     result = check(scan_path(rootfs, env), config, target, list(argv))
     findings = tuple(
@@ -297,6 +300,32 @@ def _with_binfmt(target: Target) -> Target:
     return replace(target, binfmt=probe_binfmt())
 
 
+def simulated_target(host: Target, kernel: str, eperm: bool, abi: str) -> Target:
+    """This host as it behaves under `run --kernel`: the kernel's release, and the
+    syscalls the tables date after it answered ENOSYS (or EPERM)."""
+    from dataclasses import replace
+
+    from kcompat.seccomp import simulation
+    from kcompat.target import _kernel
+
+    k = _kernel(kernel)
+    if host.kernel and version_key(k) > version_key(host.kernel):
+        raise UsageError(
+            f"--kernel {kernel} is newer than this host's {host.kernel}",
+            hint="only older kernels can be simulated",
+        )
+    names = simulation(abi, k).names
+    return replace(
+        host,
+        source="simulated",
+        kernel=k,
+        absent_syscalls=() if eperm else names,
+        blocked_syscalls=names if eperm else (),
+        notes=(f"simulated Linux {k} on this host: {len(names)} syscalls newer than it "
+               f"answered {'EPERM' if eperm else 'ENOSYS'} by seccomp",),
+    )  # fmt: skip
+
+
 def prepare(opened: OpenImage, opts: RunOptions, store: BlobStore, target: Target) -> Prepared:
     pull(opened, store)
     rootfs, _issues = unpack(opened, store)
@@ -309,8 +338,21 @@ def prepare(opened: OpenImage, opts: RunOptions, store: BlobStore, target: Targe
                                                       opts.hostname):  # fmt: skip
         raise UsageError(f"--hostname {opts.hostname!r} is not a valid host name")
     argv = container_argv(config, opts)
-    prediction = predict(rootfs, config, target, argv, store)
-    if prediction.verdict == Verdict.INCOMPATIBLE.value and not opts.force:
+    arch = config.platform.architecture
+    emulation = choose_emulation(arch, target)
+    judged = target
+    sim_abi = None
+    if opts.kernel:
+        from kcompat.syscalls import ABI_OF_ARCH
+
+        # Under emulation the filter sees qemu's host calls, so the host's ABI is simulated.
+        sim_abi = ABI_OF_ARCH.get(target.platform.architecture if emulation else arch)
+        if sim_abi is None:
+            raise UnsupportedError(f"--kernel: no syscall table for {arch}")
+        judged = simulated_target(target, opts.kernel, opts.seccomp_eperm, sim_abi)
+    prediction = predict(rootfs, config, judged, argv, store)
+    # A simulated kernel is an experiment: it runs whatever the prediction says.
+    if prediction.verdict == "incompatible" and not opts.force and not opts.kernel:
         fatal = next((f for f in prediction.findings if f["severity"] == "fatal"), None)
         why = f"{fatal['title']}: {fatal['explanation']}" if fatal else "see kcompat check"
         fix = fatal.get("fix") if fatal else None
@@ -318,8 +360,6 @@ def prepare(opened: OpenImage, opts: RunOptions, store: BlobStore, target: Targe
             f"{opened.image.reference} will not run on this host: {why}",
             hint=(f"{fix}; " if fix else "") + "--force runs it anyway",
         )
-    arch = config.platform.architecture
-    emulation = choose_emulation(arch, target)
     user = resolve_user(rootfs, opts.user or config.user)
     workdir = opts.workdir or config.workdir or "/"
     if not workdir.startswith("/"):
@@ -336,10 +376,40 @@ def prepare(opened: OpenImage, opts: RunOptions, store: BlobStore, target: Targe
     if opts.keep:
         keep_dir = store.root / "containers" / hostname
         keep_dir.mkdir(parents=True, exist_ok=True)
+    env = container_env(config, opts, user.home, hostname)
+    notes = []
+    seccomp_program = fake_release = release_interpreter = None
+    if opts.kernel and sim_abi:
+        from kcompat.seccomp import assemble, simulation
+
+        sim = simulation(sim_abi, judged.kernel or opts.kernel, opts.seccomp_eperm)
+        seccomp_program = assemble(sim)
+        fake_release = judged.kernel
+        if emulation is not None:
+            env = (*env, ("QEMU_UNAME", str(judged.kernel)))  # every emulated process
+            notes.append(
+                f"simulating Linux {judged.kernel} under emulation: uname is faked for every "
+                f"process (QEMU_UNAME); the seccomp filter sees qemu's host ({sim_abi}) "
+                "calls, which mostly but not always match the guest's"
+            )
+        else:
+            release_interpreter = target.qemu.get(arch)
+            if release_interpreter is None:
+                notes.append(
+                    f"uname is NOT faked: no static qemu-user for {arch} (apt-get install "
+                    "qemu-user-static); only the syscall table is simulated"
+                )
+            else:
+                notes.append(
+                    f"simulating Linux {judged.kernel}: {len(sim.denied)} newer syscalls "
+                    f"answer {'EPERM' if opts.seccomp_eperm else 'ENOSYS'} in every process; "
+                    f"the release is faked for the first process only ({release_interpreter} "
+                    "-r); the programs it starts see the real one"
+                )
     spec = RunSpec(
         rootfs=rootfs,
         argv=argv,
-        env=container_env(config, opts, user.home, hostname),
+        env=env,
         workdir=workdir,
         uid=user.uid,
         gid=user.gid,
@@ -355,8 +425,10 @@ def prepare(opened: OpenImage, opts: RunOptions, store: BlobStore, target: Targe
         emulation=emulation,
         limits=limits,
         rootfs_mode=opts.rootfs_mode,
+        seccomp_program=seccomp_program,
+        fake_release=fake_release if release_interpreter else None,
+        release_interpreter=release_interpreter,
     )
-    notes = []
     if emulation is not None:
         how = (
             "a private binfmt_misc in the run's user namespace"

@@ -42,7 +42,6 @@ from kcompat.reference import (
     Transport,
     parse_docker_reference,
 )
-from kcompat.registry import RegistryClient
 from kcompat.store import BlobStore
 
 MAX_NESTED_INDEXES = 4
@@ -140,6 +139,8 @@ class RegistrySource(Source):
     def __init__(self, ref: RegistryRef, options: Options) -> None:
         self.ref = ref
         self.where = str(ref)
+        from kcompat.registry import RegistryClient  # requests only for registries
+
         self.client = RegistryClient(
             ref, creds=options.creds, insecure_hosts=options.insecure_hosts
         )

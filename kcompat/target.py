@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from kcompat.binfmt import QEMU_NAMES
-from kcompat.elf import UnreadableError, read_elf
 from kcompat.errors import LocalIOError, UsageError
 from kcompat.platform import Platform, host_platform, parse_platform
 from kcompat.probe import probe_syscalls
@@ -157,13 +156,10 @@ def _is_static(path: str) -> bool | None:
             head = f.read(1 << 16)
     except OSError:
         return None
-    if not head.startswith(b"\x7fELF"):
-        return None
-    try:
-        with open(path, "rb") as f:
-            return read_elf(f.read()).interpreter is None
-    except (UnreadableError, OSError):
-        return None
+    from kcompat.elf import has_interpreter
+
+    dynamic = has_interpreter(head)
+    return None if dynamic is None else not dynamic
 
 
 def probe_binfmt() -> tuple[BinfmtEntry, ...]:

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Start-up overhead of `kcompat run`, as ratios against baselines timed in the same run.
+
+  native    kcompat run IMAGE true
+            vs  unshare --user --map-root-user --mount --pid --fork --uts --ipc
+                chroot ROOTFS /bin/true      (the same rootfs, no overlay, no /proc, /dev)
+            and crun/podman where installed
+  emulated  kcompat run IMAGE-arm64 true
+            vs  qemu-aarch64-static ROOTFS-arm64/bin/true   (qemu invoked directly)
+
+Each command runs REPEAT times after one warm-up (the image is pulled, flattened and its
+prediction cached by the warm-up, as on any second run); the median is reported. The
+launcher alone (kcompat.container.run on a ready RunSpec, in this process) is timed too,
+to separate the container set-up from the Python start-up of the CLI.
+
+Run: .venv/bin/python bench/run_startup.py [REPEAT]   (images from tests/fixtures)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def timed(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+def cmd(*argv: str, env: dict[str, str] | None = None) -> Callable[[], object]:
+    def go() -> None:
+        r = subprocess.run(argv, capture_output=True, env=env)
+        if r.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} failed: {r.stderr.decode()[-300:]}")
+
+    return go
+
+
+def main() -> None:
+    repeat = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "fixtures" / "build_images.py")],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    layout = Path(out.stdout.split()[-1]) / "layout"
+    cache = Path(tempfile.mkdtemp(prefix="kcompat-bench-"))
+    env = dict(os.environ, KCOMPAT_CACHE=str(cache))
+    os.environ["KCOMPAT_CACHE"] = str(cache)
+    kc = [sys.executable, "-m", "kcompat"]
+    img, img_arm = f"oci:{layout}:busybox-amd64", f"oci:{layout}:busybox-arm64"
+    try:
+        from kcompat.container import RunSpec, run
+        from kcompat.pull import open_image, pull, unpack
+        from kcompat.store import BlobStore
+
+        store = BlobStore(cache)
+        roots = {}
+        for ref in (img, img_arm):
+            with open_image(ref) as opened:
+                pull(opened, store)
+                roots[ref] = unpack(opened, store)[0]
+        rows: list[tuple[str, float]] = []
+        rows.append(("python3 -c pass (interpreter start)", timed(cmd(sys.executable, "-c", "pass"), repeat)))  # noqa: E501
+        base = timed(cmd("unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork",
+                         "--uts", "--ipc", "chroot", str(roots[img]), "/bin/true"), repeat)  # fmt: skip
+        rows.append(("unshare ... chroot ROOTFS /bin/true (baseline)", base))
+        spec = RunSpec(rootfs=roots[img], argv=("true",), env=(("PATH", "/bin"),),
+                       scratch=cache / "run")  # fmt: skip
+        launcher = timed(lambda: run(spec), repeat)
+        rows.append(("kcompat.container.run (launcher only, in-process)", launcher))
+        native = timed(cmd(*kc, "run", img, "true", env=env), repeat)
+        rows.append(("kcompat run IMAGE true", native))
+        for rt in ("crun", "podman"):
+            if shutil.which(rt):
+                rows.append((f"{rt}: installed but not benchmarked", float("nan")))
+            else:
+                rows.append((f"{rt}: not installed", float("nan")))
+        qemu = shutil.which("qemu-aarch64-static")
+        emu_base = emu = float("nan")
+        if qemu:
+            emu_base = timed(cmd(qemu, str(roots[img_arm] / "bin" / "busybox"), "true"), repeat)
+            rows.append(("qemu-aarch64-static ROOTFS/bin/busybox true (baseline)", emu_base))
+            emu = timed(cmd(*kc, "run", img_arm, "true", env=env), repeat)
+            rows.append(("kcompat run IMAGE-arm64 true", emu))
+        print(f"median of {repeat} runs each, after one warm-up; machine: {os.uname().release} "
+              f"{os.uname().machine}, {os.cpu_count()} CPUs")  # fmt: skip
+        for name, secs in rows:
+            shown = "-" if secs != secs else f"{secs * 1000:8.1f} ms"
+            print(f"  {name:58s} {shown}")
+        print("ratios:")
+        print(f"  launcher / unshare+chroot                    {launcher / base:6.2f}")
+        print(f"  kcompat run / unshare+chroot                 {native / base:6.2f}")
+        if qemu:
+            print(f"  kcompat run (arm64) / qemu-aarch64-static     {emu / emu_base:6.2f}")
+    finally:
+        subprocess.run(["rm", "-rf", str(cache)], check=False)
+
+
+if __name__ == "__main__":
+    main()
