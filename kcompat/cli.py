@@ -361,6 +361,9 @@ def check_cmd(
     no_binfmt: NoBinfmtOpt = False,
     format: CheckFormatOpt = CheckFormat.text,
     fail_on: FailOnOpt = FailOn.fatal,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="then run it under the simulated target and compare")
+    ] = False,
 ) -> None:
     """Predict whether IMAGE runs on a target, why not, and how to fix it."""
     from kcompat.check import run_check, sarif
@@ -372,12 +375,31 @@ def check_cmd(
     with open_image(image, options) as opened:
         pull(opened, BlobStore())
         rep = run_check(opened, target, command or None)
+        chosen = str(opened.image.config.platform)
+    verification = None
+    if verify:
+        from kcompat.platform import host_platform
+        from kcompat.verify import compare, observe
+
+        if target.platform.architecture != host_platform().architecture:
+            raise UsageError(
+                f"--verify runs the image on this host: the target's arch "
+                f"({target.platform.architecture}) must be this host's"
+            )
+        extra = [f"--insecure-registry={h}" for h in insecure_registry or ()]
+        obs = observe(image, target, chosen, command, extra)
+        verification = compare(rep["verdict"], obs)
+        rep["verify"] = verification.to_json()
     if format is CheckFormat.json:
         typer.echo(json.dumps(rep, indent=2))
     elif format is CheckFormat.sarif:
         typer.echo(json.dumps(sarif(rep), indent=2))
     else:
         _print_check(rep)
+        if verification is not None:
+            _print_verify(verification)
+    if verification is not None and verification.agreement == "disagree":
+        raise typer.Exit(int(ExitCode.VERIFY_DISAGREED))
     verdict = rep["verdict"]
     failing = {
         FailOn.fatal: verdict == "incompatible",
@@ -388,6 +410,21 @@ def check_cmd(
     }[fail_on]
     if failing:
         raise typer.Exit(int(ExitCode.CHECK_FAILED))
+
+
+def _print_verify(v: Any) -> None:
+    o = v.observed
+    mark = {"agree": "AGREE", "disagree": "DISAGREEMENT", "uncertain": "UNDECIDED"}
+    lines = [
+        f"Verify ({o.simulated}): {' '.join(o.command)}",
+        f"  observed: {o.outcome}, exit {o.exit_code}"
+        + (f", first error: {o.first_error}" if o.first_error else ""),
+        f"  {mark[v.agreement]}: {v.summary}",
+    ]
+    if v.agreement == "disagree":
+        lines.insert(0, "!" * 72)
+        lines.append("!" * 72)
+    typer.echo("\n".join(lines))
 
 
 def _best_platform(image: str, options: Options, target: Target) -> Options:

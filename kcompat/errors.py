@@ -20,6 +20,7 @@ class ExitCode(IntEnum):
     UNSUPPORTED = 8
     LOCAL_IO = 9
     INCOMPATIBLE = 10  # `run` refused: the prediction says the image cannot run here
+    VERIFY_DISAGREED = 11  # `check --verify`: what happened is not what was predicted
     # `run`, once the container exists, uses docker's statuses: 125 it could not be set
     # up, 126 the command cannot be invoked, 127 the command was not found; otherwise
     # the container's own status (128+N when a signal N ended it).

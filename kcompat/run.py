@@ -58,6 +58,7 @@ class RunOptions:
 class Prediction:
     verdict: str
     findings: tuple[dict[str, Any], ...]
+    arch: str | None = None  # of the ELF file the entrypoint finally runs
     cached: bool = False
 
 
@@ -220,7 +221,7 @@ def predict(
     cache = store.root / "predictions" / f"{key}.json"
     try:
         raw = json.loads(cache.read_text())
-        return Prediction(raw["verdict"], tuple(raw["findings"]), cached=True)
+        return Prediction(raw["verdict"], tuple(raw["findings"]), raw.get("arch"), cached=True)
     except (OSError, ValueError, KeyError):
         pass
     from kcompat.rules import check  # the scanner and rules load only on a cache miss
@@ -233,11 +234,14 @@ def predict(
          "explanation": f.explanation, "fix": f.fix}
         for f in result.findings
     )  # fmt: skip
-    prediction = Prediction(result.verdict.value, findings)
+    binary = result.entrypoint.binary if result.entrypoint else None
+    arch = binary.elf.arch.platform.architecture if binary and binary.elf else None
+    prediction = Prediction(result.verdict.value, findings, arch)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"verdict": prediction.verdict, "findings": findings}))
+        tmp.write_text(json.dumps({"verdict": prediction.verdict, "findings": findings,
+                                   "arch": arch}))  # fmt: skip
         os.replace(tmp, cache)
     except OSError:
         pass  # a cache we cannot write only costs time
@@ -318,7 +322,8 @@ def simulated_target(host: Target, kernel: str, eperm: bool, abi: str) -> Target
     return replace(
         host,
         source="simulated",
-        kernel=k,
+        # EPERM reproduces an old runtime's seccomp profile on this kernel: its release
+        kernel=host.kernel if eperm else k,
         absent_syscalls=() if eperm else names,
         blocked_syscalls=names if eperm else (),
         notes=(f"simulated Linux {k} on this host: {len(names)} syscalls newer than it "
@@ -339,6 +344,8 @@ def prepare(opened: OpenImage, opts: RunOptions, store: BlobStore, target: Targe
         raise UsageError(f"--hostname {opts.hostname!r} is not a valid host name")
     argv = container_argv(config, opts)
     arch = config.platform.architecture
+    if arch not in BINFMT:  # a dir: rootfs has no config: the entrypoint's ELF tells
+        arch = predict(rootfs, config, target, argv, store).arch or target.platform.architecture
     emulation = choose_emulation(arch, target)
     judged = target
     sim_abi = None
@@ -382,10 +389,15 @@ def prepare(opened: OpenImage, opts: RunOptions, store: BlobStore, target: Targe
     if opts.kernel and sim_abi:
         from kcompat.seccomp import assemble, simulation
 
-        sim = simulation(sim_abi, judged.kernel or opts.kernel, opts.seccomp_eperm)
+        sim = simulation(sim_abi, opts.kernel, opts.seccomp_eperm)
         seccomp_program = assemble(sim)
         fake_release = judged.kernel
-        if emulation is not None:
+        if opts.seccomp_eperm:
+            notes.append(
+                f"reproducing an old runtime's seccomp profile: {len(sim.denied)} syscalls "
+                f"newer than {opts.kernel} answer EPERM; the kernel release stays this one"
+            )
+        elif emulation is not None:
             env = (*env, ("QEMU_UNAME", str(judged.kernel)))  # every emulated process
             notes.append(
                 f"simulating Linux {judged.kernel} under emulation: uname is faked for every "

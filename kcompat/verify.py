@@ -1,0 +1,98 @@
+"""`check --verify`: run what was judged under the simulated target and compare.
+
+The run is a real `kcompat run` in a child process (its own namespaces, the seccomp
+simulation of the target's kernel, the faked release), so its exit status and stderr are
+exactly what a user would see. Agreement: `incompatible` must fail, `native`/`emulated`
+must run; `uncertain` agrees with either outcome and says which happened.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from kcompat.target import Target
+
+VERIFY_TIMEOUT = 60.0
+_SETUP_CODES = (125,)
+
+
+@dataclass(frozen=True)
+class Observation:
+    outcome: str  # runs | fails | not-run
+    exit_code: int | None
+    first_error: str | None
+    command: tuple[str, ...]
+    simulated: str  # what the run simulated, in words
+
+
+@dataclass(frozen=True)
+class Verification:
+    predicted: str
+    observed: Observation
+    agreement: str  # agree | disagree | uncertain
+    summary: str
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["observed"]["command"] = list(self.observed.command)
+        return d
+
+
+def _first_error(stderr: str) -> str | None:
+    for line in stderr.splitlines():
+        line = line.strip()
+        if line and not line.startswith("kcompat: warning:"):
+            return line[:300]
+    return None
+
+
+def observe(
+    reference: str,
+    target: Target,
+    platform: str | None,
+    argv: list[str] | None,
+    extra: list[str],
+    timeout: float = VERIFY_TIMEOUT,
+) -> Observation:
+    """Run the image's entrypoint (or argv) the way `kcompat run` does, simulating the
+    target's kernel when it is older than this host's."""
+    cmd = [sys.executable, "-m", "kcompat", "run", "--force", *extra]
+    simulated = "this host as it is"
+    if target.source != "host" and target.kernel:
+        cmd += ["--kernel", target.kernel]
+        simulated = f"Linux {target.kernel} (seccomp ENOSYS for newer syscalls, faked release)"
+    if platform:
+        cmd += ["--platform", platform]
+    cmd.append(reference)
+    if argv:
+        cmd += ["--", *argv]
+    try:
+        r = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return Observation("runs", None, f"still running after {timeout:.0f} s (counted as "
+                           "running)", tuple(cmd[2:]), simulated)  # fmt: skip
+    err = _first_error(r.stderr)
+    if r.returncode in _SETUP_CODES or (r.returncode != 0 and err and err.startswith("kcompat:")):
+        return Observation("not-run", r.returncode, err, tuple(cmd[2:]), simulated)
+    outcome = "runs" if r.returncode == 0 else "fails"
+    return Observation(outcome, r.returncode, err, tuple(cmd[2:]), simulated)
+
+
+def compare(verdict: str, obs: Observation) -> Verification:
+    if obs.outcome == "not-run":
+        return Verification(verdict, obs, "uncertain", f"could not run: {obs.first_error}")
+    if verdict == "uncertain":
+        return Verification(verdict, obs, "uncertain", f"predicted uncertain; it {obs.outcome}")
+    expected = "fails" if verdict == "incompatible" else "runs"
+    if obs.outcome == expected:
+        return Verification(verdict, obs, "agree", f"predicted {verdict}; it {obs.outcome}")
+    return Verification(
+        verdict, obs, "disagree", f"predicted {verdict} but it {obs.outcome}"
+        + (f" (exit {obs.exit_code}: {obs.first_error})" if obs.first_error else
+           f" (exit {obs.exit_code})"),
+    )  # fmt: skip
