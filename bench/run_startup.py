@@ -75,7 +75,12 @@ def main() -> None:
                 pull(opened, store)
                 roots[ref] = unpack(opened, store)[0]
         rows: list[tuple[str, float]] = []
-        rows.append(("python3 -c pass (interpreter start)", timed(cmd(sys.executable, "-c", "pass"), repeat)))  # noqa: E501
+        rows.append(
+            (
+                "python3 -c pass (interpreter start)",
+                timed(cmd(sys.executable, "-c", "pass"), repeat),
+            )
+        )  # noqa: E501
         base = timed(cmd("unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork",
                          "--uts", "--ipc", "chroot", str(roots[img]), "/bin/true"), repeat)  # fmt: skip
         rows.append(("unshare ... chroot ROOTFS /bin/true (baseline)", base))

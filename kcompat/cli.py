@@ -577,6 +577,9 @@ def run_cmd(
     cpus: CpusOpt = None,
     pids_limit: PidsOpt = None,
     force: Annotated[Flag, typer.Option("--force", help="run even if judged incompatible")] = False,
+    no_predict: Annotated[
+        Flag, typer.Option("--no-predict", help="skip the prediction (implies --force)")
+    ] = False,
     profile: ProfileOpt = None,
     rootfs_mode: Annotated[
         str, typer.Option("--rootfs-mode", help="auto, overlay or copy (the writable layer)")
@@ -611,7 +614,8 @@ def run_cmd(
         tty=tty,
         read_only=read_only,
         keep=keep,
-        force=force,
+        force=force or no_predict,
+        predict=not no_predict,
         memory=memory,
         cpus=cpus,
         pids_limit=pids_limit,
@@ -634,7 +638,7 @@ def run_cmd(
     for note in prepared.notes:
         if kernel:
             _warn(note)
-    if kernel:
+    if kernel and not no_predict:
         _warn(f"prediction for Linux {kernel}: {pred.verdict}")
     code = run_container(prepared.spec)
     if keep and prepared.spec.keep_dir is not None:

@@ -52,6 +52,7 @@ class RunOptions:
     rootfs_mode: str = "auto"
     kernel: str | None = None  # simulate this older kernel (kcompat.seccomp, qemu-user -r)
     seccomp_eperm: bool = False
+    predict: bool = True  # judge the image for this host first
 
 
 @dataclass(frozen=True)
@@ -357,7 +358,11 @@ def prepare(opened: OpenImage, opts: RunOptions, store: BlobStore, target: Targe
         if sim_abi is None:
             raise UnsupportedError(f"--kernel: no syscall table for {arch}")
         judged = simulated_target(target, opts.kernel, opts.seccomp_eperm, sim_abi)
-    prediction = predict(rootfs, config, judged, argv, store)
+    prediction = (
+        predict(rootfs, config, judged, argv, store)
+        if opts.predict
+        else Prediction("not judged (--no-predict)", ())
+    )
     # A simulated kernel is an experiment: it runs whatever the prediction says.
     if prediction.verdict == "incompatible" and not opts.force and not opts.kernel:
         fatal = next((f for f in prediction.findings if f["severity"] == "fatal"), None)

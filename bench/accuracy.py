@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""How often kcompat's prediction matches what happens, on real images and kernels.
+
+For each (image, command, kernel) of the corpus below, kcompat predicts with `check`'s
+rules for a described target (`--kernel K`, this machine's arch: what a user asks),
+then runs the command with `kcompat run --kernel K` (seccomp ENOSYS for syscalls newer
+than K, the release faked to K) and records whether it ran (exit 0) or failed. It prints
+the confusion matrix and every disagreement with its evidence.
+
+Corpus (built from Debian packages, cached under .fixtures/corpus; a re-run only
+re-evaluates):
+  bullseye, bookworm, trixie   Debian minbase images made by mmdebstrap
+  busybox                      Debian's busybox-static (tests/fixtures images)
+  fzf                          a Go program from Debian's fzf package
+  dash-arm64                   arm64 dash + glibc, run under qemu-user emulation
+
+Run: .venv/bin/python bench/accuracy.py [--kernels 3.2,4.4] [--images bullseye,fzf]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "fixtures"))
+
+KERNELS = ("2.6.32", "3.2", "3.10", "3.17", "4.4", "4.19", "5.4", "5.10", "6.1")
+DEBIAN_COMMANDS = (
+    ("sh", "-c", "true"),
+    ("ls", "-l", "/"),
+    ("cat", "/etc/os-release"),
+    ("cp", "/etc/hostname", "/tmp/copy"),
+    ("stat", "/etc"),
+    ("sort", "/etc/passwd"),
+    ("date",),
+    ("apt-get", "--version"),
+    ("bash", "-c", "echo $((6*7))"),
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    image: str
+    reference: str
+    argv: tuple[str, ...]
+    kernel: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    case: Case
+    predicted: str  # runs | fails | uncertain
+    verdict: str
+    evidence: tuple[str, ...]
+    observed: str  # runs | fails
+    exit_code: int | None
+    first_error: str | None
+
+
+def build_corpus(root: Path) -> dict[str, tuple[str, tuple[tuple[str, ...], ...]]]:
+    """name -> (reference, commands)."""
+    out = subprocess.run([sys.executable, str(REPO / "tests/fixtures/build_images.py")],
+                         check=True, capture_output=True, text=True).stdout.split()[-1]  # fmt: skip
+    bins = subprocess.run([sys.executable, str(REPO / "tests/fixtures/build_binaries.py")],
+                          check=True, capture_output=True, text=True).stdout.split()[-1]  # fmt: skip
+    images, binaries = Path(out), Path(bins)
+    from build_binaries import debian_image
+
+    layout = root / "layout"
+    for suite in ("bookworm", "trixie"):
+        marker = root / f"{suite}.done"
+        if not marker.exists():
+            print(f"building {suite} with mmdebstrap (cached afterwards)...", file=sys.stderr)
+            debian_image(suite, layout, suite)
+            marker.write_text("ok\n")
+    fzf_root = root / "fzf-root"
+    if not (fzf_root / "fzf").exists():
+        fzf_root.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(binaries / "bin" / "fzf-amd64", fzf_root / "fzf")
+    return {
+        "bullseye": (f"oci:{binaries / 'layout'}:bullseye", DEBIAN_COMMANDS),
+        "bookworm": (f"oci:{layout}:bookworm", DEBIAN_COMMANDS),
+        "trixie": (f"oci:{layout}:trixie", DEBIAN_COMMANDS),
+        "busybox": (f"oci:{images / 'layout'}:busybox-amd64",
+                    (("sh", "-c", "true"), ("ls", "-l", "/"), ("id",))),
+        "fzf": (f"dir:{fzf_root}", (("/fzf", "--version"),)),
+        "dash-arm64": (f"oci:{images / 'layout'}:dash-arm64",
+                       (("/bin/dash", "-c", "true"), ("uname", "-m"))),
+    }  # fmt: skip
+
+
+def predict_all(cases: list[Case]) -> dict[Case, tuple[str, str, tuple[str, ...]]]:
+    from kcompat.platform import host_platform
+    from kcompat.pull import open_image, pull, unpack
+    from kcompat.rules import Severity, check
+    from kcompat.scan import scan_path
+    from kcompat.store import BlobStore
+    from kcompat.target import described
+
+    store = BlobStore()
+    out = {}
+    by_image: dict[str, list[Case]] = {}
+    for c in cases:
+        by_image.setdefault(c.reference, []).append(c)
+    arch = host_platform().architecture
+    for ref, group in by_image.items():
+        with open_image(ref) as opened:
+            pull(opened, store)
+            rootfs, _ = unpack(opened, store)
+            config = opened.image.config
+        env = dict(e.split("=", 1) for e in config.env if "=" in e)
+        scan = scan_path(rootfs, env)
+        for c in group:
+            r = check(scan, config, described(c.kernel, arch), list(c.argv))
+            verdict = r.verdict.value
+            predicted = {"incompatible": "fails", "uncertain": "uncertain"}.get(verdict, "runs")
+            evidence = tuple(
+                f"{f.rule}: {f.title}"
+                for f in r.findings
+                if f.severity in (Severity.FATAL, Severity.UNCERTAIN)
+            )
+            out[c] = (predicted, verdict, evidence)
+    return out
+
+
+def observe(c: Case) -> tuple[str, int | None, str | None]:
+    cmd = [sys.executable, "-m", "kcompat", "run", "--no-predict", "--kernel", c.kernel,
+           c.reference, "--", *c.argv]  # fmt: skip
+    try:
+        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return "fails", None, "timed out after 120 s"
+    err = next((line.strip() for line in r.stderr.splitlines()
+                if line.strip() and not line.startswith("kcompat: warning:")), None)  # fmt: skip
+    if r.returncode == 125 or (err or "").startswith("kcompat: error"):
+        raise SystemExit(f"the run itself failed, not the program: {' '.join(cmd)}: {err}")
+    return ("runs" if r.returncode == 0 else "fails"), r.returncode, err
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kernels", default=",".join(KERNELS))
+    ap.add_argument("--images", default="")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    args = ap.parse_args()
+    corpus_root = Path(os.environ.get("KCOMPAT_FIXTURES", REPO / ".fixtures")) / "corpus"
+    corpus_root.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("KCOMPAT_CACHE", str(corpus_root / "cache"))
+    t0 = time.monotonic()
+    corpus = build_corpus(corpus_root)
+    wanted = [i for i in args.images.split(",") if i] or list(corpus)
+    cases = [
+        Case(name, corpus[name][0], argv, k)
+        for name in wanted
+        for argv in corpus[name][1]
+        for k in args.kernels.split(",")
+    ]
+    t1 = time.monotonic()
+    predictions = predict_all(cases)
+    t2 = time.monotonic()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        observed = dict(zip(cases, pool.map(observe, cases)))
+    t3 = time.monotonic()
+    outcomes = [Outcome(c, *predictions[c], *observed[c]) for c in cases]
+    matrix = Counter((o.predicted, o.observed) for o in outcomes)
+    print(f"{len(cases)} cases: {len(wanted)} images x commands x {len(args.kernels.split(','))} "
+          f"kernels; corpus {t1 - t0:.0f} s, predictions {t2 - t1:.0f} s, runs {t3 - t2:.0f} s")  # fmt: skip
+    print()
+    head = "predicted \\ observed"
+    print(f"{head:24s}{'runs':>8s}{'fails':>8s}")
+    for p in ("runs", "fails", "uncertain"):
+        print(f"{p:24s}{matrix[(p, 'runs')]:8d}{matrix[(p, 'fails')]:8d}")
+    wrong = [o for o in outcomes if (o.predicted, o.observed) in (("runs", "fails"),
+                                                                  ("fails", "runs"))]  # fmt: skip
+    print()
+    print(f"disagreements: {len(wrong)}")
+    for o in wrong:
+        c = o.case
+        print(f"  {c.image} at {c.kernel}: {' '.join(c.argv)}: predicted {o.verdict}, observed "
+              f"{o.observed} (exit {o.exit_code}){': ' + o.first_error if o.first_error else ''}")  # fmt: skip
+        for e in o.evidence:
+            print(f"      evidence: {e}")
+    unsure = [o for o in outcomes if o.predicted == "uncertain"]
+    print(f"uncertain: {len(unsure)} of {len(outcomes)}")
+    for o in unsure:
+        c = o.case
+        print(f"  {c.image} at {c.kernel}: {' '.join(c.argv)}: observed {o.observed}"
+              f"{' (' + o.first_error + ')' if o.first_error else ''}; "
+              f"{'; '.join(o.evidence)[:200]}")  # fmt: skip
+    sys.exit(1 if wrong else 0)
+
+
+if __name__ == "__main__":
+    main()
