@@ -69,10 +69,18 @@ class Outcome:
 
 def build_corpus(root: Path) -> dict[str, tuple[str, tuple[tuple[str, ...], ...]]]:
     """name -> (reference, commands)."""
-    out = subprocess.run([sys.executable, str(REPO / "tests/fixtures/build_images.py")],
-                         check=True, capture_output=True, text=True).stdout.split()[-1]  # fmt: skip
-    bins = subprocess.run([sys.executable, str(REPO / "tests/fixtures/build_binaries.py")],
-                          check=True, capture_output=True, text=True).stdout.split()[-1]  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tests/fixtures/build_images.py")],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()[-1]
+    bins = subprocess.run(
+        [sys.executable, str(REPO / "tests/fixtures/build_binaries.py")],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()[-1]
     images, binaries = Path(out), Path(bins)
     from build_binaries import debian_image
 
@@ -91,12 +99,16 @@ def build_corpus(root: Path) -> dict[str, tuple[str, tuple[tuple[str, ...], ...]
         "bullseye": (f"oci:{binaries / 'layout'}:bullseye", DEBIAN_COMMANDS),
         "bookworm": (f"oci:{layout}:bookworm", DEBIAN_COMMANDS),
         "trixie": (f"oci:{layout}:trixie", DEBIAN_COMMANDS),
-        "busybox": (f"oci:{images / 'layout'}:busybox-amd64",
-                    (("sh", "-c", "true"), ("ls", "-l", "/"), ("id",))),
+        "busybox": (
+            f"oci:{images / 'layout'}:busybox-amd64",
+            (("sh", "-c", "true"), ("ls", "-l", "/"), ("id",)),
+        ),
         "fzf": (f"dir:{fzf_root}", (("/fzf", "--version"),)),
-        "dash-arm64": (f"oci:{images / 'layout'}:dash-arm64",
-                       (("/bin/dash", "-c", "true"), ("uname", "-m"))),
-    }  # fmt: skip
+        "dash-arm64": (
+            f"oci:{images / 'layout'}:dash-arm64",
+            (("/bin/dash", "-c", "true"), ("uname", "-m")),
+        ),
+    }
 
 
 def predict_all(cases: list[Case]) -> dict[Case, tuple[str, str, tuple[str, ...]]]:
@@ -134,15 +146,32 @@ def predict_all(cases: list[Case]) -> dict[Case, tuple[str, str, tuple[str, ...]
 
 
 def observe(c: Case) -> tuple[str, int | None, str | None]:
-    cmd = [sys.executable, "-m", "kcompat", "run", "--no-predict", "--kernel", c.kernel,
-           c.reference, "--", *c.argv]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "kcompat",
+        "run",
+        "--no-predict",
+        "--kernel",
+        c.kernel,
+        c.reference,
+        "--",
+        *c.argv,
+    ]
     try:
-        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           timeout=120)  # fmt: skip
+        r = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120
+        )
     except subprocess.TimeoutExpired:
         return "fails", None, "timed out after 120 s"
-    err = next((line.strip() for line in r.stderr.splitlines()
-                if line.strip() and not line.startswith("kcompat: warning:")), None)  # fmt: skip
+    err = next(
+        (
+            line.strip()
+            for line in r.stderr.splitlines()
+            if line.strip() and not line.startswith("kcompat: warning:")
+        ),
+        None,
+    )
     if r.returncode == 125 or (err or "").startswith("kcompat: error"):
         raise SystemExit(f"the run itself failed, not the program: {' '.join(cmd)}: {err}")
     return ("runs" if r.returncode == 0 else "fails"), r.returncode, err
@@ -174,30 +203,37 @@ def main() -> None:
     t3 = time.monotonic()
     outcomes = [Outcome(c, *predictions[c], *observed[c]) for c in cases]
     matrix = Counter((o.predicted, o.observed) for o in outcomes)
-    print(f"{len(cases)} cases: {len(wanted)} images x commands x {len(args.kernels.split(','))} "
-          f"kernels; corpus {t1 - t0:.0f} s, predictions {t2 - t1:.0f} s, runs {t3 - t2:.0f} s")  # fmt: skip
+    print(
+        f"{len(cases)} cases: {len(wanted)} images x commands x {len(args.kernels.split(','))} "
+        f"kernels; corpus {t1 - t0:.0f} s, predictions {t2 - t1:.0f} s, runs {t3 - t2:.0f} s"
+    )
     print()
     head = "predicted \\ observed"
     print(f"{head:24s}{'runs':>8s}{'fails':>8s}")
     for p in ("runs", "fails", "uncertain"):
         print(f"{p:24s}{matrix[(p, 'runs')]:8d}{matrix[(p, 'fails')]:8d}")
-    wrong = [o for o in outcomes if (o.predicted, o.observed) in (("runs", "fails"),
-                                                                  ("fails", "runs"))]  # fmt: skip
+    wrong = [
+        o for o in outcomes if (o.predicted, o.observed) in (("runs", "fails"), ("fails", "runs"))
+    ]
     print()
     print(f"disagreements: {len(wrong)}")
     for o in wrong:
         c = o.case
-        print(f"  {c.image} at {c.kernel}: {' '.join(c.argv)}: predicted {o.verdict}, observed "
-              f"{o.observed} (exit {o.exit_code}){': ' + o.first_error if o.first_error else ''}")  # fmt: skip
+        print(
+            f"  {c.image} at {c.kernel}: {' '.join(c.argv)}: predicted {o.verdict}, observed "
+            f"{o.observed} (exit {o.exit_code}){': ' + o.first_error if o.first_error else ''}"
+        )
         for e in o.evidence:
             print(f"      evidence: {e}")
     unsure = [o for o in outcomes if o.predicted == "uncertain"]
     print(f"uncertain: {len(unsure)} of {len(outcomes)}")
     for o in unsure:
         c = o.case
-        print(f"  {c.image} at {c.kernel}: {' '.join(c.argv)}: observed {o.observed}"
-              f"{' (' + o.first_error + ')' if o.first_error else ''}; "
-              f"{'; '.join(o.evidence)[:200]}")  # fmt: skip
+        print(
+            f"  {c.image} at {c.kernel}: {' '.join(c.argv)}: observed {o.observed}"
+            f"{' (' + o.first_error + ')' if o.first_error else ''}; "
+            f"{'; '.join(o.evidence)[:200]}"
+        )
     sys.exit(1 if wrong else 0)
 
 

@@ -55,8 +55,10 @@ def main() -> None:
     repeat = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     out = subprocess.run(
         [sys.executable, str(REPO / "tests" / "fixtures" / "build_images.py")],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     layout = Path(out.stdout.split()[-1]) / "layout"
     cache = Path(tempfile.mkdtemp(prefix="kcompat-bench-"))
     env = dict(os.environ, KCOMPAT_CACHE=str(cache))
@@ -80,12 +82,27 @@ def main() -> None:
                 "python3 -c pass (interpreter start)",
                 timed(cmd(sys.executable, "-c", "pass"), repeat),
             )
-        )  # noqa: E501
-        base = timed(cmd("unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork",
-                         "--uts", "--ipc", "chroot", str(roots[img]), "/bin/true"), repeat)  # fmt: skip
+        )
+        base = timed(
+            cmd(
+                "unshare",
+                "--user",
+                "--map-root-user",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--uts",
+                "--ipc",
+                "chroot",
+                str(roots[img]),
+                "/bin/true",
+            ),
+            repeat,
+        )
         rows.append(("unshare ... chroot ROOTFS /bin/true (baseline)", base))
-        spec = RunSpec(rootfs=roots[img], argv=("true",), env=(("PATH", "/bin"),),
-                       scratch=cache / "run")  # fmt: skip
+        spec = RunSpec(
+            rootfs=roots[img], argv=("true",), env=(("PATH", "/bin"),), scratch=cache / "run"
+        )
         launcher = timed(lambda: run(spec), repeat)
         rows.append(("kcompat.container.run (launcher only, in-process)", launcher))
         native = timed(cmd(*kc, "run", img, "true", env=env), repeat)
@@ -102,8 +119,10 @@ def main() -> None:
             rows.append(("qemu-aarch64-static ROOTFS/bin/busybox true (baseline)", emu_base))
             emu = timed(cmd(*kc, "run", img_arm, "true", env=env), repeat)
             rows.append(("kcompat run IMAGE-arm64 true", emu))
-        print(f"median of {repeat} runs each, after one warm-up; machine: {os.uname().release} "
-              f"{os.uname().machine}, {os.cpu_count()} CPUs")  # fmt: skip
+        print(
+            f"median of {repeat} runs each, after one warm-up; machine: {os.uname().release} "
+            f"{os.uname().machine}, {os.cpu_count()} CPUs"
+        )
         for name, secs in rows:
             shown = "-" if secs != secs else f"{secs * 1000:8.1f} ms"
             print(f"  {name:58s} {shown}")
