@@ -46,6 +46,16 @@ class Fixtures:
     def oci(self, ref: str) -> str:
         return f"oci:{self.layout}:{ref}"
 
+    def windows_copy(self, tmp_path: Path) -> str:
+        """A copy of busybox-amd64 whose config says `os: windows` (set with umoci)."""
+        layout = tmp_path / "layout"
+        shutil.copytree(self.layout, layout)
+        subprocess.run(
+            ["umoci", "config", "--image", f"{layout}:busybox-amd64", "--os", "windows"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        return f"oci:{layout}:busybox-amd64"
+
 
 @pytest.fixture(scope="session")
 def images() -> Fixtures:

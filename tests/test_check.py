@@ -255,13 +255,7 @@ def test_multi_arch_image_judged_for_the_target(images: Fixtures) -> None:
 
 @pytest.mark.integration
 def test_windows_image_is_incompatible(tmp_path: Path, images: Fixtures) -> None:
-    layout = tmp_path / "layout"
-    shutil.copytree(images.layout, layout)
-    subprocess.run(
-        ["umoci", "config", "--image", f"{layout}:busybox-amd64", "--os", "windows"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    code, rep = check_json("--kernel", "6.1", f"oci:{layout}:busybox-amd64")
+    code, rep = check_json("--kernel", "6.1", images.windows_copy(tmp_path))
     assert (code, rep["verdict"]) == (1, "incompatible")
     (f,) = [f for f in rep["findings"] if f["rule"] == "os"]
     assert 'image operating system "windows" cannot be used on this platform' in f["explanation"]
