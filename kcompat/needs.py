@@ -31,6 +31,7 @@ class _Rule:
     glibc_until: str | None
     abis: frozenset[str] | None
     source: str
+    fallback: str | None = None  # what glibc does on ENOSYS on this path, when it has a way
 
     def applies(self, abi: str, glibc: str | None) -> bool:
         if self.abis is not None and abi not in self.abis:
@@ -62,6 +63,7 @@ def _load() -> tuple[tuple[_Rule, ...], tuple[_Rule, ...]]:
             r.get("glibc_until"),
             frozenset(abis) if abis is not None else None,
             str(r["source"]),
+            r.get("fallback"),
         )
 
     return tuple(rule(r) for r in raw["startup"]), tuple(rule(r) for r in raw["wrappers"])
@@ -117,11 +119,14 @@ def needs_of(
         return None
     t = table(e.arch.abi)
     found: dict[str, list[str]] = {}
+    # per syscall, each path's own ENOSYS fallback (None: the path has none)
+    path_fallbacks: dict[str, list[str | None]] = {}
 
-    def add(spec: str, via: str) -> None:
+    def add(spec: str, via: str, fallback: str | None = None) -> None:
         name = _pick(t, spec)
         if name is not None:
             found.setdefault(name, [])
+            path_fallbacks.setdefault(name, []).append(fallback)
             if via not in found[name] and len(found[name]) < 4:
                 found[name].append(via)
 
@@ -145,7 +150,7 @@ def needs_of(
             for r in STARTUP:
                 if r.applies(t.abi, glibc):
                     for spec in r.syscalls:
-                        add(spec, f"glibc {glibc or ''} start-up".replace("  ", " "))
+                        add(spec, f"glibc {glibc or ''} start-up".replace("  ", " "), r.fallback)
         if libraries is None:
             libraries = scan.library_closure(f)
         objects = [f, *libraries]
@@ -160,16 +165,18 @@ def needs_of(
                         who = "" if obj is f else f" (in {obj.path})"
                         label = sym.name + (f"@{sym.version}" if sym.version else "")
                         for spec in r.syscalls:
-                            add(spec, f"imports {label}{who}")
+                            add(spec, f"imports {label}{who}", r.fallback)
         methods.append("imported libc functions (kcompat/data/libc_syscalls.json)")
     needs = []
     for name, via in sorted(found.items()):
         row = t.lookup(name)
         assert row is not None
         fb = KNOWLEDGE.fallback_for(name, glibc) if glibc and e.libc == "glibc" else None
-        needs.append(
-            SyscallNeed(name, row.nr, row.since, tuple(via), f"glibc: {fb.note}" if fb else None)
-        )
+        note = f"glibc: {fb.note}" if fb else None
+        paths = path_fallbacks[name]
+        if note is None and all(paths):  # every path that reaches it falls back
+            note = "glibc: " + "; ".join(sorted({p for p in paths if p}))
+        needs.append(SyscallNeed(name, row.nr, row.since, tuple(via), note))
     return BinaryNeeds(
         t.abi, tuple(needs), unresolved, raw_import, "; ".join(methods), t.floor, complete
     )

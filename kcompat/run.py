@@ -27,7 +27,7 @@ from kcompat.target import Target, probe_binfmt, probe_host
 from kcompat.versions import version_key
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-PREDICTION_VERSION = 1
+PREDICTION_VERSION = 2  # bump when rules or their data change
 
 
 @dataclass(frozen=True)
