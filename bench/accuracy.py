@@ -11,7 +11,7 @@ Corpus (built from Debian packages, cached under .fixtures/corpus; a re-run only
 re-evaluates):
   bullseye, bookworm, trixie   Debian minbase images made by mmdebstrap
   busybox                      Debian's busybox-static (tests/fixtures images)
-  fzf                          a Go program from Debian's fzf package
+  fzf                          a Go program from Debian's fzf package, on bookworm
   dash-arm64                   arm64 dash + glibc, run under qemu-user emulation
 
 Run: .venv/bin/python bench/accuracy.py [--kernels 3.2,4.4] [--images bullseye,fzf]
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -91,10 +90,13 @@ def build_corpus(root: Path) -> dict[str, tuple[str, tuple[tuple[str, ...], ...]
             print(f"building {suite} with mmdebstrap (cached afterwards)...", file=sys.stderr)
             debian_image(suite, layout, suite)
             marker.write_text("ok\n")
-    fzf_root = root / "fzf-root"
-    if not (fzf_root / "fzf").exists():
-        fzf_root.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(binaries / "bin" / "fzf-amd64", fzf_root / "fzf")
+    if not (root / "fzf.done").exists():  # Debian's fzf is dynamic: on bookworm's glibc
+        from build_images import run
+
+        run("umoci", "tag", "--image", f"{layout}:bookworm", "fzf")
+        run("umoci", "insert", "--image", f"{layout}:fzf", str(binaries / "bin" / "fzf-amd64"),
+            "/usr/bin/fzf")  # fmt: skip
+        (root / "fzf.done").write_text("ok\n")
     return {
         "bullseye": (f"oci:{binaries / 'layout'}:bullseye", DEBIAN_COMMANDS),
         "bookworm": (f"oci:{layout}:bookworm", DEBIAN_COMMANDS),
@@ -103,7 +105,7 @@ def build_corpus(root: Path) -> dict[str, tuple[str, tuple[tuple[str, ...], ...]
             f"oci:{images / 'layout'}:busybox-amd64",
             (("sh", "-c", "true"), ("ls", "-l", "/"), ("id",)),
         ),
-        "fzf": (f"dir:{fzf_root}", (("/fzf", "--version"),)),
+        "fzf": (f"oci:{layout}:fzf", (("fzf", "--version"),)),
         "dash-arm64": (
             f"oci:{images / 'layout'}:dash-arm64",
             (("/bin/dash", "-c", "true"), ("uname", "-m")),
@@ -225,6 +227,11 @@ def main() -> None:
         )
         for e in o.evidence:
             print(f"      evidence: {e}")
+    failing = Counter((o.case.image, o.case.kernel) for o in outcomes if o.observed == "fails")
+    print(
+        "observed failures by image and kernel: "
+        + ", ".join(f"{image}@{kernel} x{n}" for (image, kernel), n in sorted(failing.items()))
+    )
     unsure = [o for o in outcomes if o.predicted == "uncertain"]
     print(f"uncertain: {len(unsure)} of {len(outcomes)}")
     for o in unsure:
