@@ -315,7 +315,7 @@ def _open_pty() -> tuple[int, int]:
     return master, slave
 
 
-def _container_init(spec: RunSpec, errw: int, ptysock: socket.socket | None) -> None:
+def _container_init(spec: RunSpec, ptysock: socket.socket | None) -> None:
     """PID 1: build the root, then exec. Raises _Step on a failure to report."""
     step = "mount namespace"
     try:
@@ -457,7 +457,7 @@ def _which(name: str, path: str) -> str | None:
 
 def _child_main(spec: RunSpec, errw: int, ptysock: socket.socket | None) -> None:
     try:
-        _container_init(spec, errw, ptysock)
+        _container_init(spec, ptysock)
         code, msg = EXIT_SETUP, "exec returned"
     except _Step as e:
         code, msg = e.code, str(e)
