@@ -635,11 +635,11 @@ def run_cmd(
         _warn(f"prediction uncertain: {titles} (kcompat check {image} for details)")
     elif pred.verdict == "incompatible" and not kernel:
         _warn("prediction incompatible, running anyway (--force)")
-    for note in prepared.notes:
-        if kernel:
+    if kernel:  # a simulation says what it simulates and what it cannot
+        for note in prepared.notes:
             _warn(note)
-    if kernel and not no_predict:
-        _warn(f"prediction for Linux {kernel}: {pred.verdict}")
+        if not no_predict:
+            _warn(f"prediction for Linux {kernel}: {pred.verdict}")
     code = run_container(prepared.spec)
     if keep and prepared.spec.keep_dir is not None:
         _warn(f"writable layer kept in {prepared.spec.keep_dir / 'upper'}")

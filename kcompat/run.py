@@ -8,13 +8,15 @@ the way docker resolves them.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kcompat.binfmt import BINFMT
 from kcompat.cgroups import Limits, parse_cpus, parse_memory
@@ -25,6 +27,9 @@ from kcompat.pull import OpenImage, pull, unpack
 from kcompat.store import BlobStore
 from kcompat.target import Target, probe_binfmt, probe_host
 from kcompat.versions import version_key
+
+if TYPE_CHECKING:
+    from kcompat.seccomp import Simulation
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PREDICTION_VERSION = 2  # bump when rules or their data change
@@ -305,11 +310,8 @@ def _with_binfmt(target: Target) -> Target:
     return replace(target, binfmt=probe_binfmt())
 
 
-def simulated_target(host: Target, kernel: str, eperm: bool, abi: str) -> Target:
-    """This host as it behaves under `run --kernel`: the kernel's release, and the
-    syscalls the tables date after it answered ENOSYS (or EPERM)."""
-    from dataclasses import replace
-
+def host_simulation(host: Target, kernel: str, eperm: bool, abi: str) -> Simulation:
+    """What `run --kernel` refuses on this host; only an older kernel can be simulated."""
     from kcompat.seccomp import simulation
     from kcompat.target import _kernel
 
@@ -319,16 +321,24 @@ def simulated_target(host: Target, kernel: str, eperm: bool, abi: str) -> Target
             f"--kernel {kernel} is newer than this host's {host.kernel}",
             hint="only older kernels can be simulated",
         )
-    names = simulation(abi, k).names
+    return simulation(abi, k, eperm)
+
+
+def simulated_target(host: Target, sim: Simulation) -> Target:
+    """This host as it behaves under `sim`: the kernel's release, and the syscalls the
+    tables date after it answered ENOSYS (or EPERM)."""
+    from dataclasses import replace
+
+    eperm = sim.errno == errno.EPERM
     return replace(
         host,
         source="simulated",
         # EPERM reproduces an old runtime's seccomp profile on this kernel: its release
-        kernel=host.kernel if eperm else k,
-        absent_syscalls=() if eperm else names,
-        blocked_syscalls=names if eperm else (),
-        notes=(f"simulated Linux {k} on this host: {len(names)} syscalls newer than it "
-               f"answered {'EPERM' if eperm else 'ENOSYS'} by seccomp",),
+        kernel=host.kernel if eperm else sim.kernel,
+        absent_syscalls=() if eperm else sim.names,
+        blocked_syscalls=sim.names if eperm else (),
+        notes=(f"simulated Linux {sim.kernel} on this host: {len(sim.names)} syscalls newer "
+               f"than it answered {'EPERM' if eperm else 'ENOSYS'} by seccomp",),
     )  # fmt: skip
 
 
@@ -349,7 +359,7 @@ def prepare(opened: OpenImage, opts: RunOptions, store: BlobStore, target: Targe
         arch = predict(rootfs, config, target, argv, store).arch or target.platform.architecture
     emulation = choose_emulation(arch, target)
     judged = target
-    sim_abi = None
+    sim = None
     if opts.kernel:
         from kcompat.syscalls import ABI_OF_ARCH
 
@@ -357,7 +367,8 @@ def prepare(opened: OpenImage, opts: RunOptions, store: BlobStore, target: Targe
         sim_abi = ABI_OF_ARCH.get(target.platform.architecture if emulation else arch)
         if sim_abi is None:
             raise UnsupportedError(f"--kernel: no syscall table for {arch}")
-        judged = simulated_target(target, opts.kernel, opts.seccomp_eperm, sim_abi)
+        sim = host_simulation(target, opts.kernel, opts.seccomp_eperm, sim_abi)
+        judged = simulated_target(target, sim)
     prediction = (
         predict(rootfs, config, judged, argv, store)
         if opts.predict
@@ -382,8 +393,7 @@ def prepare(opened: OpenImage, opts: RunOptions, store: BlobStore, target: Targe
         cpus=parse_cpus(opts.cpus) if opts.cpus else None,
         pids=opts.pids_limit,
     )
-    base = RunSpec(rootfs=rootfs, argv=argv, env=())
-    hostname = opts.hostname or base.hostname
+    hostname = opts.hostname or secrets.token_hex(6)  # docker's short container id look
     keep_dir = None
     if opts.keep:
         keep_dir = store.root / "containers" / hostname
@@ -391,10 +401,9 @@ def prepare(opened: OpenImage, opts: RunOptions, store: BlobStore, target: Targe
     env = container_env(config, opts, user.home, hostname)
     notes = []
     seccomp_program = fake_release = release_interpreter = None
-    if opts.kernel and sim_abi:
-        from kcompat.seccomp import assemble, simulation
+    if sim is not None:
+        from kcompat.seccomp import assemble
 
-        sim = simulation(sim_abi, opts.kernel, opts.seccomp_eperm)
         seccomp_program = assemble(sim)
         fake_release = judged.kernel
         if opts.seccomp_eperm:

@@ -46,14 +46,12 @@ class Fixtures:
     def oci(self, ref: str) -> str:
         return f"oci:{self.layout}:{ref}"
 
-    def windows_copy(self, tmp_path: Path) -> str:
-        """A copy of busybox-amd64 whose config says `os: windows` (set with umoci)."""
+    def relabelled(self, tmp_path: Path, *config: str) -> str:
+        """A copy of busybox-amd64 with its config changed by `umoci config` options."""
         layout = tmp_path / "layout"
         shutil.copytree(self.layout, layout)
-        subprocess.run(
-            ["umoci", "config", "--image", f"{layout}:busybox-amd64", "--os", "windows"],
-            check=True, capture_output=True,
-        )  # fmt: skip
+        subprocess.run(["umoci", "config", "--image", f"{layout}:busybox-amd64", *config],
+                       check=True, capture_output=True)  # fmt: skip
         return f"oci:{layout}:busybox-amd64"
 
 

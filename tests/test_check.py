@@ -4,7 +4,6 @@ saved and probed targets, the JSON report against ci/report.schema.json, SARIF."
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -255,7 +254,7 @@ def test_multi_arch_image_judged_for_the_target(images: Fixtures) -> None:
 
 @pytest.mark.integration
 def test_windows_image_is_incompatible(tmp_path: Path, images: Fixtures) -> None:
-    code, rep = check_json("--kernel", "6.1", images.windows_copy(tmp_path))
+    code, rep = check_json("--kernel", "6.1", images.relabelled(tmp_path, "--os", "windows"))
     assert (code, rep["verdict"]) == (1, "incompatible")
     (f,) = [f for f in rep["findings"] if f["rule"] == "os"]
     assert 'image operating system "windows" cannot be used on this platform' in f["explanation"]
@@ -322,14 +321,9 @@ def test_arm64_on_this_host_is_emulated(images: Fixtures) -> None:
 @pytest.mark.integration
 def test_mislabelled_image(tmp_path: Path, images: Fixtures) -> None:
     """An index/config saying arm64 over amd64 binaries: judged by the ELF header."""
-    layout = tmp_path / "layout"
-    shutil.copytree(images.layout, layout)
-    subprocess.run(
-        ["umoci", "config", "--image", f"{layout}:busybox-amd64", "--architecture", "arm64"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    image = images.relabelled(tmp_path, "--architecture", "arm64")
     _, rep = check_json("--kernel", "6.1", "--arch", "amd64", "--no-binfmt",
-                        "--platform", "linux/arm64", f"oci:{layout}:busybox-amd64")  # fmt: skip
+                        "--platform", "linux/arm64", image)  # fmt: skip
     assert "mislabelled" in rules(rep, "warning") and rep["verdict"] == "native"
 
 

@@ -258,7 +258,7 @@ def test_unknown_command_and_incompatible_image(images: Fixtures, tmp_path: Path
     r = kc("run", "--force", busybox(images), "no-such-cmd")
     assert r.returncode == 127
     assert 'exec: "no-such-cmd": executable file not found in $PATH' in r.stderr
-    r = kc("run", images.windows_copy(tmp_path), "true")
+    r = kc("run", images.relabelled(tmp_path, "--os", "windows"), "true")
     assert r.returncode == 10
     assert 'image operating system "windows" cannot be used' in r.stderr
     r = kc("run", "-v", "/no/such/dir:/x", busybox(images), "true")
