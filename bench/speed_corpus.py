@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""The speed benchmark's corpus: Debian images of growing size, built from Debian's
+packages the way a Dockerfile would layer them.
+
+Each stage is a real `mmdebstrap` root file system of bookworm with more packages; its
+image is the previous stage's image plus one layer that `umoci repack` computes as the
+difference (new and changed files, whiteouts for removed ones), gzip-compressed. So
+`speed:3` has the layers of `speed:2` plus one, as `FROM speed:2 / RUN apt-get install`
+would give.
+
+  speed:1  minbase                                          (about 0.1 GB uncompressed)
+  speed:2  + build-essential                                 (gcc, binutils, perl, libc6-dev)
+  speed:3  + python3, python3-dev
+  speed:4  + openjdk-17-jdk-headless, clang                  (over 1 GB, thousands of ELF files)
+
+Downloaded .deb files are kept in OUT/debs, so rebuilding a stage downloads nothing.
+Needs root (mmdebstrap keeps owners and device nodes), mmdebstrap, umoci, tar.
+
+Run: python3 bench/speed_corpus.py [OUT]   (default .fixtures/speed; a built stage is kept)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MIRROR = "http://deb.debian.org/debian"
+SUITE = "bookworm"
+# (tag, packages added at this stage)
+STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("1", ()),
+    ("2", ("build-essential",)),
+    ("3", ("python3", "python3-dev")),
+    ("4", ("openjdk-17-jdk-headless", "clang")),
+)
+PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def run(*argv: str) -> None:
+    print("+", " ".join(argv), file=sys.stderr, flush=True)
+    subprocess.run(argv, check=True)
+
+
+def default_out() -> Path:
+    return Path(os.environ.get("KCOMPAT_FIXTURES", REPO / ".fixtures")) / "speed"
+
+
+def rootfs_tar(packages: list[str], debs: Path, out: Path) -> None:
+    """A minbase root file system with `packages`, as a tar, the .debs cached in `debs`
+    (the recipe in mmdebstrap(1), EXAMPLES, for a local package cache)."""
+    debs.mkdir(parents=True, exist_ok=True)
+    argv = ["mmdebstrap", "--quiet", "--variant=minbase", "--skip=download/empty",
+            "--skip=essential/unlink",
+            '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/',
+            f"--setup-hook=sync-in {debs} /var/cache/apt/archives/",
+            f"--customize-hook=sync-out /var/cache/apt/archives {debs}",
+            '--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb',
+            ]  # fmt: skip
+    if packages:
+        argv.append("--include=" + ",".join(packages))
+    run(*argv, SUITE, str(out), MIRROR)
+
+
+def build(out: Path) -> Path:
+    """Build every missing stage; the OCI layout holding them all."""
+    layout = out / "layout"
+    out.mkdir(parents=True, exist_ok=True)
+    if not layout.exists():
+        run("umoci", "init", "--layout", str(layout))
+        run("umoci", "new", "--image", f"{layout}:0")
+    packages: list[str] = []
+    previous = "0"
+    for tag, added in STAGES:
+        packages += added
+        done = out / f"stage{tag}.done"
+        if not done.exists():
+            with tempfile.TemporaryDirectory(dir=out) as tmp:
+                tar = Path(tmp) / "rootfs.tar"
+                rootfs_tar(packages, out / "debs", tar)
+                bundle = Path(tmp) / "bundle"
+                run("umoci", "unpack", "--image", f"{layout}:{previous}", str(bundle))
+                shutil.rmtree(bundle / "rootfs")
+                (bundle / "rootfs").mkdir()
+                run("tar", "-xpf", str(tar), "--numeric-owner", "-C", str(bundle / "rootfs"))
+                run("umoci", "repack", "--image", f"{layout}:{tag}", str(bundle))
+            run("umoci", "config", "--image", f"{layout}:{tag}", "--os", "linux",
+                "--architecture", "amd64", "--config.cmd", "bash", "--config.env", PATH_ENV)  # fmt: skip
+            run("umoci", "gc", "--layout", str(layout))
+            done.write_text(" ".join(packages) + "\n")
+        previous = tag
+    return layout
+
+
+def main() -> None:
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else default_out()
+    print(build(out))
+
+
+if __name__ == "__main__":
+    main()
