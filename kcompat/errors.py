@@ -6,6 +6,7 @@ Every message names the input that failed and says what to do next, on one line.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -39,6 +40,10 @@ class KcompatError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # whole across a process boundary (layers are scanned in worker processes)
+        return (_restore, (type(self), self.message, dict(self.__dict__)))
 
     def __str__(self) -> str:
         if self.hint:
@@ -107,3 +112,10 @@ class ContainerError(KcompatError):
         super().__init__(message, hint=hint)
         known = exit_code in ExitCode._value2member_map_
         self.exit_code = ExitCode(exit_code) if known else ExitCode.CONTAINER_SETUP
+
+
+def _restore(cls: type[KcompatError], message: str, state: dict[str, Any]) -> KcompatError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err

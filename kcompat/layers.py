@@ -9,11 +9,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import queue
 import tarfile
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
+from types import ModuleType
 from typing import IO, Any, cast
 
 import zstandard
@@ -23,6 +26,21 @@ from kcompat.errors import BadImageError, IntegrityError
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 READ_BUFFER = 1 << 20
+CHUNK = 4 << 20  # the most decompressed bytes held per chunk (a gzip/zstd bomb stays small)
+
+# gzip: ISA-L's inflate when installed. On this project's corpus (bench/speed) it
+# decompresses real layers 2.5x as fast as zlib, 1.3x as fast as zlib-ng, and faster
+# than rapidgzip on 2 cores; zlib is the fallback.
+_INFLATE: ModuleType
+try:
+    from isal import isal_zlib as _INFLATE
+
+    GZIP_ENGINE = "isal"
+    _INFLATE_ERRORS: tuple[type[BaseException], ...] = (_INFLATE.IsalError, zlib.error)
+except ImportError:  # pragma: no cover - isal has wheels for every platform kcompat runs on
+    _INFLATE = zlib
+    GZIP_ENGINE = "zlib"
+    _INFLATE_ERRORS = (zlib.error,)
 
 
 class _Wrapper(io.RawIOBase):
@@ -126,6 +144,7 @@ CORRUPT_ERRORS: tuple[type[BaseException], ...] = (
     gzip.BadGzipFile,
     zstandard.ZstdError,
     OSError,
+    *_INFLATE_ERRORS,
 )
 
 
@@ -282,5 +301,135 @@ def iter_tar(reader: VerifyingReader, what: str) -> Iterator[TarMember]:
         reader.close()
 
 
-def entry_kind(info: tarfile.TarInfo) -> FileKind | None:
-    return _KINDS.get(info.type)
+def entry_kind(type_flag: bytes) -> FileKind | None:
+    """The kind of a tar member from its type flag (b"0", b"5", ...); None if unsupported."""
+    return _KINDS.get(type_flag)
+
+
+def _gunzip(first: bytes, reader: io.RawIOBase) -> Iterator[bytes]:
+    """Inflate a gzip stream of one or more members; zero padding after the last member is
+    allowed (as Python's gzip and GNU gzip allow it), anything else after it is not."""
+    d = _INFLATE.decompressobj(31)
+    pending = first
+    while True:
+        if not pending:
+            pending = reader.read(READ_BUFFER)
+            if not pending:
+                break
+        if d.eof:  # a member ended: what follows is another member or zero padding
+            if not pending.strip(b"\0"):
+                pending = b""
+                continue
+            if not pending.lstrip(b"\0").startswith(GZIP_MAGIC[:1]):
+                raise EOFError("data after the end of the gzip stream")
+            pending = pending.lstrip(b"\0")
+            d = _INFLATE.decompressobj(31)
+        out = d.decompress(pending, CHUNK)
+        if out:
+            yield out
+        pending = d.unused_data if d.eof else d.unconsumed_tail
+        while not d.eof and not pending and len(out) == CHUNK:  # output held back
+            out = d.decompress(b"", CHUNK)
+            if out:
+                yield out
+    if not d.eof:
+        raise EOFError("the gzip stream ends early")
+
+
+class _Prefixed(io.RawIOBase):
+    def __init__(self, first: bytes, rest: io.RawIOBase) -> None:
+        super().__init__()
+        self._first, self._rest = first, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._first[: len(buffer)] if self._first else self._rest.read(len(buffer))
+        self._first = self._first[len(data) :]
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def decompressed_chunks(reader: VerifyingReader, what: str) -> Iterator[bytes]:
+    """A layer blob's tar bytes in chunks of at most CHUNK bytes, however it is compressed;
+    then its digest is checked. Errors name `what`."""
+    try:
+        first = reader.read(READ_BUFFER) or b""
+        kind = detect_compression(first[:4])
+        if kind is Compression.GZIP:
+            yield from _gunzip(first, reader)
+        elif kind is Compression.ZSTD:
+            source = _Prefixed(first, reader)
+            stream = zstandard.ZstdDecompressor().stream_reader(
+                cast(IO[bytes], source), read_size=READ_BUFFER, read_across_frames=True
+            )
+            while out := stream.read(CHUNK):
+                yield out
+        else:
+            if first:
+                yield first
+            while more := reader.read(READ_BUFFER):
+                yield more
+        reader.finish()
+    except CORRUPT_ERRORS as e:
+        raise BadImageError(
+            f"{what} is truncated or corrupt: {e.__class__.__name__}: {e}",
+            hint="pull the image again; if it persists the image itself is broken",
+        ) from None
+    finally:
+        reader.close()
+
+
+_DONE = object()
+
+
+class Prefetch:
+    """Runs an iterator in a thread of its own, `depth` items ahead of the consumer, so
+    reading, hashing and inflating (which release the GIL) overlap with parsing.
+    The producer's exception is raised in the consumer; `close()` stops the producer."""
+
+    def __init__(self, items: Iterator[bytes], depth: int = 4) -> None:
+        self._items = items
+        self._queue: queue.Queue[object] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self._items:
+                if not self._put(item):
+                    return
+            self._put(_DONE)
+        except BaseException as e:  # handed to the consumer
+            self._put(e)
+        finally:
+            close = getattr(self._items, "close", None)
+            if close is not None:
+                close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield cast(bytes, item)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -14,9 +14,9 @@ layer's non-directory where a higher layer writes a directory, absurd sizes.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Protocol, TypeVar
 
 from kcompat.layers import (
     FileEntry,
@@ -65,6 +65,137 @@ def _ancestors(path: str) -> Iterator[str]:
         i = path.rfind("/")
 
 
+class Header(Protocol):
+    """What the merge reads of a tar header: tarfile.TarInfo and tarstream.TarHeader."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def type(self) -> bytes: ...
+    @property
+    def mode(self) -> int: ...
+    @property
+    def uid(self) -> int: ...
+    @property
+    def gid(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def linkname(self) -> str: ...
+    @property
+    def devmajor(self) -> int: ...
+    @property
+    def devminor(self) -> int: ...
+
+
+P = TypeVar("P")
+# a layer for `merge`: its digest and a function giving its (header, payload) pairs in order
+MergeLayer = tuple[str, Callable[[], Iterable[tuple[Header, P]]]]
+
+
+def merge(
+    layers: Sequence[MergeLayer[P]],
+    max_size: int,
+    issues: list[LayerIssue],
+) -> Iterator[tuple[FileEntry, P]]:
+    """The final entries of layers given lowest first, read top-down (see the module's
+    doc), each with the payload its layer paired with its header. Refused and
+    neutralised entries are appended to `issues`."""
+    seen: set[str] = set()  # exact paths final in a higher layer
+    masked: set[str] = set()  # whiteouts and non-directories of higher layers
+    opaque: set[str] = set()  # directories whose lower content is hidden
+    implied_dirs: set[str] = set()  # ancestors of anything yielded so far
+    for index in range(len(layers) - 1, -1, -1):
+        digest, members = layers[index]
+
+        def issue(path: str, action: str, reason: str, digest: str = digest) -> None:
+            issues.append(LayerIssue(digest, path, action, reason))
+
+        seen_here: set[str] = set()
+        masked_here: set[str] = set()
+        opaque_here: set[str] = set()
+        nondir_here: set[str] = set()
+        for info, payload in members():
+            path, note = clean_path(info.name)
+            if path is None:
+                issue(info.name, "refused", note or "bad path")
+                continue
+            if path == "":
+                continue  # the root directory itself
+            if note:
+                issue(info.name, "neutralised", note)
+            parent, _, base = path.rpartition("/")
+            if base.startswith(WHITEOUT):
+                if base == OPAQUE:
+                    opaque_here.add(parent)
+                elif not base.startswith(WHITEOUT + WHITEOUT):  # .wh..wh.plnk (aufs)
+                    masked_here.add(f"{parent}/{base[4:]}" if parent else base[4:])
+                continue
+            # Hidden by a higher layer: normal layering, not an issue.
+            if (
+                path in seen
+                or path in masked
+                or any(a in masked or a in opaque for a in _ancestors(path))
+            ):
+                continue
+            kind = entry_kind(info.type)
+            if kind is None:
+                issue(path, "skipped", f"unsupported tar entry type {info.type!r}")
+                continue
+            bad_parent = next((a for a in _ancestors(path) if a in nondir_here), None)
+            if bad_parent is not None:
+                issue(
+                    path,
+                    "refused",
+                    f"written through {bad_parent!r}, which this layer made a symlink or file",
+                )
+                continue
+            if kind is not FileKind.DIR and path in implied_dirs:
+                issue(
+                    path,
+                    "neutralised",
+                    f"this {kind.value} is replaced by the directory that "
+                    "a higher layer writes into",
+                )
+                continue
+            if kind is FileKind.FILE and info.size > max_size:
+                issue(
+                    path,
+                    "refused",
+                    f"size {info.size} exceeds the limit {max_size} (KCOMPAT_MAX_FILE_SIZE)",
+                )
+                continue
+            linkname = info.linkname
+            if kind is FileKind.HARDLINK:
+                target, _ = clean_path(linkname)
+                if not target:
+                    issue(
+                        path, "refused", f"hard link to {linkname!r} points outside the image root"
+                    )
+                    continue
+                linkname = target
+            seen_here.add(path)
+            if kind is not FileKind.DIR:
+                nondir_here.add(path)
+            implied_dirs.update(_ancestors(path))
+            entry = FileEntry(
+                path=path,
+                kind=kind,
+                mode=info.mode & 0o7777,
+                size=info.size if kind is FileKind.FILE else 0,
+                linkname=linkname,
+                uid=info.uid,
+                gid=info.gid,
+                devmajor=info.devmajor,
+                devminor=info.devminor,
+                layer=index,
+            )
+            yield entry, payload
+        seen |= seen_here
+        masked |= masked_here | nondir_here
+        opaque |= opaque_here
+
+
 class MergedView:
     def __init__(self, layers: Sequence[LayerInput], max_size: int | None = None) -> None:
         self.layers = list(layers)
@@ -72,104 +203,10 @@ class MergedView:
         self.max_size = max_size if max_size is not None else max_file_size()
 
     def __iter__(self) -> Iterator[ViewItem]:
-        seen: set[str] = set()  # exact paths final in a higher layer
-        masked: set[str] = set()  # whiteouts and non-directories of higher layers
-        opaque: set[str] = set()  # directories whose lower content is hidden
-        implied_dirs: set[str] = set()  # ancestors of anything yielded so far
-        for index in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[index]
+        def members(layer: LayerInput) -> Callable[[], Iterator[tuple[Header, TarMember]]]:
             what = f"layer {layer.digest}"
-            seen_here: set[str] = set()
-            masked_here: set[str] = set()
-            opaque_here: set[str] = set()
-            nondir_here: set[str] = set()
-            for member in iter_tar(layer.open(), what):
-                info = member.info
-                path, note = clean_path(info.name)
-                if path is None:
-                    self._issue(layer, info.name, "refused", note or "bad path")
-                    continue
-                if path == "":
-                    continue  # the root directory itself
-                if note:
-                    self._issue(layer, info.name, "neutralised", note)
-                parent, _, base = path.rpartition("/")
-                if base.startswith(WHITEOUT):
-                    if base == OPAQUE:
-                        opaque_here.add(parent)
-                    elif not base.startswith(WHITEOUT + WHITEOUT):  # .wh..wh.plnk (aufs)
-                        masked_here.add(f"{parent}/{base[4:]}" if parent else base[4:])
-                    continue
-                # Hidden by a higher layer: normal layering, not an issue.
-                if (
-                    path in seen
-                    or path in masked
-                    or any(a in masked or a in opaque for a in _ancestors(path))
-                ):
-                    continue
-                kind = entry_kind(info)
-                if kind is None:
-                    self._issue(layer, path, "skipped", f"unsupported tar entry type {info.type!r}")
-                    continue
-                bad_parent = next((a for a in _ancestors(path) if a in nondir_here), None)
-                if bad_parent is not None:
-                    self._issue(
-                        layer,
-                        path,
-                        "refused",
-                        f"written through {bad_parent!r}, which this layer made a symlink or file",
-                    )
-                    continue
-                if kind is not FileKind.DIR and path in implied_dirs:
-                    self._issue(
-                        layer,
-                        path,
-                        "neutralised",
-                        f"this {kind.value} is replaced by the directory that "
-                        "a higher layer writes into",
-                    )
-                    continue
-                if kind is FileKind.FILE and info.size > self.max_size:
-                    self._issue(
-                        layer,
-                        path,
-                        "refused",
-                        f"size {info.size} exceeds the limit {self.max_size} "
-                        "(KCOMPAT_MAX_FILE_SIZE)",
-                    )
-                    continue
-                linkname = info.linkname
-                if kind is FileKind.HARDLINK:
-                    target, _ = clean_path(linkname)
-                    if not target:
-                        self._issue(
-                            layer,
-                            path,
-                            "refused",
-                            f"hard link to {linkname!r} points outside the image root",
-                        )
-                        continue
-                    linkname = target
-                seen_here.add(path)
-                if kind is not FileKind.DIR:
-                    nondir_here.add(path)
-                implied_dirs.update(_ancestors(path))
-                entry = FileEntry(
-                    path=path,
-                    kind=kind,
-                    mode=info.mode & 0o7777,
-                    size=info.size if kind is FileKind.FILE else 0,
-                    linkname=linkname,
-                    uid=info.uid,
-                    gid=info.gid,
-                    devmajor=info.devmajor,
-                    devminor=info.devminor,
-                    layer=index,
-                )
-                yield ViewItem(entry, member if kind is FileKind.FILE else None)
-            seen |= seen_here
-            masked |= masked_here | nondir_here
-            opaque |= opaque_here
+            return lambda: ((m.info, m) for m in iter_tar(layer.open(), what))
 
-    def _issue(self, layer: LayerInput, path: str, action: str, reason: str) -> None:
-        self.issues.append(LayerIssue(layer.digest, path, action, reason))
+        inputs = [(layer.digest, members(layer)) for layer in self.layers]
+        for entry, member in merge(inputs, self.max_size, self.issues):
+            yield ViewItem(entry, member if entry.kind is FileKind.FILE else None)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kcompat.image import ResolvedImage
-from kcompat.layers import LayerIssue
+from kcompat.layers import LayerIssue, VerifyingReader
 from kcompat.merged import LayerInput, MergedView
 from kcompat.platform import host_platform
 from kcompat.progress import Progress
@@ -91,9 +91,22 @@ def inspect_report(image: ResolvedImage) -> dict[str, Any]:
     }
 
 
-def scan_image(opened: OpenImage) -> Scan:
-    """Every file of the image, scanned in one pass over its layers (kcompat.scan)."""
-    from kcompat.scan import Item, scan_items  # the scanner's imports only when scanning
+def scan_image(opened: OpenImage, store: BlobStore | None = None) -> Scan:
+    """Every file of the image, each layer scanned in one streaming pass or read from the
+    per-layer cache under `store`'s root (kcompat.layerscan)."""
+    from kcompat.layerscan import LayerCache, assemble, scan_layers
+    from kcompat.scan import scan_path  # the scanner's imports only when scanning
 
     env = dict(e.split("=", 1) for e in opened.image.config.env if "=" in e)
-    return scan_items((Item(v.entry, v.open) for v in opened.files()), env)
+    own = opened.source.rootfs_dir()
+    if own is not None:
+        return scan_path(own, env)
+    descs = {d.digest: d for d in opened.image.layers}
+
+    def open_layer(digest: str) -> VerifyingReader:
+        return opened.source.open_layer(descs[digest])
+
+    store = store or BlobStore()
+    layers = [(d.digest, d.size) for d in opened.image.layers]
+    scans = scan_layers(layers, open_layer, LayerCache(store.root))
+    return assemble(scans, env)[0]

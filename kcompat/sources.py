@@ -7,6 +7,7 @@ a layer's raw bytes (`open_layer`, digest-checked as it is read).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from kcompat.auth import Credentials
 from kcompat.errors import BadImageError, KcompatError, NotFoundError, UsageError
@@ -288,10 +289,33 @@ class OCILayoutSource(_LayoutSource):
         return (self.path / "index.json").read_bytes()
 
 
+class _Slice(io.RawIOBase):
+    """`size` bytes of a file from `offset`, read through its own file handle."""
+
+    def __init__(self, path: Path, offset: int, size: int) -> None:
+        super().__init__()
+        self._f = open(path, "rb")  # noqa: SIM115 (closed by close())
+        self._f.seek(offset)
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._f.readinto(memoryview(buffer)[: min(len(buffer), self._left)])
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
 class _Archive:
     """A tar archive read in place (no extraction), members looked up by name."""
 
     def __init__(self, path: Path, where: str) -> None:
+        self.path = path
         try:
             self.tar = tarfile.open(path, "r:")  # noqa: SIM115 (kept open; closed by close())
         except FileNotFoundError:
@@ -305,10 +329,14 @@ class _Archive:
                 self.members[name] = m
 
     def open(self, name: str) -> IO[bytes] | None:
+        """A member's bytes through a file handle of its own, so that readers in several
+        threads or forked processes never share a file offset."""
         m = self.members.get(os.path.normpath(name))
         if m is None:
             return None
-        return self.tar.extractfile(m)
+        if m.sparse is not None:  # pragma: no cover - no image tool writes sparse members
+            return self.tar.extractfile(m)
+        return cast(IO[bytes], io.BufferedReader(_Slice(self.path, m.offset_data, m.size)))
 
     def close(self) -> None:
         self.tar.close()

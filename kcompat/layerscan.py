@@ -1,0 +1,260 @@
+"""Scanning an image layer by layer: one streaming pass per layer, cached by its digest.
+
+Each layer is scanned on its own, as a stream: its blob is read, hashed and inflated in
+a thread (kcompat.layers.Prefetch; hashlib and ISA-L release the GIL), while the tar
+headers are parsed (kcompat.tarstream) and each regular file is judged on its first
+bytes: non-ELF data is skipped without a copy, ELF and the few other formats kcompat
+reads are parsed (kcompat.scan.scan_file). Nothing is written to disk but the result.
+Memory is the largest file examined plus a few chunks of 4 MiB.
+
+A layer's result (`LayerScan`: every header, and what was found in its files) depends
+only on the layer's bytes and the scanner's code. So it is cached under the layer's
+digest and a key computed from the scanner's own source files (SCANNER_KEY): a layer
+shared by many images is scanned once, a second `check` of an image reads only these
+results, and any change to the scanner's code makes new keys. Results are written to a
+temporary file and renamed into place, so concurrent runs never see a partial one.
+
+Layers not in the cache are scanned in parallel, one worker process each (forked, so
+the already opened source is inherited), largest first, up to the machine's cores.
+The image's `Scan` is then assembled from the layers' results by the same merge rules
+as the streaming view (kcompat.merged.merge): whiteouts, opaque directories, hostile
+entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import multiprocessing
+import os
+import pickle
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from kcompat import __version__, formats
+from kcompat.errors import BadImageError
+from kcompat.formats import Format
+from kcompat.layers import (
+    FileKind,
+    LayerIssue,
+    Prefetch,
+    VerifyingReader,
+    clean_path,
+    decompressed_chunks,
+)
+from kcompat.merged import Header, max_file_size, merge
+from kcompat.scan import _KEEP_MAX, Node, Scan, ScannedFile, Tree, _keep, scan_file
+from kcompat.tarstream import FILE_TYPES, TarError, TarHeader, TarStream
+
+# The modules whose code decides a LayerScan's content.
+_SCANNER_MODULES = ("scan", "elf", "formats", "disasm", "tarstream", "layers", "layerscan")
+
+
+def _scanner_key() -> str:
+    h = hashlib.sha256(f"{__version__} {sys.version_info[:2]} {pickle.HIGHEST_PROTOCOL}".encode())
+    here = Path(__file__).resolve().parent
+    for name in _SCANNER_MODULES:
+        try:
+            h.update((here / f"{name}.py").read_bytes())
+        except OSError:  # pragma: no cover - an install without sources: the version only
+            h.update(name.encode())
+    return h.hexdigest()[:16]
+
+
+SCANNER_KEY = _scanner_key()
+
+
+@dataclass
+class LayerScan:
+    """What one layer holds: every tar header in order, and, by header index, the files
+    whose format kcompat reads, the small text files it keeps, and C library banners."""
+
+    digest: str
+    headers: list[TarHeader] = field(default_factory=list)
+    files: dict[int, ScannedFile] = field(default_factory=dict)
+    texts: dict[int, str] = field(default_factory=dict)
+    banners: dict[int, str] = field(default_factory=dict)
+
+
+def scan_layer(reader: VerifyingReader, digest: str) -> LayerScan:
+    """One streaming pass over a layer blob; raises BadImageError/IntegrityError for a
+    corrupt or tampered blob."""
+    what = f"layer {digest}"
+    out = LayerScan(digest)
+    limit = max_file_size()
+    prefetch = Prefetch(decompressed_chunks(reader, what))
+    chunks = iter(prefetch)
+    tar = TarStream(chunks)
+    try:
+        for i, h in enumerate(tar):
+            out.headers.append(h)
+            if h.type not in FILE_TYPES or h.size > limit:
+                continue
+            rel, _ = clean_path(h.name)
+            if not rel:
+                continue  # refused by the merge; its data is skipped
+            path = "/" + rel
+            head = tar.read(formats.HEAD_SIZE)
+            if _keep(path) and h.size <= _KEEP_MAX:
+                out.texts[i] = (head + tar.read()).decode("utf-8", "replace")
+                continue
+            scanned, banner = scan_file(path, h.mode & 0o7777, h.size, head, tar.read)
+            if scanned.format is not Format.OTHER:
+                out.files[i] = scanned
+            if banner:
+                out.banners[i] = banner
+        for _ in chunks:  # to the blob's end: the digest is checked there
+            pass
+    except TarError as e:
+        raise BadImageError(
+            f"{what} is truncated or corrupt: {e}",
+            hint="pull the image again; if it persists the image itself is broken",
+        ) from None
+    finally:
+        prefetch.close()
+    return out
+
+
+# -- the cache ---------------------------------------------------------------------------
+
+
+class LayerCache:
+    """LayerScans on disk: <root>/scans/<SCANNER_KEY>/<algo>/<hex>, private to the user."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "scans" / SCANNER_KEY
+
+    def path(self, digest: str) -> Path:
+        algo, _, hexpart = digest.partition(":")
+        if not hexpart.isalnum() or not algo.isalnum():
+            raise BadImageError(f"{digest!r} is not a digest")
+        return self.dir / algo / hexpart
+
+    def load(self, digest: str) -> LayerScan | None:
+        """The cached scan, or None (missing, another user's, or unreadable: then removed)."""
+        path = self.path(digest)
+        try:
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_uid != os.geteuid():
+                    return None  # never unpickle what another user could have written
+                loaded = pickle.load(f)
+        except FileNotFoundError:
+            return None
+        except Exception:  # a damaged entry is a miss; it is rewritten after the scan
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        if not isinstance(loaded, LayerScan) or loaded.digest != digest:
+            return None
+        return loaded
+
+    def save(self, scan: LayerScan) -> bytes:
+        """Write atomically (best effort: a cache that cannot be written is no error);
+        return the pickled bytes."""
+        data = pickle.dumps(scan, protocol=pickle.HIGHEST_PROTOCOL)
+        path = self.path(scan.digest)
+        try:
+            if not path.parent.is_dir():
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self._prune()
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError:
+            pass
+        return data
+
+    def _prune(self) -> None:
+        """Results of other scanner versions are never read again: remove them."""
+        import shutil
+
+        for other in self.dir.parent.iterdir():
+            if other.name != SCANNER_KEY and other.is_dir():
+                shutil.rmtree(other, ignore_errors=True)
+
+
+# -- many layers ----------------------------------------------------------------------
+
+Opener = Callable[[str], VerifyingReader]  # digest -> the layer blob's reader
+_JOB: tuple[Opener, LayerCache] | None = None  # inherited by forked workers
+
+
+def _scan_and_save(digest: str) -> bytes:
+    assert _JOB is not None
+    opener, cache = _JOB
+    return cache.save(scan_layer(opener(digest), digest))
+
+
+def scan_layers(
+    layers: Sequence[tuple[str, int]], opener: Opener, cache: LayerCache, jobs: int | None = None
+) -> list[LayerScan]:
+    """The LayerScan of each (digest, size), from the cache or scanned now: in parallel
+    worker processes when more than one layer is missing and there is more than one core."""
+    global _JOB
+    found: dict[str, LayerScan | None] = {d: cache.load(d) for d, _ in layers}
+    todo = sorted({(s, d) for d, s in layers if found[d] is None}, reverse=True)
+    workers = min(len(todo), jobs or os.cpu_count() or 1)
+    _JOB = (opener, cache)
+    try:
+        if workers <= 1:
+            for _, d in todo:
+                found[d] = pickle.loads(_scan_and_save(d))
+        else:
+            ctx = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                futures = {d: pool.submit(_scan_and_save, d) for _, d in todo}
+                try:
+                    for d, fut in futures.items():
+                        found[d] = pickle.loads(fut.result())
+                except BaseException:
+                    for fut in futures.values():
+                        fut.cancel()
+                    raise
+    finally:
+        _JOB = None
+    return [found[d] for d, _ in layers]  # type: ignore[misc]
+
+
+def assemble(scans: Sequence[LayerScan], env: dict[str, str]) -> tuple[Scan, list[LayerIssue]]:
+    """The image's Scan from its layers' results, lowest layer first."""
+    issues: list[LayerIssue] = []
+
+    def members(ls: LayerScan) -> Callable[[], Iterator[tuple[Header, int]]]:
+        return lambda: ((h, i) for i, h in enumerate(ls.headers))
+
+    tree = Tree()
+    files: dict[str, ScannedFile] = {}
+    texts: dict[str, str] = {}
+    banners: dict[str, str] = {}
+    inputs = [(ls.digest, members(ls)) for ls in scans]
+    for entry, index in merge(inputs, max_file_size(), issues):
+        path = "/" + entry.path
+        kind = entry.kind
+        linkname = entry.linkname if kind is not FileKind.HARDLINK else "/" + entry.linkname
+        tree.add(path, Node(kind, linkname, entry.mode))
+        if kind is not FileKind.FILE:
+            continue
+        ls = scans[entry.layer]
+        scanned = ls.files.get(index)
+        if scanned is not None:
+            files[path] = scanned
+        else:
+            files.pop(path, None)  # a path written twice in a layer: the later wins
+        if index in ls.texts:
+            texts[path] = ls.texts[index]
+        if index in ls.banners:
+            banners[path] = ls.banners[index]
+    for path, node in tree.nodes.items():
+        if node.kind is FileKind.HARDLINK and node.linkname in files and path not in files:
+            files[path] = replace(files[node.linkname], path=path)
+    return Scan(files, tree, texts, dict(env), banners), issues
