@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kcompat.formats import Format
-from kcompat.needs import BinaryNeeds, needs_of
+from kcompat.needs import BinaryNeeds, Imports, needs_of
 from kcompat.scan import Scan, ScannedFile
 from kcompat.versions import version_key
 
@@ -43,13 +43,14 @@ class BinaryFacts:
 def facts(scan: Scan) -> list[BinaryFacts]:
     glibc = next((c.version for c in scan.libc() if c.family == "glibc"), None)
     out = []
+    memo: dict[tuple[str, str, str | None], Imports] = {}
     for f in sorted(scan.executables(), key=lambda f: f.path):
         needs = None
         missing: tuple[str, ...] = ()
         interp_found: bool | None = None
         if f.elf and f.executable:
             libraries, not_found = scan.load(f)  # one loader walk for both uses
-            needs = needs_of(scan, f, glibc, libraries)
+            needs = needs_of(scan, f, glibc, libraries, memo)
             if f.elf.interpreter:
                 interp_found = scan.tree.resolve(f.elf.interpreter) in scan.files
                 if interp_found:

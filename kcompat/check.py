@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from kcompat import __version__
-from kcompat.binaries import binaries_report
+from kcompat.analysis import analyse
 from kcompat.platform import Platform
-from kcompat.pull import OpenImage, scan_image
+from kcompat.pull import OpenImage
 from kcompat.rules import Finding, Result, Severity, check
 from kcompat.target import Target
 
@@ -34,7 +34,8 @@ def choose_platform(platforms: tuple[Platform, ...], target: Target) -> Platform
 
 
 def run_check(opened: OpenImage, target: Target, argv: list[str] | None) -> dict[str, Any]:
-    scan = scan_image(opened)
+    analysis = analyse(opened)
+    scan = analysis.scan
     result = check(scan, opened.image.config, target, argv)
     platforms = opened.image.index_platforms
     if len(platforms) > 1:
@@ -50,7 +51,7 @@ def run_check(opened: OpenImage, target: Target, argv: list[str] | None) -> dict
                 tuple(str(p) for p in platforms),
             )
         )
-    return report(opened, target, result, binaries_report(scan)["summary"])
+    return report(opened, target, result, analysis.summary)
 
 
 def _finding(f: Finding) -> dict[str, Any]:

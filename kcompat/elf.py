@@ -96,8 +96,7 @@ class VersionNeed:
     versions: tuple[str, ...]  # ("GLIBC_2.2.5", "GLIBC_2.34")
 
 
-@dataclass(frozen=True)
-class Symbol:
+class Symbol(NamedTuple):  # a tuple: an image has ~100,000 of them to cache and load
     name: str
     version: str | None  # "GLIBC_2.34"; None when unversioned
 

@@ -54,15 +54,23 @@ from kcompat.tarstream import FILE_TYPES, TarError, TarHeader, TarStream
 _SCANNER_MODULES = ("scan", "elf", "formats", "disasm", "tarstream", "layers", "layerscan")
 
 
-def _scanner_key() -> str:
+def code_key(files: Sequence[Path]) -> str:
+    """A short hash of kcompat's version, the Python version and the given files' bytes:
+    a cache entry made under another key was made by other code and is never read."""
     h = hashlib.sha256(f"{__version__} {sys.version_info[:2]} {pickle.HIGHEST_PROTOCOL}".encode())
-    here = Path(__file__).resolve().parent
-    for name in _SCANNER_MODULES:
+    for path in files:
         try:
-            h.update((here / f"{name}.py").read_bytes())
+            h.update(path.read_bytes())
         except OSError:  # pragma: no cover - an install without sources: the version only
-            h.update(name.encode())
+            h.update(path.name.encode())
     return h.hexdigest()[:16]
+
+
+_HERE = Path(__file__).resolve().parent
+
+
+def _scanner_key() -> str:
+    return code_key([_HERE / f"{name}.py" for name in _SCANNER_MODULES])
 
 
 SCANNER_KEY = _scanner_key()
@@ -122,11 +130,13 @@ def scan_layer(reader: VerifyingReader, digest: str) -> LayerScan:
 # -- the cache ---------------------------------------------------------------------------
 
 
-class LayerCache:
-    """LayerScans on disk: <root>/scans/<SCANNER_KEY>/<algo>/<hex>, private to the user."""
+class ResultCache:
+    """Pickled results on disk under <root>/<kind>/<code key>/, private to the user:
+    written to a temporary file and renamed into place, read only if this user wrote it."""
 
-    def __init__(self, root: Path) -> None:
-        self.dir = root / "scans" / SCANNER_KEY
+    def __init__(self, root: Path, kind: str, key: str) -> None:
+        self.dir = root / kind / key
+        self.key = key
 
     def path(self, digest: str) -> Path:
         algo, _, hexpart = digest.partition(":")
@@ -134,29 +144,27 @@ class LayerCache:
             raise BadImageError(f"{digest!r} is not a digest")
         return self.dir / algo / hexpart
 
-    def load(self, digest: str) -> LayerScan | None:
-        """The cached scan, or None (missing, another user's, or unreadable: then removed)."""
+    def read(self, digest: str) -> object | None:
+        """The cached object, or None (missing, another user's, or unreadable: removed)."""
         path = self.path(digest)
         try:
             with open(path, "rb") as f:
                 if os.fstat(f.fileno()).st_uid != os.geteuid():
                     return None  # never unpickle what another user could have written
-                loaded = pickle.load(f)
+                loaded: object = pickle.load(f)
+                return loaded
         except FileNotFoundError:
             return None
         except Exception:  # a damaged entry is a miss; it is rewritten after the scan
             with contextlib.suppress(OSError):
                 path.unlink()
             return None
-        if not isinstance(loaded, LayerScan) or loaded.digest != digest:
-            return None
-        return loaded
 
-    def save(self, scan: LayerScan) -> bytes:
+    def write(self, digest: str, obj: object) -> bytes:
         """Write atomically (best effort: a cache that cannot be written is no error);
         return the pickled bytes."""
-        data = pickle.dumps(scan, protocol=pickle.HIGHEST_PROTOCOL)
-        path = self.path(scan.digest)
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        path = self.path(digest)
         try:
             if not path.parent.is_dir():
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -175,12 +183,28 @@ class LayerCache:
         return data
 
     def _prune(self) -> None:
-        """Results of other scanner versions are never read again: remove them."""
+        """Results of other code versions are never read again: remove them."""
         import shutil
 
         for other in self.dir.parent.iterdir():
-            if other.name != SCANNER_KEY and other.is_dir():
+            if other.name != self.key and other.is_dir():
                 shutil.rmtree(other, ignore_errors=True)
+
+
+class LayerCache(ResultCache):
+    """LayerScans by layer digest, under the scanner's code key."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, "scans", SCANNER_KEY)
+
+    def load(self, digest: str) -> LayerScan | None:
+        loaded = self.read(digest)
+        if not isinstance(loaded, LayerScan) or loaded.digest != digest:
+            return None
+        return loaded
+
+    def save(self, scan: LayerScan) -> bytes:
+        return self.write(scan.digest, scan)
 
 
 # -- many layers ----------------------------------------------------------------------

@@ -93,6 +93,41 @@ P = TypeVar("P")
 MergeLayer = tuple[str, Callable[[], Iterable[tuple[Header, P]]]]
 
 
+class _Memo:
+    """Answers by parent directory, for one layer (most entries share their parent with
+    the entries before them): is it hidden by a higher layer's whiteout, opaque marker or
+    non-directory (those sets do not change while a layer is read); is it written
+    through a non-directory of this layer (forgotten if a non-directory appears at a
+    directory already answered for: rare, and hostile)."""
+
+    def __init__(self, masked: set[str], opaque: set[str], nondir_here: set[str]) -> None:
+        self.masked, self.opaque, self.nondir_here = masked, opaque, nondir_here
+        self._hidden: dict[str, bool] = {}
+        self._through: dict[str, str | None] = {}
+
+    def hidden(self, parent: str) -> bool:
+        h = self._hidden.get(parent)
+        if h is None:
+            h = parent in self.masked or parent in self.opaque
+            if not h and "/" in parent:
+                h = self.hidden(parent[: parent.rfind("/")])
+            self._hidden[parent] = h
+        return h
+
+    def through(self, parent: str) -> str | None:
+        if parent in self._through:
+            return self._through[parent]
+        bad = parent if parent in self.nondir_here else None
+        if bad is None and "/" in parent:
+            bad = self.through(parent[: parent.rfind("/")])
+        self._through[parent] = bad
+        return bad
+
+    def new_nondir(self, path: str) -> None:
+        if path in self._through:
+            self._through.clear()
+
+
 def merge(
     layers: Sequence[MergeLayer[P]],
     max_size: int,
@@ -115,6 +150,7 @@ def merge(
         masked_here: set[str] = set()
         opaque_here: set[str] = set()
         nondir_here: set[str] = set()
+        memo = _Memo(masked, opaque, nondir_here)
         for info, payload in members():
             path, note = clean_path(info.name)
             if path is None:
@@ -132,17 +168,13 @@ def merge(
                     masked_here.add(f"{parent}/{base[4:]}" if parent else base[4:])
                 continue
             # Hidden by a higher layer: normal layering, not an issue.
-            if (
-                path in seen
-                or path in masked
-                or any(a in masked or a in opaque for a in _ancestors(path))
-            ):
+            if path in seen or path in masked or (parent and memo.hidden(parent)):
                 continue
             kind = entry_kind(info.type)
             if kind is None:
                 issue(path, "skipped", f"unsupported tar entry type {info.type!r}")
                 continue
-            bad_parent = next((a for a in _ancestors(path) if a in nondir_here), None)
+            bad_parent = memo.through(parent) if parent else None
             if bad_parent is not None:
                 issue(
                     path,
@@ -177,7 +209,9 @@ def merge(
             seen_here.add(path)
             if kind is not FileKind.DIR:
                 nondir_here.add(path)
-            implied_dirs.update(_ancestors(path))
+                memo.new_nondir(path)
+            if parent and parent not in implied_dirs:  # else its ancestors are in too
+                implied_dirs.update(_ancestors(path))
             entry = FileEntry(
                 path=path,
                 kind=kind,

@@ -100,20 +100,49 @@ class BinaryNeeds:
         return max(dated, key=lambda s: version_key(s.since or "0")) if dated else None
 
 
+_PICKED: dict[tuple[str, str], str | None] = {}
+
+
 def _pick(t: SyscallTable, spec: str) -> str | None:
-    for name in spec.split("|"):
-        row = t.lookup(name)
-        if row is not None and row.implemented:
-            return row.name
-    return None
+    key = (t.abi, spec)
+    if key not in _PICKED:
+        _PICKED[key] = next(
+            (r.name for n in spec.split("|") if (r := t.lookup(n)) is not None and r.implemented),
+            None,
+        )
+    return _PICKED[key]
+
+
+# What one object's imports add, by (path, abi, glibc): (syscall spec, label, fallback)
+# triples and whether it imports syscall(). A library shared by hundreds of executables
+# is looked at once per image.
+Imports = tuple[tuple[tuple[str, str, "str | None"], ...], bool]
+
+
+def _imports(obj: ScannedFile, abi: str, glibc: str | None) -> Imports:
+    assert obj.elf is not None
+    out: list[tuple[str, str, str | None]] = []
+    raw_import = False
+    for sym in obj.elf.undefined:
+        if sym.name == "syscall":
+            raw_import = True
+        for r in _BY_SYMBOL.get(sym.name, ()):
+            if r.applies(abi, glibc):
+                label = sym.name + (f"@{sym.version}" if sym.version else "")
+                out.extend((spec, label, r.fallback) for spec in r.syscalls)
+    return tuple(out), raw_import
 
 
 def needs_of(
-    scan: Scan, f: ScannedFile, glibc: str | None, libraries: list[ScannedFile] | None = None
+    scan: Scan,
+    f: ScannedFile,
+    glibc: str | None,
+    libraries: list[ScannedFile] | None = None,
+    memo: dict[tuple[str, str, str | None], Imports] | None = None,
 ) -> BinaryNeeds | None:
     """The syscalls `f` needs; None for files that are not Linux executables kcompat can
     judge (no ELF, or an ABI without a syscall table). `libraries`: what Scan.load found
-    for `f`, when the caller has it already."""
+    for `f`, when the caller has it already; `memo`: shared by calls for one image."""
     e = f.elf
     if e is None or e.arch.abi is None or e.linkage is Linkage.NONE:
         return None
@@ -125,10 +154,10 @@ def needs_of(
     def add(spec: str, via: str, fallback: str | None = None) -> None:
         name = _pick(t, spec)
         if name is not None:
-            found.setdefault(name, [])
+            vias = found.setdefault(name, [])
             path_fallbacks.setdefault(name, []).append(fallback)
-            if via not in found[name] and len(found[name]) < 4:
-                found[name].append(via)
+            if via not in vias and len(vias) < 4:
+                vias.append(via)
 
     unresolved = 0
     methods = []
@@ -153,19 +182,19 @@ def needs_of(
                         add(spec, f"glibc {glibc or ''} start-up".replace("  ", " "), r.fallback)
         if libraries is None:
             libraries = scan.library_closure(f)
-        objects = [f, *libraries]
-        for obj in objects:
+        memo = {} if memo is None else memo
+        version = glibc if glibc_linked else None
+        for obj in [f, *libraries]:
             if obj.elf is None or obj.elf.soname in ("libc.so.6", "libc.musl-x86_64.so.1"):
                 continue
-            for sym in obj.elf.undefined:
-                if sym.name == "syscall":
-                    raw_import = True
-                for r in _BY_SYMBOL.get(sym.name, ()):
-                    if r.applies(t.abi, glibc if glibc_linked else None):
-                        who = "" if obj is f else f" (in {obj.path})"
-                        label = sym.name + (f"@{sym.version}" if sym.version else "")
-                        for spec in r.syscalls:
-                            add(spec, f"imports {label}{who}", r.fallback)
+            key = (obj.path, t.abi, version)
+            if key not in memo:
+                memo[key] = _imports(obj, t.abi, version)
+            adds, raw = memo[key]
+            raw_import = raw_import or raw
+            who = "" if obj is f else f" (in {obj.path})"
+            for spec, label, fallback in adds:
+                add(spec, f"imports {label}{who}", fallback)
         methods.append("imported libc functions (kcompat/data/libc_syscalls.json)")
     needs = []
     for name, via in sorted(found.items()):

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 from kcompat import disasm, elf, formats
 from kcompat.disasm import SyscallScan
@@ -86,8 +86,7 @@ class ScannedFile:
         return bool(self.mode & 0o111)
 
 
-@dataclass(frozen=True)
-class Node:
+class Node(NamedTuple):  # a tuple: an image has ~20,000 of them to cache and load
     kind: FileKind
     linkname: str  # symlink target, or the path a hard link points to
     mode: int

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 
 from kcompat.errors import UsageError
@@ -50,7 +50,7 @@ class SyscallTable:
     by_nr: dict[int, Syscall]
     by_name: dict[str, Syscall]
 
-    @property
+    @cached_property
     def floor(self) -> str:
         """The oldest kernel the table dates anything to: 2.6.32, or the port's first release."""
         dated = [s.since for s in self.by_nr.values() if s.since]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 
+
+@lru_cache(maxsize=4096)  # a handful of distinct strings, compared many thousand times
 def version_key(version: str) -> tuple[int, ...]:
     """ "4.11" -> (4, 11, 0): missing parts are zero, so "3.2" == "3.2.0";
     raises ValueError on anything but dot-separated numbers."""
