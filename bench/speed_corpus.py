@@ -88,8 +88,8 @@ def build(out: Path) -> Path:
                 (bundle / "rootfs").mkdir()
                 run("tar", "-xpf", str(tar), "--numeric-owner", "-C", str(bundle / "rootfs"))
                 run("umoci", "repack", "--image", f"{layout}:{tag}", str(bundle))
-            run("umoci", "config", "--image", f"{layout}:{tag}", "--os", "linux",
-                "--architecture", "amd64", "--config.cmd", "bash", "--config.env", PATH_ENV)  # fmt: skip
+            run("umoci", "config", "--image", f"{layout}:{tag}", "--os", "linux", "--architecture",
+                "amd64", "--config.cmd", "bash", "--config.env", PATH_ENV)  # fmt: skip
             run("umoci", "gc", "--layout", str(layout))
             done.write_text(" ".join(packages) + "\n")
         previous = tag
