@@ -130,9 +130,9 @@ def _inflate_with(module: object) -> Callable[[Path], int]:
 
 def engines() -> dict[str, Callable[[Path], int]]:
     out: dict[str, Callable[[Path], int]] = {"zlib": _inflate_with(zlib)}
-    for name, module, attr in (("zlib-ng", "zlib_ng", "zlib_ng"), ("isal", "isal", "isal_zlib")):
+    for name, module in (("zlib-ng", "zlib_ng.zlib_ng"), ("isal", "isal.isal_zlib")):
         with contextlib.suppress(ImportError):
-            out[name] = _inflate_with(getattr(importlib.import_module(module), attr))
+            out[name] = _inflate_with(importlib.import_module(module))
     try:
         import rapidgzip
 
@@ -171,7 +171,7 @@ def main() -> None:
 
 
 def image_layers(ref: str, env: dict[str, str]) -> tuple[list[str], int]:
-    out = json.loads(run([*KCOMPAT, "inspect", ref], env).stdout)
+    out = json.loads(run([*KCOMPAT, "inspect", ref, "--format", "json"], env).stdout)
     return [d["digest"] for d in out["layers"]], sum(d["size"] for d in out["layers"])
 
 

@@ -28,6 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: "OS/ARCH[/VARIANT]" is not markup
 )
 
 _state: dict[str, bool] = {"debug": False}

@@ -99,3 +99,17 @@ def test_integrity_failure_exit_code(images: Fixtures, tmp_path: Path) -> None:
     manifest.write_bytes(manifest.read_bytes() + b" ")
     r = kcompat("inspect", f"oci:{layout}:busybox-amd64")
     assert r.returncode == ExitCode.INTEGRITY and "digest" in _one_line_error(r)
+
+
+@pytest.mark.parametrize("command", ["pull", "inspect", "scan", "check", "host", "run", "binfmt"])
+def test_every_command_has_working_help(command: str) -> None:
+    """Help texts hold brackets ("OS/ARCH[/VARIANT]") that rich markup would choke on."""
+    from typer.testing import CliRunner
+
+    from kcompat.cli import app
+
+    result = CliRunner().invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+    if command in ("pull", "inspect", "check", "run"):
+        assert "OS/ARCH[/VARIANT]" in result.output.replace("\n", "")
