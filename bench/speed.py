@@ -13,7 +13,7 @@ For each image:
               the baseline
   cold check  `kcompat check REF --format json` with an empty cache (the blobs are
               downloaded, every layer is scanned): ratio to the fastest decompression
-              (target <= 1.3); peak RSS of kcompat and its workers together, sampled
+              (target <= 1.3); peak memory (PSS) of kcompat and its workers, sampled
               every 10 ms from /proc (target < 300 MB for the 1 GB image)
   warm check  the same command again (target < 0.3 s); and run_check() inside this
               process, to tell kcompat's own work from Python's and the CLI's start-up
@@ -72,15 +72,16 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Comple
     return r
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants, from /proc."""
+def tree_pss(pid: int) -> int:
+    """Proportional set size of a process and all its descendants, from /proc: memory
+    a forked worker shares with its parent is counted once, not once per process."""
     total = 0
     todo = [pid]
     while todo:
         p = todo.pop()
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1]) * 1024
             for tid in os.listdir(f"/proc/{p}/task"):
                 kids = Path(f"/proc/{p}/task/{tid}/children").read_text().split()
@@ -99,7 +100,7 @@ def timed_with_rss(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
     def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, tree_rss(proc.pid))
+            peak = max(peak, tree_pss(proc.pid))
             time.sleep(0.01)
 
     sampler = threading.Thread(target=sample)
@@ -284,7 +285,8 @@ def print_row(r: dict) -> None:  # type: ignore[type-arg]
           + f"  (fastest: {r['best']})")  # fmt: skip
     print(f"  cold check   {r['cold']:6.2f} s   / fastest decompress {best:.2f} s = "
           f"{r['cold'] / best:.2f}   (target <= 1.3)")  # fmt: skip
-    print(f"  peak RSS     {r['peak_rss_mb']:6.0f} MB  (kcompat + its workers; target < 300 MB)")
+    print(f"  peak memory  {r['peak_rss_mb']:6.0f} MB  (PSS of kcompat + its workers; "
+          "target < 300 MB)")  # fmt: skip
     print(f"  warm check   {r['warm']:6.3f} s   (CLI process; target < 0.3 s); in-process "
           f"run_check {r['warm_api']:.3f} s")  # fmt: skip
     if r["shared"] is not None:

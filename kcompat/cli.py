@@ -172,8 +172,6 @@ def inspect_cmd(
     with open_image(image, _options(platform, creds, insecure_registry)) as opened:
         report = inspect_report(opened.image)
         if binaries:
-            store = BlobStore()
-            pull(opened, store)
             from kcompat.binaries import binaries_report
 
             report["binaries"] = binaries_report(scan_image(opened))
@@ -374,8 +372,7 @@ def check_cmd(
     if platform is None:
         options = _best_platform(image, options, target)
     with open_image(image, options) as opened:
-        pull(opened, BlobStore())
-        rep = run_check(opened, target, command or None)
+        rep = run_check(opened, target, command or None)  # fetches only layers not yet scanned
         chosen = str(opened.image.config.platform)
     verification = None
     if verify:

@@ -220,10 +220,15 @@ def _scan_and_save(digest: str) -> bytes:
 
 
 def scan_layers(
-    layers: Sequence[tuple[str, int]], opener: Opener, cache: LayerCache, jobs: int | None = None
+    layers: Sequence[tuple[str, int]],
+    opener: Opener,
+    cache: LayerCache,
+    jobs: int | None = None,
+    after_fork: Callable[[], None] | None = None,
 ) -> list[LayerScan]:
     """The LayerScan of each (digest, size), from the cache or scanned now: in parallel
-    worker processes when more than one layer is missing and there is more than one core."""
+    worker processes when more than one layer is missing and there is more than one core
+    (`after_fork` runs first in each). `opener` is called only for layers scanned now."""
     global _JOB
     found: dict[str, LayerScan | None] = {d: cache.load(d) for d, _ in layers}
     todo = sorted({(s, d) for d, s in layers if found[d] is None}, reverse=True)
@@ -235,7 +240,7 @@ def scan_layers(
                 found[d] = pickle.loads(_scan_and_save(d))
         else:
             ctx = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            with ProcessPoolExecutor(workers, ctx, initializer=after_fork) as pool:
                 futures = {d: pool.submit(_scan_and_save, d) for _, d in todo}
                 try:
                     for d, fut in futures.items():

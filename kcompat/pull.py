@@ -103,10 +103,14 @@ def scan_image(opened: OpenImage, store: BlobStore | None = None) -> Scan:
         return scan_path(own, env)
     descs = {d.digest: d for d in opened.image.layers}
 
+    store = store or BlobStore()
+
     def open_layer(digest: str) -> VerifyingReader:
+        opened.source.fetch_layer(descs[digest], store)  # only layers not scanned before
         return opened.source.open_layer(descs[digest])
 
-    store = store or BlobStore()
     layers = [(d.digest, d.size) for d in opened.image.layers]
-    scans = scan_layers(layers, open_layer, LayerCache(store.root))
+    scans = scan_layers(
+        layers, open_layer, LayerCache(store.root), after_fork=opened.source.after_fork
+    )
     return assemble(scans, env)[0]

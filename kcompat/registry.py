@@ -111,10 +111,16 @@ class RegistryClient:
         )
         self.backoff = backoff
         self.timeout = timeout
-        self.session = session or requests.Session()
+        self.session = session or self.fresh_session()
         self.session.headers["User-Agent"] = USER_AGENT
         self._sleep = sleep
         self._auth_header: str | None = None
+
+    @staticmethod
+    def fresh_session() -> requests.Session:
+        session = requests.Session()
+        session.headers["User-Agent"] = USER_AGENT
+        return session
 
     # -- transport -------------------------------------------------------------------
     def _credentials(self) -> Credentials | None:

@@ -359,9 +359,11 @@ class Scan:
 # -- the pass ----------------------------------------------------------------------------
 
 
+_KEEP_RE = re.compile("|".join(fnmatch.translate(p) for p in _KEEP))
+
+
 def _keep(path: str) -> bool:
-    rel = path.lstrip("/")
-    return any(fnmatch.fnmatch(rel, pattern) for pattern in _KEEP)
+    return _KEEP_RE.match(path.lstrip("/")) is not None
 
 
 def scan_file(

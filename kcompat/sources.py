@@ -83,6 +83,12 @@ class Source:
     ) -> None:
         """Make every layer readable locally (a no-op for local sources)."""
 
+    def fetch_layer(self, desc: Descriptor, store: BlobStore) -> None:
+        """Make one layer readable locally (a no-op for local sources)."""
+
+    def after_fork(self) -> None:
+        """In a forked worker: drop what must not be shared with the parent."""
+
     def close(self) -> None:
         pass
 
@@ -182,6 +188,14 @@ class RegistrySource(Source):
                             other.cancel()
             if first_error is not None:
                 raise first_error
+
+    def fetch_layer(self, desc: Descriptor, store: BlobStore) -> None:
+        self._store = store
+        self.client.fetch_blob(desc, store)
+
+    def after_fork(self) -> None:
+        # The parent's pooled connections must not be read by two processes at once.
+        self.client.session = self.client.fresh_session()
 
     def open_layer(self, desc: Descriptor) -> VerifyingReader:
         store = self._store or BlobStore()
