@@ -498,7 +498,7 @@ def _dynamic(r: _Reader) -> dict[int, list[int | str]]:
 
 def _code(r: _Reader) -> tuple[CodeRange, ...]:
     return tuple(
-        CodeRange(p.vaddr, r.data[p.offset : p.offset + p.filesz])
+        CodeRange(p.vaddr, bytes(r.data[p.offset : p.offset + p.filesz]))
         for p in r.segments
         if p.type == PT_LOAD and p.flags & 1  # PF_X
     )

@@ -33,6 +33,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from kcompat import __version__, formats
@@ -110,7 +111,8 @@ def scan_layer(reader: VerifyingReader, digest: str) -> LayerScan:
             if _keep(path) and h.size <= _KEEP_MAX:
                 out.texts[i] = (head + tar.read()).decode("utf-8", "replace")
                 continue
-            scanned, banner = scan_file(path, h.mode & 0o7777, h.size, head, tar.read)
+            whole = partial(tar.read_whole, head)
+            scanned, banner = scan_file(path, h.mode & 0o7777, h.size, head, tar.read, whole)
             if scanned.format is not Format.OTHER:
                 out.files[i] = scanned
             if banner:

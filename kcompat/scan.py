@@ -367,17 +367,24 @@ def _keep(path: str) -> bool:
 
 
 def scan_file(
-    path: str, mode: int, size: int, head: bytes, read_rest: Callable[[], bytes]
+    path: str,
+    mode: int,
+    size: int,
+    head: bytes,
+    read_rest: Callable[[], bytes],
+    read_all: Callable[[], bytes] | None = None,
 ) -> tuple[ScannedFile, str | None]:
-    """One file, given its first bytes; `read_rest` gives the remaining bytes if needed.
+    """One file, given its first bytes; `read_rest` gives the remaining bytes if needed
+    (or `read_all` the whole file, head included, when the caller can do it in one copy).
 
     Returns the scanned file and, for a C library, its version banner if one was found."""
     fmt = formats.detect(head)
     base = ScannedFile(path, fmt, mode, size)
     banner = None
+    whole = read_all or (lambda: head + read_rest())
     try:
         if fmt is Format.ELF:
-            data = head + read_rest()
+            data = whole()
             info = elf.read_elf(data, with_code=True)
             syscalls = None
             if info.linkage in (Linkage.STATIC, Linkage.STATIC_PIE) or info.go_version:
@@ -395,10 +402,10 @@ def scan_file(
                 return replace(base, format=Format.OTHER), None
             return replace(base, script=formats.read_script(head)), None
         if fmt is Format.PE:
-            data = head + read_rest()
+            data = whole()
             return replace(base, pe=formats.read_pe(data)), None
         if fmt is Format.MACHO:
-            data = head + read_rest()
+            data = whole()
             return replace(base, macho=formats.read_macho(data)), None
     except elf.UnreadableError as e:
         return replace(base, unreadable=str(e)), None

@@ -18,7 +18,7 @@ end of the archive (umoci 0.4 writes layers so), but only when that data is all 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
@@ -143,6 +143,29 @@ class TarStream:
         out = self._take(n)
         self._left -= n
         return out
+
+    def read_whole(self, head: bytes) -> bytes:
+        """`head` (what was read of the member so far) and the rest of its data, copied
+        once into one buffer: a file of 100 MB costs 100 MB, not three times that."""
+        n = self._left
+        out = bytearray(len(head) + n)
+        out[: len(head)] = head
+        at = len(head)
+        while n:
+            if self._available() == 0:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    raise TarError(f"the archive ends inside a member ({n} bytes missing)")
+                self._buf, self._pos = chunk, 0
+            take = min(n, self._available())
+            out[at : at + take] = memoryview(self._buf)[self._pos : self._pos + take]
+            self._pos += take
+            at += take
+            n -= take
+        self._left = 0
+        # A bytearray: kcompat's readers of file data (struct, re, slicing, find) take it
+        # as they take bytes, and handing it out spares a copy of the whole file.
+        return cast(bytes, out)
 
     def skip(self) -> None:
         missing = self._drop(self._left + self._pad)
