@@ -148,6 +148,14 @@ CORRUPT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def corrupt(what: str, reason: str) -> BadImageError:
+    """The one error for a layer whose compressed stream or tar is damaged."""
+    return BadImageError(
+        f"{what} is truncated or corrupt: {reason}",
+        hint="pull the image again; if it persists the image itself is broken",
+    )
+
+
 class FileKind(str, Enum):
     FILE = "file"
     DIR = "dir"
@@ -230,10 +238,7 @@ class _MemberReader(_Wrapper):
         try:
             return self._inner.read(n)
         except CORRUPT_ERRORS as e:
-            raise BadImageError(
-                f"{self._what} is truncated or corrupt: {e.__class__.__name__}: {e}",
-                hint="pull the image again; if it persists the image itself is broken",
-            ) from None
+            raise corrupt(self._what, f"{e.__class__.__name__}: {e}") from None
 
 
 @dataclass
@@ -293,10 +298,7 @@ def iter_tar(reader: VerifyingReader, what: str) -> Iterator[TarMember]:
             pass
         reader.finish()
     except CORRUPT_ERRORS as e:
-        raise BadImageError(
-            f"{what} is truncated or corrupt: {e.__class__.__name__}: {e}",
-            hint="pull the image again; if it persists the image itself is broken",
-        ) from None
+        raise corrupt(what, f"{e.__class__.__name__}: {e}") from None
     finally:
         reader.close()
 
@@ -373,10 +375,7 @@ def decompressed_chunks(reader: VerifyingReader, what: str) -> Iterator[bytes]:
                 yield more
         reader.finish()
     except CORRUPT_ERRORS as e:
-        raise BadImageError(
-            f"{what} is truncated or corrupt: {e.__class__.__name__}: {e}",
-            hint="pull the image again; if it persists the image itself is broken",
-        ) from None
+        raise corrupt(what, f"{e.__class__.__name__}: {e}") from None
     finally:
         reader.close()
 

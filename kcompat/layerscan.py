@@ -45,6 +45,7 @@ from kcompat.layers import (
     Prefetch,
     VerifyingReader,
     clean_path,
+    corrupt,
     decompressed_chunks,
 )
 from kcompat.merged import Header, max_file_size, merge
@@ -120,10 +121,7 @@ def scan_layer(reader: VerifyingReader, digest: str) -> LayerScan:
         for _ in chunks:  # to the blob's end: the digest is checked there
             pass
     except TarError as e:
-        raise BadImageError(
-            f"{what} is truncated or corrupt: {e}",
-            hint="pull the image again; if it persists the image itself is broken",
-        ) from None
+        raise corrupt(what, str(e)) from None
     finally:
         prefetch.close()
     return out
