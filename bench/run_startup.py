@@ -32,14 +32,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def timed(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm-up
+def median_time(fn: Callable[[], object], repeat: int) -> float:
     samples = []
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t)
     return statistics.median(samples)
+
+
+def timed(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm-up
+    return median_time(fn, repeat)
 
 
 def cmd(*argv: str, env: dict[str, str] | None = None) -> Callable[[], object]:

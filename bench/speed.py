@@ -52,17 +52,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import speed_corpus  # noqa: E402
 from registry_server import RealRegistry  # noqa: E402
+from run_startup import median_time  # noqa: E402
 
 KCOMPAT = [sys.executable, "-m", "kcompat"]
-
-
-def median_time(fn: Callable[[], object], repeat: int) -> float:
-    samples = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
 
 
 def run(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:

@@ -4,11 +4,13 @@ Decoded by hand with struct, reading only what kcompat uses: the ELF header, pro
 headers, section headers and names, the dynamic section, the GNU version tables, the
 dynamic symbols, the ABI-tag note, Go's build info (System V gABI; GNU extensions as in
 glibc's elf.h). A general ELF library (pyelftools, which this module used before) spent
-about 8 ms a file building objects for all of it; this costs a tenth of that, which is
-what scanning an image's thousands of ELF files at the speed of reading them needs.
+about 4 ms a file building objects for all of it; this costs about 0.3 ms (1,589 files
+of a Debian /usr: 6.5 s before, 0.52 s now), which is what scanning an image's
+thousands of ELF files at the speed of reading them needs.
 Every count and offset is checked against the file's size before it is followed, so a
 hostile file ends in `UnreadableError`, never in a hang or a crash. The golden tests
-compare every field with binutils' readelf.
+compare machine, interpreter, DT_NEEDED, version needs and the ABI tag with binutils'
+readelf.
 """
 
 from __future__ import annotations

@@ -213,10 +213,16 @@ Opener = Callable[[str], VerifyingReader]  # digest -> the layer blob's reader
 _JOB: tuple[Opener, LayerCache] | None = None  # inherited by forked workers
 
 
-def _scan_and_save(digest: str) -> bytes:
+def _scan_and_save(digest: str) -> tuple[LayerScan, bytes]:
     assert _JOB is not None
     opener, cache = _JOB
-    return cache.save(scan_layer(opener(digest), digest))
+    scan = scan_layer(opener(digest), digest)
+    return scan, cache.save(scan)
+
+
+def _worker(digest: str) -> bytes:
+    """In a worker process: the result goes back to the parent pickled."""
+    return _scan_and_save(digest)[1]
 
 
 def scan_layers(
@@ -237,11 +243,11 @@ def scan_layers(
     try:
         if workers <= 1:
             for _, d in todo:
-                found[d] = pickle.loads(_scan_and_save(d))
+                found[d] = _scan_and_save(d)[0]  # in this process: no round trip
         else:
             ctx = multiprocessing.get_context("fork")
             with ProcessPoolExecutor(workers, ctx, initializer=after_fork) as pool:
-                futures = {d: pool.submit(_scan_and_save, d) for _, d in todo}
+                futures = {d: pool.submit(_worker, d) for _, d in todo}
                 try:
                     for d, fut in futures.items():
                         found[d] = pickle.loads(fut.result())
