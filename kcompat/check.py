@@ -10,48 +10,122 @@ from typing import Any
 
 from kcompat import __version__
 from kcompat.analysis import analyse
+from kcompat.binaries import summary_json
+from kcompat.errors import KcompatError
+from kcompat.execve import Command
 from kcompat.platform import Platform
 from kcompat.pull import OpenImage
 from kcompat.rules import Finding, Result, Severity, check
+from kcompat.scan import Scan, Tree
 from kcompat.target import Target
 
 REPORT_SCHEMA = 1
 
 
-def choose_platform(platforms: tuple[Platform, ...], target: Target) -> Platform | None:
-    """The best entry of a multi-arch index for the target: native, then a compat mode,
-    then anything (emulated). None when the index offers no linux entry."""
-    linux = [p for p in platforms if p.os == "linux"]
-    for wanted in (target.platform.architecture, *target.compat_arches):
-        same = [p for p in linux if p.architecture == wanted]
-        if same:
-            if target.platform.variant:
-                exact = [p for p in same if p.variant == target.platform.variant]
-                if exact:
-                    return exact[0]
-            return same[0]
-    return linux[0] if linux else None
+class BestPlatform:
+    """Chooses the entry of a multi-platform index to judge for a target, as
+    `Options.choose`: the target's own arch, then a compat-mode arch, then an arch the
+    target can emulate, then any Linux entry; an index with no Linux entry gives its
+    best entry of another OS, so the OS rule can say why it cannot run. `why` records
+    the reason for the report."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.why: str | None = None
+
+    def _emulable(self, arch: str) -> bool:
+        t = self.target
+        handler = t.handler_for(arch)
+        return bool(
+            (handler is not None and handler.usable_in_container())
+            or (t.private_binfmt and arch in t.qemu)
+            or t.binfmt_assumed
+        )
+
+    def __call__(self, platforms: tuple[Platform, ...]) -> Platform | None:
+        t = self.target
+        own = t.platform.architecture
+        linux = [p for p in platforms if p.os == "linux"]
+        for wanted, why in ((own, "native"), *((a, "compat") for a in t.compat_arches)):
+            same = [p for p in linux if p.architecture == wanted]
+            if same:
+                exact = [p for p in same if t.platform.variant and p.variant == t.platform.variant]
+                self.why = (
+                    f"{why}: the target runs {wanted} itself"
+                    if why == "native"
+                    else f"compat mode: the target ({own}) runs {wanted} natively"
+                )
+                return (exact or same)[0]
+        emulable = [p for p in linux if self._emulable(p.architecture)]
+        if emulable:
+            self.why = (
+                f"emulated: the index has no {own} entry; {emulable[0].architecture} runs under "
+                "qemu-user on the target"
+            )
+            return emulable[0]
+        if linux:
+            self.why = (
+                f"no entry runs on the target: the index has no {own} entry and no "
+                "qemu-user handler for the others"
+            )
+            return linux[0]
+        others = [p for p in platforms if p.architecture == own] or list(platforms)
+        if others:
+            oses = ", ".join(sorted({p.os for p in platforms}))
+            self.why = f"the index has no linux entry, only {oses}"
+            return others[0]
+        return None
 
 
-def run_check(opened: OpenImage, target: Target, argv: list[str] | None) -> dict[str, Any]:
+def _empty_scan() -> Scan:
+    return Scan({}, Tree(), {})
+
+
+def run_check(
+    opened: OpenImage,
+    target: Target,
+    command: Command | list[str] | None = None,
+    chosen_because: str | None = None,
+) -> dict[str, Any]:
+    """The verdict pipeline of `check` and `run`: the image's cached analysis, the rules,
+    the report (ci/report.schema.json)."""
+    config = opened.image.config
+    if config.platform.os not in ("linux", "unknown"):  # foreign layers: nothing to scan
+        result = check(_empty_scan(), config, target, command)
+        return report(opened, target, result, summary_json(_empty_scan(), []), chosen_because)
     analysis = analyse(opened)
     scan = analysis.scan
-    result = check(scan, opened.image.config, target, argv)
+    result = check(scan, config, target, command)
+    if scan.issues:
+        result.findings.append(
+            Finding(
+                "layer-entries",
+                Severity.WARNING,
+                f"{len(scan.issues)} layer entr{'y' if len(scan.issues) == 1 else 'ies'} "
+                "refused or neutralised",
+                "Entries that would write outside the root filesystem, through a symlink, or "
+                "that kcompat does not create (devices when not root, files over the size "
+                "limit) are left out of the image as judged and as run.",
+                tuple(scan.issues),
+                "rebuild the image without them if the program needs them",
+            )
+        )
     platforms = opened.image.index_platforms
     if len(platforms) > 1:
-        chosen = opened.image.config.platform
-        others = ", ".join(str(p) for p in platforms if p.architecture != chosen.architecture)
+        chosen = config.platform
+        others = ", ".join(str(p) for p in platforms if p != chosen)
         result.findings.append(
             Finding(
                 "platform-choice",
                 Severity.INFO,
-                f"judged {chosen} of a multi-arch image",
+                f"judged {chosen} of a multi-platform image"
+                + (f" ({chosen_because})" if chosen_because else ""),
                 f"The index also offers: {others}. Without --platform kcompat judges the best "
                 "entry for the target (native, then compat mode, then emulated).",
                 tuple(str(p) for p in platforms),
             )
         )
-    return report(opened, target, result, analysis.summary)
+    return report(opened, target, result, analysis.summary, chosen_because)
 
 
 def _finding(f: Finding) -> dict[str, Any]:
@@ -63,15 +137,21 @@ def _finding(f: Finding) -> dict[str, Any]:
         "evidence": list(f.evidence),
         "fix": f.fix,
         "path": f.path,
+        "exit_code": f.exit_code,
     }
 
 
 def report(
-    opened: OpenImage, target: Target, result: Result, summary: dict[str, Any]
+    opened: OpenImage,
+    target: Target,
+    result: Result,
+    summary: dict[str, Any],
+    chosen_because: str | None = None,
 ) -> dict[str, Any]:
     img = opened.image
     entry = result.entrypoint
     binary = entry.binary if entry else None
+    arch = binary.elf.arch.platform.architecture if binary and binary.elf else None
     return {
         "schema": REPORT_SCHEMA,
         "kcompat": __version__,
@@ -79,12 +159,17 @@ def report(
             "reference": img.reference,
             "digest": img.manifest_digest,
             "platform": str(img.config.platform),
+            "chosen_because": chosen_because,
+            "index_platforms": [str(p) for p in img.index_platforms],
         },
         "target": target.to_json(),
         "entrypoint": {
             "argv": list(entry.argv) if entry else [],
             "chain": list(entry.chain) if entry else [],
             "binary": binary.path if binary else None,
+            "arch": arch,
+            "user": entry.user if entry else None,
+            "workdir": entry.workdir if entry else None,
         },
         "verdict": result.verdict.value,
         "findings": [_finding(f) for f in result.findings],
@@ -98,6 +183,47 @@ _SARIF_LEVEL = {
     Severity.WARNING: "warning",
     Severity.INFO: "note",
 }
+
+
+def error_report(reference: str, target: Target | None, error: KcompatError) -> dict[str, Any]:
+    """A valid report for a check that could not judge the image (verdict "error")."""
+    return {
+        "schema": REPORT_SCHEMA,
+        "kcompat": __version__,
+        "image": {
+            "reference": reference,
+            "digest": None,
+            "platform": "",
+            "chosen_because": None,
+            "index_platforms": [],
+        },
+        "target": target.to_json()
+        if target
+        else {"schema": 1, "source": "none", "kernel": None, "platform": ""},
+        "entrypoint": {
+            "argv": [],
+            "chain": [],
+            "binary": None,
+            "arch": None,
+            "user": None,
+            "workdir": None,
+        },
+        "verdict": "error",
+        "findings": [
+            {
+                "rule": "error",
+                "severity": "fatal",
+                "title": error.message,
+                "explanation": str(error),
+                "evidence": [],
+                "fix": error.hint,
+                "path": None,
+                "exit_code": int(error.exit_code),
+            }
+        ],
+        "image_summary": summary_json(_empty_scan(), []),
+        "error": {"message": str(error), "exit_code": int(error.exit_code)},
+    }
 
 
 def _fix(fix: str | None) -> str:

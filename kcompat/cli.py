@@ -14,7 +14,7 @@ import typer
 
 from kcompat import __version__
 from kcompat.auth import parse_creds
-from kcompat.errors import ExitCode, KcompatError, LocalIOError, NotFoundError, UsageError
+from kcompat.errors import ExitCode, KcompatError, LocalIOError, UsageError
 from kcompat.platform import Platform, parse_platform
 from kcompat.pull import inspect_report, open_image, pull, scan_image, unpack
 from kcompat.sources import Options
@@ -343,6 +343,18 @@ SaveOpt = Annotated[
 ]
 
 
+CheckEntrypointOpt = Annotated[
+    Optional[str],
+    typer.Option("--entrypoint", help="judge with this Entrypoint (as docker run); '' clears it"),
+]
+CheckUserOpt = Annotated[
+    Optional[str], typer.Option("-u", "--user", help="judge as this UID[:GID] or name")
+]
+CheckWorkdirOpt = Annotated[
+    Optional[str], typer.Option("-w", "--workdir", help="judge with this working directory")
+]
+
+
 @app.command("check")
 def check_cmd(
     image: ImageArg,
@@ -358,34 +370,57 @@ def check_cmd(
     cgroup: CgroupOpt = None,
     runtime: RuntimeOpt = None,
     no_binfmt: NoBinfmtOpt = False,
+    entrypoint: CheckEntrypointOpt = None,
+    user: CheckUserOpt = None,
+    workdir: CheckWorkdirOpt = None,
     format: CheckFormatOpt = CheckFormat.text,
     fail_on: FailOnOpt = FailOn.fatal,
     verify: Annotated[
         bool, typer.Option("--verify", help="then run it under the simulated target and compare")
     ] = False,
 ) -> None:
-    """Predict whether IMAGE runs on a target, why not, and how to fix it."""
-    from kcompat.check import run_check, sarif
+    """Predict whether IMAGE runs on a target, why not, and how to fix it.
 
-    target = _target(host, target_file, kernel, arch, vsyscall, cgroup, runtime, no_binfmt)
-    options = _options(platform, creds, insecure_registry)
-    if platform is None:
-        options = _best_platform(image, options, target)
-    with open_image(image, options) as opened:
-        rep = run_check(opened, target, command or None)  # fetches only layers not yet scanned
-        chosen = str(opened.image.config.platform)
+    Arguments after IMAGE replace the image's Cmd, as in docker run."""
+    from kcompat.check import BestPlatform, error_report, run_check, sarif
+    from kcompat.execve import Command
+
+    what = Command(tuple(command or ()), entrypoint, user, workdir)
+    target: Target | None = None
+    try:
+        target = _target(host, target_file, kernel, arch, vsyscall, cgroup, runtime, no_binfmt)
+        if verify:
+            from kcompat.platform import host_platform
+
+            if target.platform.architecture != host_platform().architecture:
+                raise UsageError(
+                    f"--verify runs the image on this host: the target's arch "
+                    f"({target.platform.architecture}) must be this host's"
+                )
+        options = _options(platform, creds, insecure_registry)
+        best = BestPlatform(target)
+        options = replace(options, choose=best)
+        with open_image(image, options) as opened:
+            rep = run_check(opened, target, what, None if platform else best.why)
+            chosen = str(opened.image.config.platform)
+    except KcompatError as e:
+        if format is not CheckFormat.text:  # a CI gate always gets a valid report
+            rep = error_report(image, target, e)
+            typer.echo(json.dumps(rep if format is CheckFormat.json else sarif(rep), indent=2))
+        raise
     verification = None
     if verify:
-        from kcompat.platform import host_platform
         from kcompat.verify import compare, observe
 
-        if target.platform.architecture != host_platform().architecture:
-            raise UsageError(
-                f"--verify runs the image on this host: the target's arch "
-                f"({target.platform.architecture}) must be this host's"
-            )
+        assert target is not None
         extra = [f"--insecure-registry={h}" for h in insecure_registry or ()]
-        obs = observe(image, target, chosen, command, extra)
+        if entrypoint is not None:
+            extra.append(f"--entrypoint={entrypoint}")
+        if user is not None:
+            extra.append(f"--user={user}")
+        if workdir is not None:
+            extra.append(f"--workdir={workdir}")
+        obs = observe(image, target, chosen, list(what.args), extra)
         verification = compare(rep["verdict"], obs)
         rep["verify"] = verification.to_json()
     if format is CheckFormat.json:
@@ -423,27 +458,6 @@ def _print_verify(v: Any) -> None:
         lines.insert(0, "!" * 72)
         lines.append("!" * 72)
     typer.echo("\n".join(lines))
-
-
-def _best_platform(image: str, options: Options, target: Target) -> Options:
-    """For a multi-arch image, the entry that suits the target best: its own arch, then a
-    compat-mode arch, then what the index has (judged as emulated)."""
-    from kcompat.check import choose_platform
-
-    wanted = [target.platform, *(Platform("linux", a) for a in target.compat_arches)]
-    for candidate in wanted:
-        try:
-            with open_image(image, replace(options, platform=candidate)) as opened:
-                best = choose_platform(opened.image.index_platforms, target) or candidate
-            return replace(options, platform=best)
-        except NotFoundError:
-            continue  # the index has no entry for it
-    try:
-        with open_image(image, replace(options, platform=None)) as opened:
-            fallback = choose_platform(opened.image.index_platforms, target)
-    except NotFoundError:
-        return options
-    return replace(options, platform=fallback) if fallback else options
 
 
 _MARK = {"fatal": "FAIL", "uncertain": "MAYBE", "warning": "WARN", "info": "ok"}
@@ -588,13 +602,12 @@ def run_cmd(
     ] = False,
 ) -> None:
     """Run IMAGE: natively in namespaces, or through qemu-user for a foreign arch."""
+    from kcompat.check import BestPlatform
     from kcompat.container import run as run_container
-    from kcompat.run import RunOptions, host_target, prepare
+    from kcompat.run import RunOptions, host_target, prepare, validate
 
     if rm and keep:
         raise UsageError("--rm and --keep contradict each other: give one")
-    if rootfs_mode not in ("auto", "overlay", "copy"):
-        raise UsageError(f"--rootfs-mode {rootfs_mode!r} is not auto, overlay or copy")
     argv = list(command or ())
     if argv[:1] == ["--"]:  # after IMAGE every word is the command's, even "--"
         argv = argv[1:]
@@ -621,12 +634,17 @@ def run_cmd(
         kernel=kernel,
         seccomp_eperm=seccomp_eperm,
     )
-    if seccomp_eperm and not kernel:
-        raise UsageError("--seccomp-eperm needs --kernel")
+    checked = validate(opts)  # before anything is pulled
     target = host_target(profile)
     store = BlobStore()
-    with open_image(image, _options(platform, creds, insecure_registry)) as opened:
-        prepared = prepare(opened, opts, store, target)
+    best = BestPlatform(target)
+    options = replace(_options(platform, creds, insecure_registry), choose=best)
+    with open_image(image, options) as opened:
+        prepared = prepare(opened, opts, store, target, None if platform else best.why, checked)
+        for f in prepared.prediction.findings:
+            if f["rule"] == "layer-entries":
+                for issue in f["evidence"]:
+                    _warn(issue)
     pred = prepared.prediction
     if pred.verdict == "uncertain":
         titles = "; ".join(f["title"] for f in pred.findings if f["severity"] == "uncertain")

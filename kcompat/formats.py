@@ -84,8 +84,10 @@ class MachOInfo:
 
 @dataclass(frozen=True)
 class ScriptInfo:
-    interpreter: str
+    interpreter: str  # as Linux 5.1+ (a 256-byte buffer) parses the `#!` line
     argument: str | None
+    head: bytes = b""  # the file's first HEAD_SIZE bytes, for the kernel's own parse
+    # ("" interpreter: execve refuses the line, see parse_shebang)
 
 
 class NotThisFormat(Exception):
@@ -141,10 +143,65 @@ def read_macho(data: bytes) -> MachOInfo:
     raise NotThisFormat("not a Mach-O file")
 
 
+class ShebangError(Exception):
+    """The kernel refuses the `#!` line: execve fails with ENOEXEC (exec format error)."""
+
+
+_SPACETAB = b" \t"
+
+
+def _spacetab(c: int) -> bool:
+    return c in (0x20, 0x09)
+
+
+def parse_shebang(
+    head: bytes, bufsize: int = HEAD_SIZE, truncate: bool = False
+) -> tuple[str, str | None]:
+    """The `#!` line as the kernel's fs/binfmt_script.c reads the first `bufsize` bytes
+    of a file (NUL padded): the interpreter ends at a space, tab or NUL (a carriage
+    return is part of it); one optional argument, the rest of the line with spaces and
+    tabs trimmed. A line that does not fit in the buffer: Linux 5.0+ accepts it only if
+    the interpreter's name ends inside it (else ENOEXEC); older kernels (`truncate`)
+    cut it silently. Raises ShebangError where execve returns ENOEXEC."""
+    buf = head[:bufsize].ljust(bufsize, b"\0")
+    last = bufsize - 1  # the byte the kernel overwrites with a NUL when no newline fits
+    nl = buf.find(b"\n")
+    if nl >= 0:
+        end = nl
+    elif truncate:
+        end = last
+    else:
+        first = next((i for i in range(2, last) if not _spacetab(buf[i])), None)
+        if first is None:
+            raise ShebangError("the #! line is only spaces")
+        if not any(_spacetab(buf[i]) or buf[i] == 0 for i in range(first, last)):
+            raise ShebangError(f"the #! interpreter's name does not fit in {bufsize} bytes")
+        end = last
+    line = buf[2:end].split(b"\0", 1)[0] if truncate else buf[2:end]
+    while line and _spacetab(line[-1]):
+        line = line[:-1]
+    start = 0
+    while start < len(line) and _spacetab(line[start]):
+        start += 1
+    if start == len(line) or line[start] == 0:
+        raise ShebangError("no interpreter after #!")
+    sep = start
+    while sep < len(line) and not (_spacetab(line[sep]) or line[sep] == 0):
+        sep += 1
+    interp = line[start:sep]
+    arg: bytes | None = None
+    if sep < len(line) and line[sep] != 0:
+        rest = line[sep:].lstrip(b" \t").split(b"\0", 1)[0]
+        arg = rest or None
+    return interp.decode("utf-8", "surrogateescape"), (
+        arg.decode("utf-8", "surrogateescape") if arg is not None else None
+    )
+
+
 def read_script(head: bytes) -> ScriptInfo:
-    """The `#!` line as the kernel reads it: interpreter, then one optional argument."""
-    line = head[2:HEAD_SIZE].split(b"\n", 1)[0].strip(b" \t")
-    if not line:
-        raise NotThisFormat("empty #! line")
-    parts = line.decode("utf-8", "replace").split(None, 1)
-    return ScriptInfo(parts[0], parts[1].strip() if len(parts) > 1 else None)
+    """The `#!` line of a file's first bytes (at least HEAD_SIZE of them when it has)."""
+    try:
+        interp, arg = parse_shebang(head)
+    except ShebangError:
+        interp, arg = "", None
+    return ScriptInfo(interp, arg, head[:HEAD_SIZE])

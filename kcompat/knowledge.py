@@ -52,6 +52,13 @@ class Knowledge:
                 found = step["kernel"]
         return str(found)
 
+    @property
+    def exec_facts(self) -> dict[str, Any]:
+        """How runc and the kernel start a command: `#!` buffer, nesting limit, and the
+        exit status docker returns for each failure."""
+        facts: dict[str, Any] = self.raw["exec"]
+        return facts
+
     def program_fallback(self, program: str, syscall: str) -> str | None:
         """A well-known program's own ENOSYS fallback for `syscall`, with its source."""
         for f in self.raw.get("program_fallbacks", ()):
@@ -84,6 +91,12 @@ def _load() -> Knowledge:
     versions = [v for f in fallbacks for v in (f.kernel, f.glibc_since)]
     for step in (*raw["glibc"]["default_min_kernel"], *raw["go_min_kernel"]):
         versions += [step["from"], step["kernel"]]
+    exec_ = raw["exec"]
+    versions += [exec_["binprm_buf_size"]["256_since"], exec_["shebang_enoexec_since"]]
+    if not isinstance(exec_["max_interpreter_depth"], int) or not all(
+        isinstance(v, int) for v in exec_["exit_codes"].values()
+    ):
+        raise ValueError("kcompat/data/knowledge.json: exec facts must be integers")
     for version in versions:
         vkey(version)  # raises ValueError on a malformed version: caught at import
     return Knowledge(raw, fallbacks)

@@ -276,7 +276,7 @@ def assemble(scans: Sequence[LayerScan], env: dict[str, str]) -> tuple[Scan, lis
         path = "/" + entry.path
         kind = entry.kind
         linkname = entry.linkname if kind is not FileKind.HARDLINK else "/" + entry.linkname
-        tree.add(path, Node(kind, linkname, entry.mode))
+        tree.add(path, Node(kind, linkname, entry.mode, entry.uid, entry.gid))
         if kind is not FileKind.FILE:
             continue
         ls = scans[entry.layer]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +42,7 @@ def open_image(reference: str, options: Options | None = None) -> Iterator[OpenI
     ref = parse_reference(reference)
     source = open_source(ref, options)
     try:
-        image = source.resolve(options.platform, host_platform())
+        image = source.resolve(options.platform, host_platform(), options.choose)
         yield OpenImage(source, image)
     finally:
         source.close()
@@ -113,4 +113,5 @@ def scan_image(opened: OpenImage, store: BlobStore | None = None) -> Scan:
     scans = scan_layers(
         layers, open_layer, LayerCache(store.root), after_fork=opened.source.after_fork
     )
-    return assemble(scans, env)[0]
+    scan, issues = assemble(scans, env)
+    return replace(scan, issues=tuple(str(i) for i in issues))

@@ -14,12 +14,14 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 
+from kcompat import execve
 from kcompat.binfmt import QEMU_NAMES
+from kcompat.execve import Command, container_argv
 from kcompat.formats import Format
 from kcompat.image import ImageConfig
 from kcompat.knowledge import KNOWLEDGE
 from kcompat.needs import SyscallNeed, needs_of
-from kcompat.scan import DEFAULT_PATH, Scan, ScannedFile
+from kcompat.scan import Scan, ScannedFile
 from kcompat.syscalls import table
 from kcompat.target import Target
 from kcompat.versions import version_key
@@ -48,6 +50,7 @@ class Finding:
     evidence: tuple[str, ...] = ()
     fix: str | None = None
     path: str | None = None
+    exit_code: int | None = None  # what `docker run` returns when this failure happens
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class Entrypoint:
     chain: tuple[str, ...]  # argv[0] resolved, then script interpreters, in exec order
     binary: ScannedFile | None  # the ELF the kernel finally runs
     problem: Finding | None = None
+    user: str | None = None  # USER or -u, as given
+    workdir: str | None = None
 
 
 @dataclass
@@ -78,11 +83,13 @@ def verdict_of(findings: list[Finding]) -> Verdict:
 # -- the entrypoint ----------------------------------------------------------------------
 
 
-def resolve_entrypoint(scan: Scan, config: ImageConfig, argv: list[str] | None) -> Entrypoint:
-    """What runs: ENTRYPOINT + CMD (or the given command), argv[0] looked up in the image's
-    PATH as the runtime does, then `#!` interpreters followed to the ELF file."""
-    args = list(argv) if argv else [*(config.entrypoint or ()), *(config.cmd or ())]
-    if not args:
+def resolve_entrypoint(
+    scan: Scan, config: ImageConfig, command: Command, kernel: str | None = None
+) -> Entrypoint:
+    """What runs: docker's Entrypoint + Cmd rule, then runc's PATH lookup and the kernel's
+    execve through every `#!` hop, for the image's (or -u) user (kcompat.execve)."""
+    argv = container_argv(config.entrypoint, config.cmd, command.args, command.entrypoint)
+    if not argv:
         return Entrypoint(
             (),
             (),
@@ -90,67 +97,21 @@ def resolve_entrypoint(scan: Scan, config: ImageConfig, argv: list[str] | None) 
             _fatal_entry(
                 "no-command",
                 "the image has no command",
-                "The image config has neither Entrypoint nor Cmd, so a runtime has nothing to run.",
+                "The image config has neither Entrypoint nor Cmd (or --entrypoint '' cleared "
+                "it), so a runtime has nothing to run: docker says 'No command specified' "
+                "(exit 125).",
                 "give a command: kcompat check IMAGE -- CMD",
             ),
         )
-    path = scan.env.get("PATH", DEFAULT_PATH)
-    first = args[0]
-    if "/" in first:
-        candidates = [
-            first if first.startswith("/") else posixpath.join(config.workdir or "/", first)
-        ]
-    else:
-        candidates = [posixpath.join(d, first) for d in path.split(":") if d]
-    found = next((c for c in candidates if scan.exists(c)), None)
-    if found is None:
-        return Entrypoint(
-            tuple(args),
-            (),
-            None,
-            _fatal_entry(
-                "entrypoint-missing",
-                f"{first}: not found in the image",
-                f'The runtime fails with: exec: "{first}": executable file not found in $PATH '
-                f"(searched {path}).",
-                "fix the image's Entrypoint/Cmd or install the program",
-            ),
-        )
-    chain = [found]
-    current = scan.files.get(scan.tree.resolve(found) or "")
-    for _ in range(4):
-        if current is None or current.script is None:
-            break
-        interp = current.script.interpreter
-        if posixpath.basename(interp) == "env" and current.script.argument:
-            prog = current.script.argument.split()[0]
-            interp = next(
-                (
-                    posixpath.join(d, prog)
-                    for d in path.split(":")
-                    if d and scan.exists(posixpath.join(d, prog))
-                ),
-                prog,
-            )
-        if not scan.exists(interp):
-            return Entrypoint(
-                tuple(args),
-                tuple(chain),
-                None,
-                _fatal_entry(
-                    "script-interpreter-missing",
-                    f"{current.path}: interpreter {interp} is missing",
-                    f"The script starts with #!{current.script.interpreter}"
-                    f"{' ' + current.script.argument if current.script.argument else ''}; "
-                    f"{interp} is not in the image, so exec fails with "
-                    "'no such file or directory'.",
-                    f"install {posixpath.basename(interp)} in the image",
-                    current.path,
-                ),
-            )
-        chain.append(interp)
-        current = scan.files.get(scan.tree.resolve(interp) or "")
-    return Entrypoint(tuple(args), tuple(chain), current)
+    user = command.user or config.user
+    workdir = command.workdir or config.workdir
+    r = execve.resolve(scan, argv, workdir, user, kernel)
+    problem = None
+    if r.problem is not None:
+        p = r.problem
+        problem = Finding(p.rule, Severity.FATAL, p.title, p.explanation, p.evidence, p.fix,
+                          p.path, p.exit_code)  # fmt: skip
+    return Entrypoint(argv, r.chain, r.binary, problem, user, workdir)
 
 
 def _fatal_entry(
@@ -172,9 +133,24 @@ def _glibc(scan: Scan) -> tuple[str | None, str | None, str | None]:
     return None, None, None
 
 
-def check(scan: Scan, config: ImageConfig, target: Target, argv: list[str] | None) -> Result:
+def check(
+    scan: Scan,
+    config: ImageConfig,
+    target: Target,
+    command: Command | list[str] | None = None,
+) -> Result:
+    """Judge what the image runs (docker's meaning of `command`) on `target`."""
+    if not isinstance(command, Command):
+        command = Command(args=tuple(command or ()))
+    if config.platform.os not in ("linux", "unknown"):  # the OS decides; no PATH lookup
+        entry = Entrypoint(
+            container_argv(config.entrypoint, config.cmd, command.args, command.entrypoint),
+            (),
+            None,
+        )
+        return Result(Verdict.INCOMPATIBLE, _os_rule(scan, config, entry), entry)
     findings: list[Finding] = []
-    entry = resolve_entrypoint(scan, config, argv)
+    entry = resolve_entrypoint(scan, config, command, target.kernel)
     if entry.problem:
         findings.append(entry.problem)
     findings += _os_rule(scan, config, entry)
@@ -195,17 +171,31 @@ def check(scan: Scan, config: ImageConfig, target: Target, argv: list[str] | Non
 
 def _os_rule(scan: Scan, config: ImageConfig, entry: Entrypoint) -> list[Finding]:
     os_ = config.platform.os
-    if os_ != "linux":
+    if os_ not in ("linux", "unknown"):
+        kernel = {"windows": "the Windows NT kernel", "darwin": "the XNU (macOS) kernel"}.get(
+            os_, f"a {os_} kernel"
+        )
+        where = {
+            "windows": "a Windows host with Windows containers (Windows Server with the "
+            "Containers feature, or Docker Desktop switched to Windows containers)",
+        }.get(os_, f"a {os_} host")
         return [
             Finding(
                 "os",
                 Severity.FATAL,
-                f"a {os_} image",
-                f'The image config says os "{os_}": the runtime refuses it with "image operating '
-                f'system "{os_}" cannot be used on this platform". Containers share the host '
-                "kernel; only Linux images run on Linux.",
-                (f"config os: {os_}",),
-                "use a linux variant of the image (--platform linux/...)",
+                f"a {os_} image cannot run on a Linux host",
+                f'The image config says os "{os_}": its programs call {kernel}. A container '
+                "shares the host's kernel instead of bringing its own, and a Linux host has no "
+                f"{kernel.removeprefix('the ')}, so docker refuses it: "
+                f'"image operating system "{os_}" cannot be used on this platform" (docker '
+                "run exits 125; docker pull of a multi-arch tag says 'no matching manifest "
+                "for linux/...').",
+                (f"config os: {os_}", f"config architecture: {config.platform.architecture}"),
+                f"run it on {where}, or use a Linux build of the program "
+                "(a linux/... entry of the image, --platform linux/ARCH), or run it in a "
+                f"{os_} virtual machine",
+                None,
+                125,
             )
         ]
     if entry.chain:
@@ -217,11 +207,12 @@ def _os_rule(scan: Scan, config: ImageConfig, entry: Entrypoint) -> list[Finding
                     "os",
                     Severity.FATAL,
                     f"the entrypoint is a {kind} file",
-                    f"{final.path} is a {kind} executable; Linux cannot exec it "
-                    "('exec format error').",
+                    f"{final.path} is a {kind} executable; Linux cannot exec it: the runtime "
+                    f"fails with 'exec {entry.chain[0]}: exec format error'.",
                     (f"{final.path}: {final.format.value} magic",),
                     "use a Linux build of the program",
                     final.path,
+                    KNOWLEDGE.exec_facts["exit_codes"]["execve_ENOEXEC"],
                 )
             ]
     return []
@@ -689,4 +680,4 @@ def _cgroup_rule(scan: Scan, entry: Entrypoint, target: Target) -> list[Finding]
     ]
 
 
-__all__ = ["Finding", "Result", "Severity", "Verdict", "check"]
+__all__ = ["Command", "Finding", "Result", "Severity", "Verdict", "check"]

@@ -9,8 +9,6 @@ the way docker resolves them.
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import os
 import re
 import secrets
@@ -21,18 +19,24 @@ from typing import TYPE_CHECKING, Any
 from kcompat.binfmt import BINFMT
 from kcompat.cgroups import Limits, parse_cpus, parse_memory
 from kcompat.container import Emulation, RunSpec, Volume
-from kcompat.errors import IncompatibleError, NotFoundError, UnsupportedError, UsageError
+from kcompat.errors import (
+    ContainerError,
+    IncompatibleError,
+    NotFoundError,
+    UnsupportedError,
+    UsageError,
+)
+from kcompat.execve import Command, container_argv
 from kcompat.image import ImageConfig
 from kcompat.pull import OpenImage, pull, unpack
+from kcompat.scan import DEFAULT_PATH
 from kcompat.store import BlobStore
 from kcompat.target import Target, probe_binfmt, probe_host
+from kcompat.users import UnknownUser, resolve_user
 from kcompat.versions import version_key
 
 if TYPE_CHECKING:
     from kcompat.seccomp import Simulation
-
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-PREDICTION_VERSION = 2  # bump when rules or their data change
 
 
 @dataclass(frozen=True)
@@ -62,10 +66,16 @@ class RunOptions:
 
 @dataclass(frozen=True)
 class Prediction:
+    """`check`'s report for this host (the same pipeline, cache and JSON)."""
+
     verdict: str
     findings: tuple[dict[str, Any], ...]
     arch: str | None = None  # of the ELF file the entrypoint finally runs
-    cached: bool = False
+    report: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, rep: dict[str, Any]) -> Prediction:
+        return cls(rep["verdict"], tuple(rep["findings"]), rep["entrypoint"]["arch"], rep)
 
 
 @dataclass(frozen=True)
@@ -78,22 +88,11 @@ class Prepared:
 # -- argv, env, user, volumes --------------------------------------------------------
 
 
-def container_argv(config: ImageConfig, opts: RunOptions) -> tuple[str, ...]:
-    """docker's rule: --entrypoint replaces the image's entrypoint and drops its CMD;
-    the command after the image replaces CMD."""
-    if opts.entrypoint is not None:
-        entry: tuple[str, ...] = (opts.entrypoint,) if opts.entrypoint else ()
-        cmd: tuple[str, ...] = opts.command
-    else:
-        entry = tuple(config.entrypoint or ())
-        cmd = opts.command or tuple(config.cmd or ())
-    argv = (*entry, *cmd)
-    if not argv:
-        raise UsageError(
-            "no command: the image has no Entrypoint or Cmd",
-            hint="give one after the image: kcompat run IMAGE -- CMD",
-        )
-    return argv
+def _text(rootfs: Path, name: str) -> str | None:
+    try:
+        return (rootfs / "etc" / name).read_text(errors="replace")
+    except OSError:
+        return None
 
 
 def _env_file(path: Path) -> list[str]:
@@ -131,59 +130,6 @@ def container_env(
     return tuple(env.items())
 
 
-def _passwd(rootfs: Path, name: str) -> list[list[str]]:
-    try:
-        text = (rootfs / "etc" / name).read_text(errors="replace")
-    except OSError:
-        return []
-    return [line.split(":") for line in text.splitlines() if line.count(":") >= 2]
-
-
-@dataclass(frozen=True)
-class User:
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    home: str
-
-
-def resolve_user(rootfs: Path, spec: str | None) -> User:
-    """-u / the config's User: name or uid, optionally :group or :gid, looked up in the
-    image's /etc/passwd and /etc/group as runc does."""
-    if not spec:
-        spec = "0"
-    user, _, group = spec.partition(":")
-    passwd = _passwd(rootfs, "passwd")
-    entry = next((p for p in passwd if len(p) >= 6 and user in (p[0], p[2])), None)
-    if entry is not None:
-        uid, gid, home = int(entry[2]), int(entry[3]), entry[5] or "/"
-        name = entry[0]
-    elif user.isdigit():
-        uid, gid, home, name = int(user), 0, "/", None
-    else:
-        raise NotFoundError(
-            f"unable to find user {user}: no matching entries in the image's passwd file",
-            hint="use a numeric -u UID[:GID]",
-        )
-    groups_db = _passwd(rootfs, "group")
-    if group:
-        g = next((e for e in groups_db if len(e) >= 3 and group in (e[0], e[2])), None)
-        if g is not None:
-            gid = int(g[2])
-        elif group.isdigit():
-            gid = int(group)
-        else:
-            raise NotFoundError(
-                f"unable to find group {group}: no matching entries in the image's group file"
-            )
-    extra = tuple(
-        int(e[2])
-        for e in groups_db
-        if len(e) >= 4 and name and name in e[3].split(",") and e[2].isdigit()
-    )
-    return User(uid, gid, tuple(sorted({gid, *extra})), home)
-
-
 def parse_volume(text: str) -> Volume:
     parts = text.split(":")
     mode = "rw"
@@ -209,49 +155,6 @@ def parse_volume(text: str) -> Volume:
 
 
 # -- prediction and emulation ----------------------------------------------------------
-
-
-def _fingerprint(target: Target) -> str:
-    data = target.to_json()
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def predict(
-    rootfs: Path, config: ImageConfig, target: Target, argv: tuple[str, ...], store: BlobStore
-) -> Prediction:
-    """The verdict of `check` for this host, cached per (rootfs, config, host, argv)."""
-    key_src = json.dumps(
-        [PREDICTION_VERSION, rootfs.name, repr(config), _fingerprint(target), list(argv)]
-    )
-    key = hashlib.sha256(key_src.encode()).hexdigest()
-    cache = store.root / "predictions" / f"{key}.json"
-    try:
-        raw = json.loads(cache.read_text())
-        return Prediction(raw["verdict"], tuple(raw["findings"]), raw.get("arch"), cached=True)
-    except (OSError, ValueError, KeyError):
-        pass
-    from kcompat.rules import check  # the scanner and rules load only on a cache miss
-    from kcompat.scan import scan_path
-
-    env = dict(e.split("=", 1) for e in config.env if "=" in e)
-    result = check(scan_path(rootfs, env), config, target, list(argv))
-    findings = tuple(
-        {"rule": f.rule, "severity": f.severity.value, "title": f.title,
-         "explanation": f.explanation, "fix": f.fix}
-        for f in result.findings
-    )  # fmt: skip
-    binary = result.entrypoint.binary if result.entrypoint else None
-    arch = binary.elf.arch.platform.architecture if binary and binary.elf else None
-    prediction = Prediction(result.verdict.value, findings, arch)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"verdict": prediction.verdict, "findings": findings,
-                                   "arch": arch}))  # fmt: skip
-        os.replace(tmp, cache)
-    except OSError:
-        pass  # a cache we cannot write only costs time
-    return prediction
 
 
 def choose_emulation(arch: str, target: Target) -> Emulation | None:
@@ -342,10 +245,18 @@ def simulated_target(host: Target, sim: Simulation) -> Target:
     )  # fmt: skip
 
 
-def prepare(opened: OpenImage, opts: RunOptions, store: BlobStore, target: Target) -> Prepared:
-    pull(opened, store)
-    rootfs, _issues = unpack(opened, store)
-    config = opened.image.config
+@dataclass(frozen=True)
+class Checked:
+    """The run options that need no image, validated before anything is pulled."""
+
+    volumes: tuple[Volume, ...]
+    limits: Limits
+    env_lines: tuple[str, ...]
+
+
+def validate(opts: RunOptions) -> Checked:
+    """Every option that can be judged without the image: a bad one fails before any
+    download or unpack."""
     if opts.network not in ("host", "none"):
         raise UsageError(
             f"--network {opts.network!r} is not supported", hint="use --network host or none"
@@ -353,10 +264,84 @@ def prepare(opened: OpenImage, opts: RunOptions, store: BlobStore, target: Targe
     if opts.hostname is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}",
                                                       opts.hostname):  # fmt: skip
         raise UsageError(f"--hostname {opts.hostname!r} is not a valid host name")
-    argv = container_argv(config, opts)
-    arch = config.platform.architecture
-    if arch not in BINFMT:  # a dir: rootfs has no config: the entrypoint's ELF tells
-        arch = predict(rootfs, config, target, argv, store).arch or target.platform.architecture
+    if opts.workdir is not None and not opts.workdir.startswith("/"):
+        raise UsageError(f"--workdir {opts.workdir!r} is not an absolute path")
+    if opts.rootfs_mode not in ("auto", "overlay", "copy"):
+        raise UsageError(f"--rootfs-mode {opts.rootfs_mode!r} is not auto, overlay or copy")
+    if opts.seccomp_eperm and not opts.kernel:
+        raise UsageError("--seccomp-eperm needs --kernel")
+    if opts.kernel:
+        from kcompat.target import parse_release
+
+        parse_release(opts.kernel)
+    if opts.user is not None and not re.fullmatch(r"[^:\s]+(:[^:\s]+)?", opts.user):
+        raise UsageError(f"-u {opts.user!r} is not UID[:GID] or NAME[:GROUP]")
+    env_lines = tuple(line for f in opts.env_files for line in _env_file(f)) + opts.env
+    for item in env_lines:
+        k = item.partition("=")[0]
+        if not k or any(c.isspace() for c in k):
+            raise UsageError(f"-e {item!r}: not VAR=value or VAR", hint="e.g. -e LANG=C.UTF-8")
+    volumes = tuple(parse_volume(v) for v in opts.volumes)
+    limits = Limits(
+        memory=parse_memory(opts.memory) if opts.memory else None,
+        cpus=parse_cpus(opts.cpus) if opts.cpus else None,
+        pids=opts.pids_limit,
+    )
+    return Checked(volumes, limits, env_lines)
+
+
+def _refuse(reference: str, prediction: Prediction) -> None:
+    """Stop before starting: the runtime's own failure (docker's exit status and runc's
+    words) for a command that cannot be exec'd, else exit 10 with the finding."""
+    fatal = next((f for f in prediction.findings if f["severity"] == "fatal"), None)
+    if fatal is None:
+        return
+    code = fatal.get("exit_code")
+    if code in (125, 126, 127) and fatal["rule"] != "os":
+        raise ContainerError(f"{reference}: {fatal['title']}: {fatal['explanation']}",
+                             hint=fatal.get("fix"), exit_code=code)  # fmt: skip
+    why = f"{fatal['title']}: {fatal['explanation']}"
+    fix = fatal.get("fix")
+    raise IncompatibleError(
+        f"{reference} will not run on this host: {why}",
+        hint=(f"{fix}; " if fix else "") + ("--force runs it anyway" if fatal["rule"] != "os"
+                                            else "--force cannot help: the kernel differs"),
+    )  # fmt: skip
+
+
+def prepare(
+    opened: OpenImage,
+    opts: RunOptions,
+    store: BlobStore,
+    target: Target,
+    chosen_because: str | None = None,
+    checked: Checked | None = None,
+) -> Prepared:
+    """Judge the image for this host with `check`'s pipeline (its cached analysis, not
+    the rootfs), then pull and flatten it only to run it."""
+    from kcompat.check import run_check
+
+    checked = checked or validate(opts)
+    config = opened.image.config
+    command = Command(opts.command, opts.entrypoint, opts.user, opts.workdir)
+    argv = container_argv(config.entrypoint, config.cmd, opts.command, opts.entrypoint)
+    if not argv:
+        raise UsageError(
+            "no command: the image has no Entrypoint or Cmd (docker: No command specified)",
+            hint="give one after the image: kcompat run IMAGE -- CMD",
+        )
+    host_report = None
+    if (
+        opts.predict
+        or config.platform.architecture not in BINFMT
+        or (config.platform.os not in ("linux", "unknown"))
+    ):
+        host_report = run_check(opened, target, command, chosen_because)
+    arch = (host_report and host_report["entrypoint"]["arch"]) or config.platform.architecture
+    if arch not in BINFMT:
+        arch = target.platform.architecture
+    if config.platform.os not in ("linux", "unknown") and host_report is not None:
+        _refuse(opened.image.reference, Prediction.of(host_report))  # whatever --force says
     emulation = choose_emulation(arch, target)
     judged = target
     sim = None
@@ -369,30 +354,26 @@ def prepare(opened: OpenImage, opts: RunOptions, store: BlobStore, target: Targe
             raise UnsupportedError(f"--kernel: no syscall table for {arch}")
         sim = host_simulation(target, opts.kernel, opts.seccomp_eperm, sim_abi)
         judged = simulated_target(target, sim)
-    prediction = (
-        predict(rootfs, config, judged, argv, store)
-        if opts.predict
-        else Prediction("not judged (--no-predict)", ())
-    )
+    if not opts.predict:
+        prediction = Prediction("not judged (--no-predict)", ())
+    elif sim is not None:
+        prediction = Prediction.of(run_check(opened, judged, command, chosen_because))
+    else:
+        assert host_report is not None
+        prediction = Prediction.of(host_report)
     # A simulated kernel is an experiment: it runs whatever the prediction says.
     if prediction.verdict == "incompatible" and not opts.force and not opts.kernel:
-        fatal = next((f for f in prediction.findings if f["severity"] == "fatal"), None)
-        why = f"{fatal['title']}: {fatal['explanation']}" if fatal else "see kcompat check"
-        fix = fatal.get("fix") if fatal else None
-        raise IncompatibleError(
-            f"{opened.image.reference} will not run on this host: {why}",
-            hint=(f"{fix}; " if fix else "") + "--force runs it anyway",
-        )
-    user = resolve_user(rootfs, opts.user or config.user)
+        _refuse(opened.image.reference, prediction)
+    pull(opened, store)
+    rootfs, _issues = unpack(opened, store)  # `check` already reported the layer issues
+    try:
+        user = resolve_user(opts.user or config.user, _text(rootfs, "passwd"),
+                            _text(rootfs, "group"))  # fmt: skip
+    except UnknownUser as e:
+        raise ContainerError(str(e), hint="give a numeric -u UID[:GID]") from None
     workdir = opts.workdir or config.workdir or "/"
-    if not workdir.startswith("/"):
-        raise UsageError(f"--workdir {workdir!r} is not an absolute path")
-    volumes = tuple(parse_volume(v) for v in opts.volumes)
-    limits = Limits(
-        memory=parse_memory(opts.memory) if opts.memory else None,
-        cpus=parse_cpus(opts.cpus) if opts.cpus else None,
-        pids=opts.pids_limit,
-    )
+    volumes = checked.volumes
+    limits = checked.limits
     hostname = opts.hostname or secrets.token_hex(6)  # docker's short container id look
     keep_dir = None
     if opts.keep:

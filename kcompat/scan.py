@@ -33,6 +33,8 @@ from kcompat.versions import version_key
 
 # Small text files kept from the pass: the loader's search path and the OS name.
 _KEEP = (
+    "etc/passwd",  # the image's users and groups, for USER / -u (as runc reads them)
+    "etc/group",
     "etc/ld.so.conf",
     "etc/ld.so.conf.d/*",
     "etc/ld-musl-*.path",
@@ -90,6 +92,8 @@ class Node(NamedTuple):  # a tuple: an image has ~20,000 of them to cache and lo
     kind: FileKind
     linkname: str  # symlink target, or the path a hard link points to
     mode: int
+    uid: int = 0
+    gid: int = 0
 
 
 @dataclass
@@ -109,6 +113,11 @@ class Tree:
     def resolve(self, path: str) -> str | None:
         """The final path of `path` with every symlink followed inside the image,
         or None if something on the way is missing or the links loop."""
+        return self.lookup(path)[0]
+
+    def lookup(self, path: str) -> tuple[str | None, str | None]:
+        """(final path, None), or (None, errno name): ENOENT, ELOOP (more than 40 links,
+        the kernel's MAXSYMLINKS) or ENOTDIR (a file used as a directory)."""
         parts = deque(p for p in path.split("/") if p)
         cur: list[str] = []
         links = 0
@@ -126,11 +135,11 @@ class Tree:
                 if cand in self.dirs:
                     cur.append(p)
                     continue
-                return None
+                return None, "ENOENT"
             if node.kind is FileKind.SYMLINK:
                 links += 1
                 if links > 40:  # the kernel's limit (MAXSYMLINKS)
-                    return None
+                    return None, "ELOOP"
                 if node.linkname.startswith("/"):
                     cur = []
                 parts.extendleft(reversed([x for x in node.linkname.split("/") if x]))
@@ -138,8 +147,10 @@ class Tree:
             if node.kind is FileKind.HARDLINK:
                 cur = node.linkname.strip("/").split("/")
                 continue
+            if parts and node.kind is not FileKind.DIR and cand not in self.dirs:
+                return None, "ENOTDIR"
             cur.append(p)
-        return "/" + "/".join(cur)
+        return "/" + "/".join(cur), None
 
     def is_dir(self, path: str) -> bool:
         node = self.nodes.get(path)
@@ -167,6 +178,7 @@ class Scan:
     texts: dict[str, str]  # kept small text files, by absolute path
     env: dict[str, str] = field(default_factory=dict)
     banners: dict[str, str] = field(default_factory=dict)  # C library path -> its version
+    issues: tuple[str, ...] = ()  # layer entries refused or neutralised (LayerIssue text)
 
     # -- image-level facts ---------------------------------------------------------
 
@@ -352,7 +364,9 @@ class Scan:
 
     def executables(self) -> Iterator[ScannedFile]:
         for f in self.files.values():
-            if f.format is not Format.OTHER and (f.executable or f.format is Format.ELF):
+            if f.format in (Format.ELF, Format.PE, Format.MACHO) or (
+                f.format is Format.SCRIPT and f.executable
+            ):
                 yield f
 
 
@@ -397,9 +411,7 @@ def scan_file(
                 m = _MUSL_VERSION.search(data)
                 banner = m.group(1).decode() if m else None
             return replace(base, elf=replace(info, code=()), syscalls=syscalls), banner
-        if fmt is Format.SCRIPT:
-            if not mode & 0o111:
-                return replace(base, format=Format.OTHER), None
+        if fmt is Format.SCRIPT:  # kept whatever its mode: exec is judged by the rules
             return replace(base, script=formats.read_script(head)), None
         if fmt is Format.PE:
             data = whole()
@@ -442,7 +454,7 @@ def scan_items(items: Iterable[Item], env: dict[str, str] | None = None) -> Scan
         e = item.entry
         path = "/" + e.path
         linkname = e.linkname if e.kind is not FileKind.HARDLINK else "/" + e.linkname
-        tree.add(path, Node(e.kind, linkname, e.mode))
+        tree.add(path, Node(e.kind, linkname, e.mode, e.uid, e.gid))
         if e.kind is not FileKind.FILE:
             continue
         with item.open() as stream:

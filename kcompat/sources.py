@@ -50,11 +50,15 @@ MAX_SMALL_BLOB = 64 * 1024 * 1024
 DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 
 
+Chooser = Callable[[tuple[Platform, ...]], "Platform | None"]
+
+
 @dataclass(frozen=True)
 class Options:
-    platform: Platform | None = None  # None: the host's platform
+    platform: Platform | None = None  # None: `choose` picks from an index, else the host's
     creds: Credentials | None = None
     insecure_hosts: tuple[str, ...] = ()
+    choose: Chooser | None = None  # the best index entry for a target (kcompat.check)
 
 
 class Source:
@@ -96,7 +100,9 @@ class Source:
         """A directory that already is the image's root filesystem, if the source has one."""
         return None
 
-    def resolve(self, want: Platform | None, default: Platform) -> ResolvedImage:
+    def resolve(
+        self, want: Platform | None, default: Platform, choose: Chooser | None = None
+    ) -> ResolvedImage:
         data, media_type, digest = self._root()
         doc = parse_document(data, media_type, self.where)
         index_digest: str | None = None
@@ -110,7 +116,8 @@ class Source:
                 )
             if index_digest is None:
                 index_digest, platforms = digest, doc.platforms
-            entry = self._pick(doc, want or default)
+            picked = want or (choose(doc.platforms) if choose else None) or default
+            entry = self._pick(doc, picked)
             data = self._manifest_blob(entry)
             doc = parse_document(data, entry.media_type, self.where)
             digest = entry.digest
@@ -417,7 +424,9 @@ class DockerArchiveSource(Source):
             )
         return entries[0]
 
-    def resolve(self, want: Platform | None, default: Platform) -> ResolvedImage:
+    def resolve(
+        self, want: Platform | None, default: Platform, choose: Chooser | None = None
+    ) -> ResolvedImage:
         entry = self._entry()
         config_path = entry.get("Config")
         layers = entry.get("Layers")
@@ -500,7 +509,9 @@ class DirSource(Source):
     def rootfs_dir(self) -> Path | None:
         return self.path
 
-    def resolve(self, want: Platform | None, default: Platform) -> ResolvedImage:
+    def resolve(
+        self, want: Platform | None, default: Platform, choose: Chooser | None = None
+    ) -> ResolvedImage:
         config = ImageConfig(
             platform=want or Platform("linux", "unknown"),
             entrypoint=None,

@@ -302,10 +302,26 @@ def probe_host(*, syscalls: bool = True, runtimes: bool = True) -> Target:
 # -- described and saved targets ---------------------------------------------------------
 
 
+_RELEASE = re.compile(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?([-+_~.][\w.+~-]*)?")
+
+
+def parse_release(text: str) -> tuple[str, str | None]:
+    """A kernel version from what users paste: `3.10`, `5`, or a whole `uname -r`
+    (`3.10.0-1160.el7.x86_64`, `4.4.0-210-generic`). Returns the version part and the
+    distribution suffix (None when there is none)."""
+    m = _RELEASE.fullmatch(text.strip())
+    if m is None or int(m.group(1)) == 0:
+        raise UsageError(
+            f"--kernel {text!r} is not a kernel version",
+            hint="e.g. --kernel 3.10, --kernel 5, or what uname -r prints",
+        )
+    major, minor, patch, suffix = m.groups()
+    version = f"{int(major)}.{int(minor or 0)}" + (f".{int(patch)}" if patch else "")
+    return version, (suffix.lstrip("-+_~.") or None) if suffix else None
+
+
 def _kernel(text: str) -> str:
-    if not re.fullmatch(r"\d+\.\d+(\.\d+)?", text):
-        raise UsageError(f"--kernel {text!r} is not a kernel version", hint="e.g. --kernel 3.10")
-    return text
+    return parse_release(text)[0]
 
 
 def described(
@@ -323,7 +339,14 @@ def described(
         raise UsageError(f"--cgroup {cgroup!r}", hint="one of: v1, v2, hybrid")
     if runtime is not None and not re.fullmatch(r"[a-z]+:\d+\.\d+(\.\d+)?", runtime):
         raise UsageError(f"--runtime {runtime!r}", hint="NAME:VERSION, e.g. docker:20.10.7")
-    k = _kernel(kernel)
+    k, suffix = parse_release(kernel)
+    notes = ["described target: syscalls judged by the kernel version tables"]
+    if suffix:
+        notes.append(
+            f"judged as Linux {k} (from {kernel!r}): a distribution kernel ({suffix}) carries "
+            "backports the version tables cannot know; a profile probed on that host "
+            "(kcompat host --save FILE, then --target FILE) is the precise answer"
+        )
     if vsyscall is None and plat.architecture == "amd64":
         # the kernel default: emulate before 5.3, xonly from 5.3 (compat-facts)
         vsyscall = "xonly" if version_key(k) >= (5, 3) else "emulate"
@@ -338,7 +361,7 @@ def described(
         vsyscall=vsyscall,
         cgroup=cgroup,
         runtime=runtime,
-        notes=("described target: syscalls judged by the kernel version tables",),
+        notes=tuple(notes),
     )
 
 
