@@ -97,16 +97,17 @@ def script_limits(kernel: str | None) -> tuple[int, bool]:
     return (128 if small else 256), truncate
 
 
-def _may_exec(node_mode: int, uid: int, gid: int, user: User) -> bool:
-    """The kernel's permission check for MAY_EXEC on a regular file. Container root has
-    CAP_DAC_OVERRIDE (docker's default capabilities): any exec bit is enough."""
+def _may(node_mode: int, uid: int, gid: int, user: User, bit: int) -> bool:
+    """The kernel's permission check on a regular file, `bit` 1 for exec, 4 for read.
+    Container root has CAP_DAC_OVERRIDE (docker's default capabilities): it may read
+    anything and execute what has any exec bit."""
     if user.uid == 0:
-        return bool(node_mode & 0o111)
+        return bool(node_mode & 0o111) if bit == 1 else True
     if user.uid == uid:
-        return bool(node_mode & 0o100)
+        return bool(node_mode & (bit << 6))
     if gid in user.groups or gid == user.gid:
-        return bool(node_mode & 0o010)
-    return bool(node_mode & 0o001)
+        return bool(node_mode & (bit << 3))
+    return bool(node_mode & bit)
 
 
 class _Exec:
@@ -192,16 +193,26 @@ class _Exec:
         path: str | None,
     ) -> ExecProblem:
         code = KNOWLEDGE.exec_facts["exit_codes"][kind]
+        said = (
+            f"The container starts and the runtime's exec fails: {message} (docker run "
+            f"exits {code} with runc 1.0/1.1, "
+            f"{KNOWLEDGE.exec_facts['late_exit_runc_1_2']} with runc 1.2+)."
+            if kind.startswith("execve_")
+            else f"The runtime fails with: {message} (docker run exits {code})."
+        )
         return ExecProblem(
             rule,
             title,
-            f"The runtime fails with: {message} (docker run exits {code}). {explanation}",
+            f"{said} {explanation}",
             message,
             code,
             evidence,
             fix,
             path,
         )
+
+    def who(self) -> str:
+        return f"uid {self.user.uid}" + (f" ({self.user.name})" if self.user.name else "")
 
     def execve_fail(
         self, top: str, err: str, rule: str, title: str, why: str, fix: str, where: str
@@ -252,16 +263,33 @@ class _Exec:
                     f"{final} is not a regular file: execve fails with EACCES.",
                     "point the Entrypoint (or the #! line) at a program", final,
                 ), self.user)  # fmt: skip
-            if not _may_exec(node[0], node[1], node[2], self.user):
-                who = f"uid {self.user.uid}" + (f" ({self.user.name})" if self.user.name else "")
-                return Resolved(argv, tuple(chain), None, self.execve_fail(
-                    top, "EACCES", "exec-permission",
-                    f"{final}: not executable by {who}",
+            if not _may(node[0], node[1], node[2], self.user, 0o1):
+                who = self.who()
+                why = (
                     f"{final} has mode {node[0]:04o}, owner {node[1]}:{node[2]}; {who} "
-                    f"(groups {','.join(map(str, self.user.groups))}) may not execute it, so "
-                    "execve fails with EACCES.",
-                    f"chmod +x {final} in the image, or run as a user who may execute it",
-                    final,
+                    f"(groups {','.join(map(str, self.user.groups))}) may not execute it"
+                )
+                fix = f"chmod +x {final} in the image, or run as a user who may execute it"
+                if len(chain) == 1:  # runc checks the command itself before it starts
+                    return Resolved(
+                        argv,
+                        tuple(chain),
+                        None,
+                        self.fail(
+                            "exec-permission",
+                            f"{final}: not executable by {who}",
+                            f"exec {top}: permission denied",
+                            why + ".",
+                            "eaccess",
+                            (f"{final}: mode {node[0]:04o} {node[1]}:{node[2]}",),
+                            fix,
+                            final,
+                        ),
+                        self.user,
+                    )
+                return Resolved(argv, tuple(chain), None, self.execve_fail(
+                    top, "EACCES", "exec-permission", f"{final}: not executable by {who}",
+                    why + ", so execve fails with EACCES.", fix, final,
                 ), self.user)  # fmt: skip
             f = self.scan.files.get(final)
             if f is not None and f.format is Format.ELF:
@@ -318,6 +346,18 @@ class _Exec:
                     top, "ENOEXEC", "shebang-invalid", f"{final}: the #! line is refused",
                     f"{e}: execve fails with ENOEXEC ({bufsize}-byte buffer on this kernel).",
                     "shorten or fix the #! line", final,
+                ), self.user)  # fmt: skip
+            if not _may(node[0], node[1], node[2], self.user, 0o4):
+                return Resolved(argv, tuple(chain), None, ExecProblem(
+                    "script-unreadable", f"{final}: not readable by {self.who()}",
+                    f"The kernel starts {interp} for {final} (exec needs only the exec bit), "
+                    f"but the interpreter must read the script and cannot: e.g. \"/bin/sh: "
+                    f"can't open '{final}': Permission denied\" (exit 2 from sh, dash or "
+                    f"python, 126 from bash). {final} has mode {node[0]:04o}, owner "
+                    f"{node[1]}:{node[2]}.",
+                    f"{interp}: can't open '{final}': Permission denied", 2,
+                    (f"{final}: mode {node[0]:04o} {node[1]}:{node[2]}",),
+                    f"chmod a+r {final} in the image", final,
                 ), self.user)  # fmt: skip
             if posixpath.basename(interp) == "env" and arg:
                 prog_ = _env_program(arg)

@@ -325,13 +325,15 @@ def _arch_rule(binary: ScannedFile, config: ImageConfig, target: Target) -> list
             "arch",
             Severity.FATAL,
             f"{arch} binaries cannot run on {target.platform}",
-            f"{binary.path} is {binary.elf.arch} and {why}: exec fails with 'exec format error'.",
+            f"{binary.path} is {binary.elf.arch} and {why}: the container starts and exec "
+            f"fails with 'exec {binary.path}: exec format error' (docker run exits 1).",
             evidence,
             f"apt-get install qemu-user-static (Debian package qemu-user-static, gives "
             f"qemu-{qemu}-static and registers binfmt_misc entries with flag F); on Linux "
             f"6.7+ a private binfmt_misc in a user namespace needs no host change; or use the "
             f"{target.platform.architecture} variant of the image",
             binary.path,
+            KNOWLEDGE.exec_facts["exit_codes"]["foreign_arch"],
         )
     )
     return out
@@ -349,11 +351,13 @@ def _loader_rule(scan: Scan, binary: ScannedFile) -> list[Finding]:
                 Severity.FATAL,
                 f"{binary.path}: its loader {e.interpreter} is missing",
                 f"{binary.path} asks for the ELF interpreter {e.interpreter} (PT_INTERP), which is "
-                "not in the image: exec fails with 'no such file or directory' although the file "
-                "exists.",
+                "not in the image: the container starts and exec fails with 'exec "
+                f"{binary.path}: no such file or directory' (docker run exits 1) although the "
+                "file exists.",
                 (f"{binary.path}: PT_INTERP {e.interpreter}",),
                 "install the C library the program was built for, or use a static build",
                 binary.path,
+                KNOWLEDGE.exec_facts["exit_codes"]["execve_ENOENT"],
             )
         ]
     missing = scan.missing_libraries(binary)
@@ -365,13 +369,14 @@ def _loader_rule(scan: Scan, binary: ScannedFile) -> list[Finding]:
                 Severity.FATAL,
                 f"{binary.path}: {', '.join(m.library for m in missing)} not found",
                 f"The loader fails with: {binary.path}: error while loading shared libraries: "
-                f"{first}: cannot open shared object file: No such file or directory.",
+                f"{first}: cannot open shared object file: No such file or directory (exit 127).",
                 tuple(
                     f"DT_NEEDED {m.library} of {m.needed_by}: not on the search path"
                     for m in missing
                 ),
                 "install the package that provides it, or fix RUNPATH / ld.so.conf",
                 binary.path,
+                127,
             )
         ]
     return []
@@ -562,27 +567,74 @@ def _static_glibc_fallback(binary: ScannedFile, name: str) -> str | None:
 
 
 def _vsyscall_rule(scan: Scan, binary: ScannedFile | None, target: Target) -> list[Finding]:
-    if target.vsyscall != "none" or binary is None or binary.elf is None:
+    """The legacy vsyscall page: old dynamic glibc (< 2.14) calls it, and so does any code
+    that names its addresses (kcompat.vsyscall): a call needs `emulate` or `xonly`, a
+    read needs `emulate`."""
+    if target.vsyscall not in ("none", "xonly") or binary is None or binary.elf is None:
         return []
     if binary.elf.arch.platform.architecture != "amd64":
         return []
+    mode = target.vsyscall
+    fix = (
+        "boot the host with vsyscall=emulate"
+        + (" (or xonly, Linux 5.3+)" if mode == "none" else "")
+        + ", or use a newer base image / rebuild the program"
+    )
+    segv = (
+        f"on a vsyscall={mode} kernel the process dies with SIGSEGV (docker run exits 139); "
+        f"dmesg shows 'vsyscall attempted with vsyscall={mode}'"
+        if mode == "none"
+        else "with vsyscall=xonly the page can be executed but not read: the load faults with "
+        "SIGSEGV (docker run exits 139)"
+    )
     glibc, _, libc_path = _glibc(scan)
-    if binary.elf.interpreter and glibc and KNOWLEDGE.glibc_needs_vsyscall(glibc):
+    if (
+        mode == "none"
+        and binary.elf.interpreter
+        and glibc
+        and KNOWLEDGE.glibc_needs_vsyscall(glibc)
+    ):
         return [
             Finding(
                 "vsyscall",
                 Severity.FATAL,
                 f"glibc {glibc} needs vsyscall; the target has vsyscall=none",
-                "glibc before 2.14 calls the fixed vsyscall page: on a vsyscall=none kernel the "
-                "process dies with SIGSEGV (exit 139); dmesg shows 'vsyscall attempted with "
-                "vsyscall=none'.",
+                f"glibc before 2.14 calls the fixed vsyscall page: {segv}.",
                 (f"{libc_path}: glibc {glibc}", "target vsyscall: none"),
-                "boot the host with vsyscall=emulate (or xonly, Linux 5.3+), "
-                "or use a newer base image",
+                fix,
                 binary.path,
+                139,
             )
         ]
-    return []
+    out: list[Finding] = []
+    libraries = scan.library_closure(binary) if binary.elf.interpreter else []
+    for f in (binary, *libraries):
+        use = f.vsyscall
+        if use is None or (use.kind == "call" and mode == "xonly"):
+            continue
+        own = f is binary
+        out.append(
+            Finding(
+                "vsyscall",
+                Severity.FATAL if own else Severity.UNCERTAIN,
+                f"{f.path} {'reads' if use.kind == 'read' else 'calls'} the vsyscall page; "
+                f"the target has vsyscall={mode}",
+                f"Its machine code uses the legacy vsyscall page ({use}): {segv}."
+                + (
+                    ""
+                    if own
+                    else f" It is in a library {binary.path} loads; whether the program "
+                    "reaches that code depends on what it does."
+                ),
+                (f"{f.path}: {use}", f"target vsyscall: {mode}"),
+                fix,
+                f.path,
+                139,
+            )
+        )
+        if own:
+            break
+    return out
 
 
 # runtime default seccomp profiles that answer new syscalls with EPERM (compat-facts)

@@ -297,7 +297,7 @@ def _refuse(reference: str, prediction: Prediction) -> None:
     if fatal is None:
         return
     code = fatal.get("exit_code")
-    if code in (125, 126, 127) and fatal["rule"] != "os":
+    if code in (1, 125, 126, 127) and fatal["rule"] != "os":
         raise ContainerError(f"{reference}: {fatal['title']}: {fatal['explanation']}",
                              hint=fatal.get("fix"), exit_code=code)  # fmt: skip
     why = f"{fatal['title']}: {fatal['explanation']}"

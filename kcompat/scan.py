@@ -24,12 +24,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, NamedTuple
 
-from kcompat import disasm, elf, formats
+from kcompat import disasm, elf, formats, vsyscall
 from kcompat.disasm import SyscallScan
 from kcompat.elf import ElfInfo, Linkage
 from kcompat.formats import Format, MachOInfo, PEInfo, ScriptInfo
 from kcompat.layers import FileEntry, FileKind
 from kcompat.versions import version_key
+from kcompat.vsyscall import VsyscallUse
 
 # Small text files kept from the pass: the loader's search path and the OS name.
 _KEEP = (
@@ -82,6 +83,7 @@ class ScannedFile:
     script: ScriptInfo | None = None
     syscalls: SyscallScan | None = None  # static executables only
     unreadable: str | None = None
+    vsyscall: VsyscallUse | None = None  # x86-64 code that calls or reads the vsyscall page
 
     @property
     def executable(self) -> bool:
@@ -410,7 +412,11 @@ def scan_file(
             elif _is_musl_libc(path):
                 m = _MUSL_VERSION.search(data)
                 banner = m.group(1).decode() if m else None
-            return replace(base, elf=replace(info, code=()), syscalls=syscalls), banner
+            legacy = (
+                vsyscall.find(info.code) if info.arch.platform.architecture == "amd64" else None
+            )
+            scanned = replace(base, elf=replace(info, code=()), syscalls=syscalls, vsyscall=legacy)
+            return scanned, banner
         if fmt is Format.SCRIPT:  # kept whatever its mode: exec is judged by the rules
             return replace(base, script=formats.read_script(head)), None
         if fmt is Format.PE:

@@ -496,6 +496,68 @@ def _digest_from_path(path: str) -> str | None:
     return f"sha256:{m.group(1)}"
 
 
+SKOPEO_DIR_VERSION = "Directory Transport Version:"
+
+
+def is_skopeo_dir(path: Path) -> bool:
+    """Whether `path` holds an image as `skopeo copy ... dir:PATH` writes it: a `version`
+    file ("Directory Transport Version: 1.1"), `manifest.json`, and blobs named by their
+    sha256 hex (containers/image directory transport)."""
+    try:
+        version = (path / "version").read_text(errors="replace")[:64]
+    except OSError:
+        return False
+    return version.startswith(SKOPEO_DIR_VERSION) and (path / "manifest.json").is_file()
+
+
+class SkopeoDirSource(Source):
+    """skopeo's `dir:` layout: manifest.json (an image manifest, or with --all an index
+    whose instances are <hex>.manifest.json), the config and layers as <hex> files."""
+
+    def __init__(self, ref: LocalRef) -> None:
+        self.ref = ref
+        self.path = Path(ref.path)
+        self.where = str(ref)
+
+    def _file(self, digest: str, suffix: str = "") -> IO[bytes]:
+        algo, _, hexpart = digest.partition(":")
+        if not re.fullmatch(r"[a-f0-9]{64}", hexpart) or algo != "sha256":
+            raise BadImageError(f"{self.where}: {digest!r} is not a sha256 digest")
+        try:
+            return open(self.path / f"{hexpart}{suffix}", "rb")
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"{self.where}: blob {digest} is missing ({hexpart}{suffix})",
+                hint="the directory is incomplete; copy the image again with skopeo",
+            ) from None
+
+    def _read(self, desc: Descriptor, suffix: str = "") -> bytes:
+        if desc.size > MAX_SMALL_BLOB:
+            raise BadImageError(f"{self.where}: {desc.digest} claims {desc.size} bytes")
+        with self._file(desc.digest, suffix) as f:
+            data = f.read(MAX_SMALL_BLOB + 1)
+        check_digest(data, desc.digest, f"{self.where}: blob {desc.digest}")
+        return data
+
+    def _root(self) -> tuple[bytes, str | None, str | None]:
+        data = (self.path / "manifest.json").read_bytes()
+        return data, None, sha256_digest(data)
+
+    def _manifest_blob(self, desc: Descriptor) -> bytes:
+        try:
+            return self._read(desc, ".manifest.json")
+        except NotFoundError:
+            return self._read(desc)
+
+    def _small_blob(self, desc: Descriptor) -> bytes:
+        return self._read(desc)
+
+    def open_layer(self, desc: Descriptor) -> VerifyingReader:
+        return VerifyingReader(
+            self._file(desc.digest), desc.digest, desc.size, f"layer {desc.digest}"
+        )
+
+
 class DirSource(Source):
     """A plain root filesystem: no manifest, no config; its binaries say what it is."""
 
@@ -534,6 +596,8 @@ def open_source(ref: ImageReference, options: Options | None = None) -> Source:
         Transport.DOCKER_ARCHIVE: DockerArchiveSource,
         Transport.DIR: DirSource,
     }
+    if ref.transport is Transport.DIR and is_skopeo_dir(Path(ref.path)):
+        classes[Transport.DIR] = SkopeoDirSource
     cls: Any = classes[ref.transport]
     source: Source = cls(ref)
     return source

@@ -302,7 +302,7 @@ def probe_host(*, syscalls: bool = True, runtimes: bool = True) -> Target:
 # -- described and saved targets ---------------------------------------------------------
 
 
-_RELEASE = re.compile(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?([-+_~.][\w.+~-]*)?")
+_RELEASE = re.compile(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?([-+_~][\w.+~-]*)?")
 
 
 def parse_release(text: str) -> tuple[str, str | None]:
@@ -317,7 +317,7 @@ def parse_release(text: str) -> tuple[str, str | None]:
         )
     major, minor, patch, suffix = m.groups()
     version = f"{int(major)}.{int(minor or 0)}" + (f".{int(patch)}" if patch else "")
-    return version, (suffix.lstrip("-+_~.") or None) if suffix else None
+    return version, (suffix.lstrip("-+_~") or None) if suffix else None
 
 
 def _kernel(text: str) -> str:

@@ -101,6 +101,8 @@ def registry(images: Fixtures, tmp_path_factory: pytest.TempPathFactory) -> Iter
         reg.push(images.oci("busybox-multi"), "busybox:multi", "--all")
         reg.push(images.oci("busybox-multi"), "busybox:multi-docker", "--all", "--format", "v2s2")
         reg.push(images.oci("busybox-amd64"), "busybox:docker-amd64", "--format", "v2s2")
+        reg.push(images.oci("arm64-only"), "busybox:arm64-only", "--all")
+        reg.push(images.oci("windows-only"), "windows:only", "--all")
         yield reg
     finally:
         reg.stop()

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from kcompat.errors import NotFoundError, UsageError
+from kcompat.execve import container_argv
 from kcompat.image import ImageConfig
 from kcompat.platform import Platform
-from kcompat.run import RunOptions, container_argv, container_env, parse_volume, resolve_user
+from kcompat.run import RunOptions, container_env, parse_volume
+from kcompat.users import UnknownUser, resolve_user
 from tests.conftest import Fixtures
 
 pytestmark = pytest.mark.integration
@@ -74,13 +76,13 @@ def _config(**kw: object) -> ImageConfig:
 
 
 def test_argv_follows_docker() -> None:
-    cfg = _config(entrypoint=("/entry",), cmd=("a", "b"))
-    assert container_argv(cfg, RunOptions()) == ("/entry", "a", "b")
-    assert container_argv(cfg, RunOptions(command=("x",))) == ("/entry", "x")
-    # --entrypoint drops the image's CMD
-    assert container_argv(cfg, RunOptions(entrypoint="/bin/sh")) == ("/bin/sh",)
-    with pytest.raises(UsageError):
-        container_argv(_config(cmd=None), RunOptions())
+    entry, cmd = ("/entry",), ("a", "b")
+    assert container_argv(entry, cmd) == ("/entry", "a", "b")
+    assert container_argv(entry, cmd, ("x",)) == ("/entry", "x")  # args replace Cmd
+    # --entrypoint drops the image's CMD; --entrypoint '' clears the Entrypoint
+    assert container_argv(entry, cmd, (), "/bin/sh") == ("/bin/sh",)
+    assert container_argv(entry, cmd, ("ls",), "") == ("ls",)
+    assert container_argv(None, None) == ()
 
 
 def test_env_order_and_passthrough(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,13 +104,15 @@ def test_user_lookup(tmp_path: Path) -> None:
         "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n"
     )
     (tmp_path / "etc" / "group").write_text("app:x:1001:\nextra:x:2000:app\n")
-    u = resolve_user(tmp_path, "app")
+    passwd = (tmp_path / "etc" / "passwd").read_text()
+    group = (tmp_path / "etc" / "group").read_text()
+    u = resolve_user("app", passwd, group)
     assert (u.uid, u.gid, u.home, u.groups) == (1000, 1001, "/home/app", (1001, 2000))
-    assert resolve_user(tmp_path, "1000:extra").gid == 2000
-    assert resolve_user(tmp_path, "4242").uid == 4242
-    assert resolve_user(tmp_path, None).uid == 0
-    with pytest.raises(NotFoundError, match="unable to find user nobody"):
-        resolve_user(tmp_path, "nobody")
+    assert resolve_user("1000:extra", passwd, group).gid == 2000
+    assert resolve_user("4242", passwd, group).uid == 4242
+    assert resolve_user(None, passwd, group).uid == 0
+    with pytest.raises(UnknownUser, match="unable to find user nobody"):
+        resolve_user("nobody", passwd, group)
 
 
 def test_volume_syntax(tmp_path: Path) -> None:
@@ -252,9 +256,11 @@ def test_cannot_reach_outside_the_rootfs(images: Fixtures, tmp_path: Path) -> No
 
 @needs_userns
 def test_unknown_command_and_incompatible_image(images: Fixtures, tmp_path: Path) -> None:
+    # a command the runtime cannot find: docker's status (127) and runc's words, before
+    # anything is pulled or flattened
     r = kc("run", busybox(images), "no-such-cmd")
-    assert r.returncode == 10 and "will not run on this host" in r.stderr
-    assert "no-such-cmd" in r.stderr and "--force" in r.stderr
+    assert r.returncode == 127, r.stderr
+    assert 'exec: "no-such-cmd": executable file not found in $PATH' in r.stderr
     r = kc("run", "--force", busybox(images), "no-such-cmd")
     assert r.returncode == 127
     assert 'exec: "no-such-cmd": executable file not found in $PATH' in r.stderr
