@@ -13,6 +13,16 @@ re-evaluates):
   busybox                      Debian's busybox-static (tests/fixtures images)
   fzf                          a Go program from Debian's fzf package, on bookworm
   dash-arm64                   arm64 dash + glibc, run under qemu-user emulation
+  shapes, entry-echo           scripts with CRLF endings, without exec bits, nested
+                               #! chains; an Entrypoint with arguments (tests/fixtures)
+  arm64-only, windows-only     indexes without an amd64 entry (emulated) and with only
+                               a Windows one
+  vsyscall                     static programs (gcc -static) that call or read the
+                               vsyscall page, judged for this host's vsyscall mode (the
+                               simulation keeps it)
+
+Predictions go through `check`'s pipeline (kcompat.check.run_check), with docker's
+meaning of the command: the words after the image replace Cmd.
 
 Run: .venv/bin/python bench/accuracy.py [--kernels 3.2,4.4] [--images bullseye,fzf]
 """
@@ -97,7 +107,32 @@ def build_corpus(root: Path) -> dict[str, tuple[str, tuple[tuple[str, ...], ...]
         run("umoci", "insert", "--image", f"{layout}:fzf", str(binaries / "bin" / "fzf-amd64"),
             "/usr/bin/fzf")  # fmt: skip
         (root / "fzf.done").write_text("ok\n")
+    vsys = root / "vsyscall"
+    if not (root / "vsyscall.done").exists():
+        (vsys / "bin").mkdir(parents=True, exist_ok=True)
+        programs = {
+            "vcall": "typedef long (*f)(long *);\n"
+            "int main(void) { return ((f)0xffffffffff600400UL)(0) > 0 ? 0 : 1; }\n",
+            "vread": "int main(void) { return "
+            "*(volatile unsigned char *)0xffffffffff600000UL == 0x48 ? 0 : 2; }\n",
+        }
+        for name, body in programs.items():
+            src = root / f"{name}.c"
+            src.write_text(body)
+            subprocess.run(["gcc", "-static", "-O2", "-o", str(vsys / "bin" / name), str(src)],
+                           check=True)  # fmt: skip
+        (root / "vsyscall.done").write_text("ok\n")
+    shape_cmds = tuple(
+        (f"/shapes/{name}",)
+        for name in ("ok.sh", "crlf.sh", "env-crlf.sh", "noexec.sh", "text", "missing-interp.sh",
+                     "empty-shebang", "long-interp.sh", "c5", "c6")
+    )  # fmt: skip
     return {
+        "shapes": (f"oci:{images / 'layout'}:shapes-amd64", shape_cmds),
+        "entry-echo": (f"oci:{images / 'layout'}:entry-echo", ((), ("--version",))),
+        "arm64-only": (f"oci:{images / 'layout'}:arm64-only", (("uname", "-m"),)),
+        "windows-only": (f"oci:{images / 'layout'}:windows-only", ((),)),
+        "vsyscall": (f"dir:{vsys}", (("/bin/vcall",), ("/bin/vread",))),
         "bullseye": (f"oci:{binaries / 'layout'}:bullseye", DEBIAN_COMMANDS),
         "bookworm": (f"oci:{layout}:bookworm", DEBIAN_COMMANDS),
         "trixie": (f"oci:{layout}:trixie", DEBIAN_COMMANDS),
@@ -114,36 +149,33 @@ def build_corpus(root: Path) -> dict[str, tuple[str, tuple[tuple[str, ...], ...]
 
 
 def predict_all(cases: list[Case]) -> dict[Case, tuple[str, str, tuple[str, ...]]]:
-    from kcompat.platform import host_platform
-    from kcompat.pull import open_image, pull, unpack
-    from kcompat.rules import Severity, check
-    from kcompat.scan import scan_path
-    from kcompat.store import BlobStore
-    from kcompat.target import described
+    """`check --kernel K` for this machine's arch and vsyscall mode, through the same
+    pipeline as the CLI (the image's cached analysis, the rules, the report)."""
+    from dataclasses import replace
 
-    store = BlobStore()
+    from kcompat.check import BestPlatform, run_check
+    from kcompat.execve import Command
+    from kcompat.platform import host_platform
+    from kcompat.pull import open_image
+    from kcompat.sources import Options
+    from kcompat.target import described, probe_vsyscall
+
     out = {}
-    by_image: dict[str, list[Case]] = {}
-    for c in cases:
-        by_image.setdefault(c.reference, []).append(c)
     arch = host_platform().architecture
-    for ref, group in by_image.items():
-        with open_image(ref) as opened:
-            pull(opened, store)
-            rootfs, _ = unpack(opened, store)
-            config = opened.image.config
-        env = dict(e.split("=", 1) for e in config.env if "=" in e)
-        scan = scan_path(rootfs, env)
-        for c in group:
-            r = check(scan, config, described(c.kernel, arch), list(c.argv))
-            verdict = r.verdict.value
-            predicted = {"incompatible": "fails", "uncertain": "uncertain"}.get(verdict, "runs")
-            evidence = tuple(
-                f"{f.rule}: {f.title}"
-                for f in r.findings
-                if f.severity in (Severity.FATAL, Severity.UNCERTAIN)
-            )
-            out[c] = (predicted, verdict, evidence)
+    mode = probe_vsyscall()
+    for c in cases:
+        target = described(c.kernel, arch, vsyscall=mode)
+        best = BestPlatform(target)
+        with open_image(c.reference, replace(Options(), choose=best)) as opened:
+            rep = run_check(opened, target, Command(c.argv), best.why)
+        verdict = rep["verdict"]
+        predicted = {"incompatible": "fails", "uncertain": "uncertain"}.get(verdict, "runs")
+        evidence = tuple(
+            f"{f['rule']}: {f['title']}"
+            for f in rep["findings"]
+            if f["severity"] in ("fatal", "uncertain")
+        )
+        out[c] = (predicted, verdict, evidence)
     return out
 
 
@@ -157,8 +189,7 @@ def observe(c: Case) -> tuple[str, int | None, str | None]:
         "--kernel",
         c.kernel,
         c.reference,
-        "--",
-        *c.argv,
+        *(("--", *c.argv) if c.argv else ()),
     ]
     try:
         r = subprocess.run(
@@ -174,6 +205,8 @@ def observe(c: Case) -> tuple[str, int | None, str | None]:
         ),
         None,
     )
+    if r.returncode == 10 and "image operating system" in (err or ""):
+        return "fails", r.returncode, err  # a Windows image: no Linux runtime can run it
     if r.returncode == 125 or (err or "").startswith("kcompat: error"):
         raise SystemExit(f"the run itself failed, not the program: {' '.join(cmd)}: {err}")
     return ("runs" if r.returncode == 0 else "fails"), r.returncode, err

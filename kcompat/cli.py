@@ -473,6 +473,8 @@ def _print_check(rep: dict[str, Any]) -> None:
         + (f"  -> {rep['entrypoint']['binary']}" if rep["entrypoint"]["binary"] else ""),
         f"Verdict: {rep['verdict'].upper()}",
     ]
+    if rep["image"].get("chosen_because"):
+        lines.insert(1, f"Platform: {rep['image']['platform']} ({rep['image']['chosen_because']})")
     order = ["fatal", "uncertain", "warning", "info"]
     for f in sorted(rep["findings"], key=lambda f: order.index(f["severity"])):
         lines.append(f"  [{_MARK[f['severity']]}] {f['title']}")
