@@ -49,8 +49,22 @@ def parse_cpus(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1
-    if value <= 0:
-        raise UsageError(f"--cpus {text!r} is not a positive number", hint="e.g. --cpus 1.5")
+    have = os.cpu_count() or 1
+    if not 0.01 <= value <= have:
+        raise UsageError(
+            f"--cpus {text!r}: range of CPUs is from 0.01 to {have:.2f}, as there are only "
+            f"{have} CPUs available",
+            hint="e.g. --cpus 1.5",
+        )
+    return value
+
+
+def parse_pids(value: int | None) -> int | None:
+    """docker's --pids-limit: a positive limit; 0 or -1 is unlimited."""
+    if value is None or value in (0, -1):
+        return None
+    if value < 0:
+        raise UsageError(f"--pids-limit {value}: give a positive limit, or -1 for unlimited")
     return value
 
 

@@ -559,6 +559,21 @@ PidsOpt = Annotated[Optional[int], typer.Option("--pids-limit")]
 SimKernelOpt = Annotated[
     Optional[str], typer.Option("--kernel", help="simulate this older kernel, e.g. 3.10")
 ]
+TmpfsOpt = Annotated[
+    Optional[list[str]], typer.Option("--tmpfs", help="PATH[:OPTIONS] a tmpfs mount")
+]
+SecurityOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--security-opt", help="seccomp=unconfined|PROFILE.json, no-new-privileges[=false]"
+    ),
+]
+CapAddOpt = Annotated[
+    Optional[list[str]], typer.Option("--cap-add", help="add a capability (or ALL)")
+]
+CapDropOpt = Annotated[
+    Optional[list[str]], typer.Option("--cap-drop", help="drop a capability (or ALL)")
+]
 ProfileOpt = Annotated[
     Optional[Path], typer.Option("--profile", help="this host's profile from 'host --save'")
 ]
@@ -602,6 +617,19 @@ def run_cmd(
     seccomp_eperm: Annotated[
         Flag, typer.Option("--seccomp-eperm", help="with --kernel: newer syscalls get EPERM")
     ] = False,
+    init: Annotated[
+        Flag, typer.Option("--init", help="kcompat's init as PID 1: reaps, forwards signals")
+    ] = False,
+    tmpfs: TmpfsOpt = None,
+    security_opt: SecurityOpt = None,
+    cap_add: CapAddOpt = None,
+    cap_drop: CapDropOpt = None,
+    privileged: Annotated[
+        Flag,
+        typer.Option(
+            "--privileged", help="all capabilities, no seccomp, no masked or read-only paths"
+        ),
+    ] = False,
 ) -> None:
     """Run IMAGE: natively in namespaces, or through qemu-user for a foreign arch."""
     from kcompat.check import BestPlatform
@@ -635,7 +663,17 @@ def run_cmd(
         rootfs_mode=rootfs_mode,
         kernel=kernel,
         seccomp_eperm=seccomp_eperm,
+        init=init,
+        tmpfs=tuple(tmpfs or ()),
+        security_opts=tuple(security_opt or ()),
+        cap_add=tuple(cap_add or ()),
+        cap_drop=tuple(cap_drop or ()),
+        privileged=privileged,
     )
+    if tty and interactive and not sys.stdin.isatty():
+        from kcompat.errors import ContainerError
+
+        raise ContainerError("the input device is not a TTY", exit_code=1)
     checked = validate(opts)  # before anything is pulled
     target = host_target(profile)
     store = BlobStore()

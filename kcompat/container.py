@@ -104,6 +104,14 @@ class RunSpec:
     seccomp_program: bytes | None = None
     fake_release: str | None = None
     release_interpreter: str | None = None
+    # Confinement (kcompat.confine): docker's default seccomp profile (or the user's, or
+    # None for unconfined), masked and read-only paths, no_new_privs, tmpfs mounts.
+    profile_program: bytes | None = None
+    masked_paths: tuple[str, ...] = ()
+    readonly_paths: tuple[str, ...] = ()
+    no_new_privs: bool = True
+    tmpfs: tuple[tuple[str, str], ...] = ()  # (container path, mount options)
+    init: bool = False  # PID 1 is kcompat's init: reaps, forwards signals, passes status
 
 
 @dataclass(frozen=True)
@@ -199,7 +207,9 @@ def _touch(path: str) -> None:
 
 def _bind(source: str, target: str, readonly: bool = False, rec: bool = True) -> None:
     L.mount(source, target, None, L.MS_BIND | (L.MS_REC if rec else 0))
-    if readonly:
+    if readonly and rec:
+        L.readonly_recursive(target)  # submounts too, as docker 25+ (mount_setattr)
+    elif readonly:
         L.remount_readonly(target)
 
 
@@ -269,35 +279,80 @@ def _setup_dev() -> None:
 
 
 def _setup_sys(new_net: bool) -> None:
+    """/sys read-only, cgroupfs included: a fresh sysfs (only the owner of a network
+    namespace may mount one), else the host's, bound read-only with every submount."""
     os.makedirs("/sys", exist_ok=True)
     flags = L.MS_RDONLY | L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC
     if new_net:
-        # sysfs may be mounted only by the owner of the network namespace.
         L.mount("sysfs", "/sys", "sysfs", flags)
         return
     _bind(f"{OLD_ROOT}/sys", "/sys", readonly=True)
 
 
-def _register_binfmt(emu: Emulation) -> None:
-    mnt = "/proc/sys/fs/binfmt_misc"
+def _mask(paths: tuple[str, ...]) -> None:
+    """docker's masked paths: /dev/null over a file, an empty read-only tmpfs over a
+    directory (runc's maskPath); a path the kernel lacks is skipped."""
+    for path in paths:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            L.mount("tmpfs", path, "tmpfs", L.MS_RDONLY | L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC,
+                    "size=0,mode=0555")  # fmt: skip
+        else:
+            L.mount("/dev/null", path, None, L.MS_BIND)
+
+
+def _readonly(paths: tuple[str, ...]) -> None:
+    """docker's read-only paths: bound on themselves, read-only with their submounts."""
+    for path in paths:
+        if os.path.lexists(path):
+            _bind(path, path, readonly=True)
+
+
+def _etc_copies(scratch: str, hostname: str) -> None:
+    """/etc/resolv.conf, /etc/hosts and /etc/hostname: copies of the host's on the run's
+    tmpfs, writable inside and gone after; never the host's files themselves. Runs after
+    pivot_root: the tmpfs is reached through the old root."""
+    scratch = OLD_ROOT + scratch
+    for name, source in (("resolv.conf", "/etc/resolv.conf"), ("hosts", "/etc/hosts")):
+        try:
+            with open(OLD_ROOT + source, "rb") as f:
+                data = f.read(1 << 20)
+        except OSError:
+            continue
+        copy = os.path.join(scratch, name)
+        with open(copy, "wb") as f:
+            f.write(data)
+        _touch(f"/etc/{name}")
+        _bind(copy, f"/etc/{name}", rec=False)
+    _touch("/etc/hostname")
+    _bind(os.path.join(scratch, "hostname"), "/etc/hostname", rec=False)
+
+
+def _register_binfmt(emu: Emulation, mnt: str) -> bool:
+    """Register qemu-user in the run's own binfmt_misc (Linux 6.7+), mounted at `mnt`
+    before pivot_root: with flag F the kernel opens the interpreter now, by its host
+    path, and that path is what a process list shows for an emulated program. False
+    when there is no private instance and the host's entry serves instead."""
+    os.makedirs(mnt, exist_ok=True)
     try:
         L.mount("binfmt_misc", mnt, "binfmt_misc", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC)
     except OSError as e:
         if emu.host_entry:
-            return  # no private instance: the host's entry (flag F, static) serves
+            return False  # no private instance: the host's entry (flag F, static) serves
         raise _fail(
             EXIT_SETUP,
             f"cannot mount a private binfmt_misc for {emu.arch} ({e.strerror}; needs Linux 6.7+)",
         ) from None
     assert emu.register_line is not None
-    # Flag F: the kernel opens the interpreter now, through the old root, so it need not
-    # exist inside the image.
-    line = emu.register_line.replace(emu.interpreter, OLD_ROOT + emu.interpreter)
     try:
         with open(f"{mnt}/register", "w") as f:
-            f.write(line)
+            f.write(emu.register_line)
     except OSError as e:
         raise _fail(EXIT_SETUP, f"registering {emu.interpreter} failed: {e.strerror}") from None
+    return True  # stays mounted until /proc/sys/fs/binfmt_misc holds the instance
 
 
 def _lo_up() -> None:
@@ -315,7 +370,7 @@ def _open_pty() -> tuple[int, int]:
     return master, slave
 
 
-def _container_init(spec: RunSpec, ptysock: socket.socket | None) -> None:
+def _container_init(spec: RunSpec, ptysock: socket.socket | None, errw: int = -1) -> None:
     """PID 1: build the root, then exec. Raises _Step on a failure to report."""
     step = "mount namespace"
     try:
@@ -331,6 +386,10 @@ def _container_init(spec: RunSpec, ptysock: socket.socket | None) -> None:
         if spec.fake_release and spec.release_interpreter:
             step = f"open {spec.release_interpreter}"
             qemu_fd = os.open(spec.release_interpreter, os.O_RDONLY | os.O_CLOEXEC)
+        private_binfmt = False
+        if spec.emulation is not None:
+            step = "binfmt_misc"
+            private_binfmt = _register_binfmt(spec.emulation, os.path.join(scratch, "binfmt"))
         step = "root file system"
         root = _mount_root(spec, scratch)
         os.makedirs(root + OLD_ROOT, exist_ok=True)
@@ -345,19 +404,20 @@ def _container_init(spec: RunSpec, ptysock: socket.socket | None) -> None:
         _setup_dev()
         step = "/sys"
         _setup_sys(spec.network == "none")
-        if spec.emulation is not None:
+        if private_binfmt:  # the registrations live as long as the instance is mounted
             step = "binfmt_misc"
-            _register_binfmt(spec.emulation)
+            L.mount("binfmt_misc", "/proc/sys/fs/binfmt_misc", "binfmt_misc",
+                    L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC)  # fmt: skip
         step = "/etc files"
-        for name, source in (
-            ("resolv.conf", "/etc/resolv.conf"),
-            ("hosts", "/etc/hosts"),
-            ("hostname", f"{scratch}/hostname"),
-        ):
-            host = OLD_ROOT + source
-            if os.path.exists(host):
-                _touch(f"/etc/{name}")
-                _bind(host, f"/etc/{name}", rec=False)
+        _etc_copies(scratch, spec.hostname)
+        step = "masked paths"
+        _mask(spec.masked_paths)
+        step = "read-only paths"
+        _readonly(spec.readonly_paths)
+        for point, opts in spec.tmpfs:
+            step = f"tmpfs {point}"
+            os.makedirs(point, exist_ok=True)
+            L.mount("tmpfs", point, "tmpfs", L.MS_NOSUID | L.MS_NODEV, opts or None)
         for vol in spec.volumes:
             step = f"volume {vol.host}:{vol.container}"
             host = OLD_ROOT + vol.host
@@ -401,10 +461,18 @@ def _container_init(spec: RunSpec, ptysock: socket.socket | None) -> None:
             with contextlib.suppress(PermissionError):  # denied when only root is mapped
                 os.setgroups(list(spec.groups))
         os.setresgid(spec.gid, spec.gid, spec.gid)
+        if spec.profile_program is not None and not spec.no_new_privs:
+            from kcompat.seccomp import install  # imported before fork by the caller
+
+            step = "seccomp profile"
+            install(spec.profile_program)  # still with CAP_SYS_ADMIN, as runc does
         L.limit_capabilities(spec.capabilities)
-        L.set_no_new_privs()
+        if spec.no_new_privs:
+            L.set_no_new_privs()
         os.setresuid(spec.uid, spec.uid, spec.uid)
         os.chdir(spec.workdir)
+        step = "file descriptors"
+        L.cloexec_from(3)  # only 0, 1, 2 reach the command: nothing of the caller's
     except OSError as e:
         hint = ""
         if e.errno in (errno.EPERM, errno.EINVAL) and step in ("credentials",):
@@ -419,15 +487,28 @@ def _container_init(spec: RunSpec, ptysock: socket.socket | None) -> None:
         path = argv0 if "/" in argv0 else _which(argv0, env.get("PATH", ""))
         if path is None:
             raise _fail(EXIT_NOT_FOUND, f'exec: "{argv0}": executable file not found in $PATH')
+    if spec.init:
+        L.set_pdeathsig(signal.SIGKILL)
+        child = os.fork()
+        if child != 0:
+            with contextlib.suppress(OSError):
+                os.close(errw)  # the command's exec reports through it, not init
+            _init(child)  # never returns
     for sig in range(1, signal.NSIG):
         with contextlib.suppress(OSError, ValueError, RuntimeError):
             signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     L.set_pdeathsig(signal.SIGKILL)
     try:
-        if spec.seccomp_program is not None:
+        if spec.profile_program is not None and spec.no_new_privs:
             from kcompat.seccomp import install  # imported before fork by the caller
 
+            install(spec.profile_program)
+        if spec.seccomp_program is not None:
+            from kcompat.seccomp import install
+
+            if not spec.no_new_privs:  # the simulation's filter needs it (no CAP_SYS_ADMIN)
+                L.set_no_new_privs()
             install(spec.seccomp_program)
         if qemu_fd >= 0:
             # qemu-user runs the program with the faked release (-r); -0 keeps argv[0].
@@ -447,6 +528,39 @@ def _container_init(spec: RunSpec, ptysock: socket.socket | None) -> None:
         raise _fail(code, f'exec "{spec.argv[0]}": {e.strerror}') from None
 
 
+_INIT_FORWARDED = (*_FORWARDED, signal.SIGWINCH, signal.SIGCONT, signal.SIGTSTP)
+
+
+def _init(child: int) -> None:
+    """kcompat's init as PID 1 (--init, and always under --kernel, where qemu-user would
+    otherwise be PID 1 and could not die by its guest's signal): forwards signals to
+    the command, reaps every orphan, and exits with the command's status (128+N when
+    signal N ended it). Runs after pivot_root: only what is already imported."""
+
+    def forward(sig: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, sig)
+
+    for sig in _INIT_FORWARDED:
+        signal.signal(sig, forward)
+    code = EXIT_SETUP
+    try:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            if pid == child:
+                code = (
+                    128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+                )
+                break
+    finally:
+        os._exit(code)
+
+
 def _which(name: str, path: str) -> str | None:
     for d in path.split(":"):
         candidate = os.path.join(d or ".", name)
@@ -457,7 +571,7 @@ def _which(name: str, path: str) -> str | None:
 
 def _child_main(spec: RunSpec, errw: int, ptysock: socket.socket | None) -> None:
     try:
-        _container_init(spec, ptysock)
+        _container_init(spec, ptysock, errw)
         code, msg = EXIT_SETUP, "exec returned"
     except _Step as e:
         code, msg = e.code, str(e)
@@ -480,7 +594,12 @@ def _keeper(
         for sig in _FORWARDED:
             signal.signal(sig, signal.SIG_IGN)
         try:
-            L.unshare(flags)
+            try:  # a cgroup namespace: the container sees its own cgroup as the root
+                L.unshare(flags | L.CLONE_NEWCGROUP)
+            except OSError as e:
+                if e.errno != errno.EINVAL:  # a kernel before 4.6 has none
+                    raise
+                L.unshare(flags)
         except OSError as e:
             os.write(fds["status_w"], f"E{e.strerror}".encode())
             os._exit(EXIT_SETUP)
@@ -585,7 +704,7 @@ def _read_exact(fd: int, n: int) -> bytes:
 
 def run(spec: RunSpec) -> int:
     """Run the container; return its exit status (128+N when killed by signal N)."""
-    if spec.seccomp_program is not None:
+    if spec.seccomp_program is not None or spec.profile_program is not None:
         import kcompat.seccomp  # noqa: F401  (the child must not import after pivot_root)
     flags = L.CLONE_NEWUSER | L.CLONE_NEWNS | L.CLONE_NEWUTS | L.CLONE_NEWIPC | L.CLONE_NEWPID
     if spec.network == "none":

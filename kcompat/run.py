@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kcompat.binfmt import BINFMT
-from kcompat.cgroups import Limits, parse_cpus, parse_memory
+from kcompat.cgroups import Limits, parse_cpus, parse_memory, parse_pids
+from kcompat.confine import DEFAULTS
 from kcompat.container import Emulation, RunSpec, Volume
 from kcompat.errors import (
     ContainerError,
@@ -62,6 +63,12 @@ class RunOptions:
     kernel: str | None = None  # simulate this older kernel (kcompat.seccomp, qemu-user -r)
     seccomp_eperm: bool = False
     predict: bool = True  # judge the image for this host first
+    init: bool = False  # kcompat's init as PID 1 (always under --kernel)
+    tmpfs: tuple[str, ...] = ()  # PATH[:OPTIONS]
+    security_opts: tuple[str, ...] = ()  # seccomp=unconfined|FILE, no-new-privileges[=B]
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    privileged: bool = False
 
 
 @dataclass(frozen=True)
@@ -252,6 +259,72 @@ class Checked:
     volumes: tuple[Volume, ...]
     limits: Limits
     env_lines: tuple[str, ...]
+    tmpfs: tuple[tuple[str, str], ...] = ()
+    capabilities: frozenset[int] = frozenset()
+    seccomp: str = "default"  # default | unconfined | a profile file's path
+    no_new_privs: bool = True
+
+
+_TMPFS_DEFAULT = "rw,noexec,nosuid,size=65536k"  # docker's --tmpfs default options
+
+
+def _tmpfs(text: str) -> tuple[str, str]:
+    path, _, opts = text.partition(":")
+    if not path.startswith("/") or ".." in path.split("/"):
+        raise UsageError(f"--tmpfs {text!r}: the path must be absolute, without '..'",
+                         hint="e.g. --tmpfs /run:size=64m")  # fmt: skip
+    words = [w for w in (opts or _TMPFS_DEFAULT).split(",") if w]
+    flags = {"rw", "ro", "noexec", "exec", "nosuid", "suid", "nodev", "dev"}
+    data = [w for w in words if w not in flags]
+    for w in data:
+        key = w.partition("=")[0]
+        if key not in ("size", "mode", "nr_inodes", "uid", "gid"):
+            raise UsageError(f"--tmpfs {text!r}: option {w!r} is not a tmpfs option")
+    return os.path.normpath(path), ",".join(data)
+
+
+def _capabilities(opts: RunOptions) -> frozenset[int]:
+    from kcompat.linuxapi import ALL_CAPS, DOCKER_DEFAULT_CAPS
+
+    def num(name: str, flag: str) -> int | None:
+        key = name.upper().removeprefix("CAP_")
+        if key == "ALL":
+            return None
+        if key not in ALL_CAPS:
+            raise UsageError(f"{flag} {name!r} is not a capability", hint="e.g. NET_ADMIN")
+        return ALL_CAPS[key]
+
+    caps = set(ALL_CAPS.values()) if opts.privileged else set(DOCKER_DEFAULT_CAPS)
+    for name in opts.cap_add:
+        n = num(name, "--cap-add")
+        caps |= set(ALL_CAPS.values()) if n is None else {n}
+    for name in opts.cap_drop:
+        n = num(name, "--cap-drop")
+        caps -= set(ALL_CAPS.values()) if n is None else {n}
+    return frozenset(caps)
+
+
+def _security(opts: RunOptions) -> tuple[str, bool]:
+    seccomp, nnp = ("unconfined" if opts.privileged else "default"), True
+    for opt in opts.security_opts:
+        key, sep, value = opt.replace(":", "=", 1).partition("=")
+        if key == "seccomp" and sep and value:
+            if value != "unconfined" and not Path(value).is_file():
+                raise NotFoundError(
+                    f"--security-opt {opt}: no such file",
+                    hint="give a seccomp profile in docker's JSON format",
+                )
+            seccomp = value
+        elif key == "no-new-privileges":
+            if value not in ("", "true", "false"):
+                raise UsageError(f"--security-opt {opt}: give true or false")
+            nnp = value != "false"
+        else:
+            raise UsageError(
+                f"--security-opt {opt!r} is not supported",
+                hint="seccomp=unconfined|PROFILE.json, no-new-privileges[=false]",
+            )
+    return seccomp, nnp
 
 
 def validate(opts: RunOptions) -> Checked:
@@ -285,9 +358,37 @@ def validate(opts: RunOptions) -> Checked:
     limits = Limits(
         memory=parse_memory(opts.memory) if opts.memory else None,
         cpus=parse_cpus(opts.cpus) if opts.cpus else None,
-        pids=opts.pids_limit,
+        pids=parse_pids(opts.pids_limit),
     )
-    return Checked(volumes, limits, env_lines)
+    seccomp, nnp = _security(opts)
+    tmpfs = tuple(_tmpfs(t) for t in opts.tmpfs)
+    return Checked(volumes, limits, env_lines, tmpfs, _capabilities(opts), seccomp, nnp)
+
+
+def _profile_program(checked: Checked, target: Target, kernel: str | None) -> bytes | None:
+    """The seccomp program of the container (None: unconfined). It filters the host's
+    syscalls, which under emulation are qemu-user's."""
+    if checked.seccomp == "unconfined":
+        return None
+    from kcompat.confine import assemble, default_profile, load_profile_file
+    from kcompat.linuxapi import ALL_CAPS
+    from kcompat.syscalls import ABI_OF_ARCH
+
+    abi = ABI_OF_ARCH.get(target.platform.architecture)
+    if abi is None:
+        raise UnsupportedError(
+            f"no seccomp profile for {target.platform.architecture}",
+            hint="--security-opt seccomp=unconfined runs without one",
+        )
+    names = frozenset(k for k, v in ALL_CAPS.items() if v in checked.capabilities)
+    host_kernel = target.kernel
+    profile = (
+        default_profile(names, abi, host_kernel)
+        if checked.seccomp == "default"
+        else load_profile_file(Path(checked.seccomp), names, abi, host_kernel)
+    )
+    _ = kernel
+    return assemble(profile, abi)
 
 
 def _refuse(reference: str, prediction: Prediction) -> None:
@@ -376,8 +477,8 @@ def prepare(
     limits = checked.limits
     hostname = opts.hostname or secrets.token_hex(6)  # docker's short container id look
     keep_dir = None
-    if opts.keep:
-        keep_dir = store.root / "containers" / hostname
+    if opts.keep:  # one writable layer per image and hostname, never shared across images
+        keep_dir = store.root / "containers" / rootfs.name / hostname
         keep_dir.mkdir(parents=True, exist_ok=True)
     env = container_env(config, opts, user.home, hostname)
     notes = []
@@ -435,6 +536,15 @@ def prepare(
         seccomp_program=seccomp_program,
         fake_release=fake_release if release_interpreter else None,
         release_interpreter=release_interpreter,
+        capabilities=checked.capabilities,
+        profile_program=_profile_program(checked, target, opts.kernel),
+        masked_paths=() if opts.privileged else DEFAULTS.masked_paths,
+        readonly_paths=() if opts.privileged else DEFAULTS.readonly_paths,
+        no_new_privs=checked.no_new_privs,
+        tmpfs=checked.tmpfs,
+        # under --kernel qemu-user is the first process: as PID 1 it could not die by
+        # its guest's signal, so kcompat's init is PID 1 there
+        init=opts.init or bool(opts.kernel),
     )
     if emulation is not None:
         how = (

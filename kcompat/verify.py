@@ -21,7 +21,7 @@ _SETUP_CODES = (125,)
 
 @dataclass(frozen=True)
 class Observation:
-    outcome: str  # runs | fails | not-run
+    outcome: str  # runs | fails | not-run (could not run, or still running at the timeout)
     exit_code: int | None
     first_error: str | None
     command: tuple[str, ...]
@@ -73,9 +73,9 @@ def observe(
         r = subprocess.run(
             cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
         )
-    except subprocess.TimeoutExpired:
-        return Observation("runs", None, f"still running after {timeout:.0f} s (counted as "
-                           "running)", tuple(cmd[2:]), simulated)  # fmt: skip
+    except subprocess.TimeoutExpired:  # a hang is no proof that it runs
+        return Observation("not-run", None, f"undecided: still running after {timeout:.0f} s",
+                           tuple(cmd[2:]), simulated)  # fmt: skip
     err = _first_error(r.stderr)
     if r.returncode in _SETUP_CODES or (r.returncode != 0 and err and err.startswith("kcompat:")):
         return Observation("not-run", r.returncode, err, tuple(cmd[2:]), simulated)

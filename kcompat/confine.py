@@ -1,0 +1,311 @@
+"""What confines a container by default, as docker does: masked and read-only paths, a
+seccomp profile, capabilities; and docker's seccomp profile format, compiled to a
+classic BPF program here (no libseccomp).
+
+The facts, with their sources, are in kcompat/data/confinement.json. A profile is a
+default action and rules: syscall names, an action, and optional argument conditions
+(docker's `args`: index, value, valueTwo, op); `includes`/`excludes` by capability,
+architecture or minimum kernel are resolved when the program is built for a container.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from kcompat.errors import UsageError
+from kcompat.syscalls import table
+from kcompat.versions import version_key
+
+# linux/filter.h, linux/seccomp.h, linux/audit.h
+_LD_W_ABS = 0x20
+_JEQ_K = 0x15
+_JGE_K = 0x35
+_AND_K = 0x54
+_RET_K = 0x06
+RET_ALLOW = 0x7FFF0000
+RET_ERRNO = 0x00050000
+RET_KILL_PROCESS = 0x80000000
+RET_TRAP = 0x00030000
+RET_LOG = 0x7FFC0000
+_ARGS_OFFSET = 16  # struct seccomp_data: nr, arch, instruction_pointer, args[6]
+_X32_BIT = 0x40000000
+AUDIT_ARCH = {
+    "x86_64": 0xC000003E, "i386": 0x40000003, "arm64": 0xC00000B7, "arm": 0x40000028,
+    "s390x": 0x80000016, "ppc64le": 0xC0000015, "riscv64": 0xC00000F3,
+    "mips64le": 0xC0000008, "loong64": 0xC0000102,
+}  # fmt: skip
+# 32-bit ABIs a 64-bit kernel also runs natively (their calls are filtered too)
+COMPAT_ABI = {"x86_64": "i386", "arm64": "arm"}
+EPERM, ENOSYS = 1, 38
+
+_ACTIONS = {
+    "SCMP_ACT_ALLOW": RET_ALLOW,
+    "SCMP_ACT_ERRNO": RET_ERRNO,
+    "SCMP_ACT_KILL": RET_KILL_PROCESS,
+    "SCMP_ACT_KILL_PROCESS": RET_KILL_PROCESS,
+    "SCMP_ACT_KILL_THREAD": RET_KILL_PROCESS,
+    "SCMP_ACT_TRAP": RET_TRAP,
+    "SCMP_ACT_LOG": RET_LOG,
+}
+_OPS = ("SCMP_CMP_EQ", "SCMP_CMP_NE", "SCMP_CMP_MASKED_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT",
+        "SCMP_CMP_LT", "SCMP_CMP_LE")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Cond:
+    index: int
+    value: int
+    value_two: int
+    op: str
+
+
+@dataclass(frozen=True)
+class Rule:
+    names: tuple[str, ...]
+    action: int  # a RET_* value, the errno already in its low 16 bits
+    conds: tuple[Cond, ...] = ()
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    default: int
+    rules: tuple[Rule, ...]
+
+
+def _ret(action: str, errno_ret: int | None, where: str) -> int:
+    if action not in _ACTIONS:
+        raise UsageError(f"{where}: action {action!r} is not supported",
+                         hint=f"use one of {', '.join(_ACTIONS)}")  # fmt: skip
+    ret = _ACTIONS[action]
+    if ret == RET_ERRNO:
+        ret |= (EPERM if errno_ret is None else errno_ret) & 0xFFFF
+    return ret
+
+
+def _applies(entry: dict[str, Any], caps: frozenset[str], arch: str, kernel: str | None) -> bool:
+    """docker's includes/excludes: caps, arches, minKernel."""
+    inc, exc = entry.get("includes") or {}, entry.get("excludes") or {}
+    if inc.get("caps") and not set(inc["caps"]) <= caps:
+        return False
+    if inc.get("arches") and arch not in inc["arches"]:
+        return False
+    if inc.get("minKernel") and kernel and version_key(kernel) < version_key(inc["minKernel"]):
+        return False
+    if exc.get("caps") and set(exc["caps"]) & caps:
+        return False
+    if exc.get("arches") and arch in exc["arches"]:
+        return False
+    return not (exc.get("minKernel") and kernel and version_key(kernel) >= version_key(
+        exc["minKernel"]))  # fmt: skip
+
+
+# docker's own architecture names (libseccomp's), from the profile's archMap
+_SCMP_ARCH = {"SCMP_ARCH_X86_64": "x86_64", "SCMP_ARCH_X86": "i386", "SCMP_ARCH_AARCH64": "arm64",
+              "SCMP_ARCH_ARM": "arm", "SCMP_ARCH_S390X": "s390x", "SCMP_ARCH_PPC64LE": "ppc64le",
+              "SCMP_ARCH_RISCV64": "riscv64", "SCMP_ARCH_MIPSEL64": "mips64le",
+              "SCMP_ARCH_LOONGARCH64": "loong64"}  # fmt: skip
+
+
+def parse_profile(
+    raw: Any, where: str, caps: frozenset[str], arch: str, kernel: str | None
+) -> Profile:
+    """A profile in docker's seccomp JSON format, for a container with `caps` (names
+    without CAP_) on `arch` (a syscall ABI) and `kernel`."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("defaultAction"), str):
+        raise UsageError(
+            f"{where}: not a seccomp profile (no defaultAction)",
+            hint="give a profile in docker's format, e.g. its default.json",
+        )
+    default = _ret(raw["defaultAction"], raw.get("defaultErrnoRet"), where)
+    rules: list[Rule] = []
+    for i, entry in enumerate(raw.get("syscalls") or []):
+        at = f"{where}: syscalls[{i}]"
+        if not isinstance(entry, dict):
+            raise UsageError(f"{at} is not an object")
+        names = entry.get("names") or ([entry["name"]] if entry.get("name") else [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise UsageError(f"{at}: names must be a list of syscall names")
+        if not _applies(entry, frozenset(c.removeprefix("CAP_") for c in caps), arch, kernel):
+            continue
+        conds = []
+        for a in entry.get("args") or []:
+            if a.get("op") not in _OPS or not isinstance(a.get("index"), int):
+                raise UsageError(f"{at}: argument condition {a!r} is not supported",
+                                 hint=f"op must be one of {', '.join(_OPS)}")  # fmt: skip
+            conds.append(Cond(a["index"], int(a.get("value", 0)), int(a.get("valueTwo", 0)),
+                              a["op"]))  # fmt: skip
+        rules.append(Rule(tuple(names), _ret(entry.get("action", ""), entry.get("errnoRet"), at),
+                          tuple(conds)))  # fmt: skip
+    return Profile(where, default, tuple(rules))
+
+
+def load_profile_file(path: Path, caps: frozenset[str], arch: str, kernel: str | None) -> Profile:
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as e:
+        from kcompat.errors import NotFoundError
+
+        raise NotFoundError(
+            f"seccomp profile {path}: {e.strerror}",
+            hint="give an existing file: --security-opt seccomp=FILE",
+        ) from None
+    except ValueError as e:
+        raise UsageError(f"seccomp profile {path} is not JSON ({e})") from None
+    return parse_profile(raw, f"seccomp profile {path}", caps, arch, kernel)
+
+
+# -- the BPF program ------------------------------------------------------------------
+
+
+class _Asm:
+    """A classic BPF program with symbolic jump targets, resolved at the end (the
+    conditional jumps reach 255 instructions, `ja` any distance)."""
+
+    def __init__(self) -> None:
+        self.code: list[tuple[int, str | None, str | None, int]] = []
+        self.labels: dict[str, int] = {}
+        self._n = 0
+
+    def new(self) -> str:
+        self._n += 1
+        return f"L{self._n}"
+
+    def emit(self, code: int, k: int = 0, jt: str | None = None, jf: str | None = None) -> None:
+        self.code.append((code, jt, jf, k))
+
+    def label(self, name: str) -> None:
+        self.labels[name] = len(self.code)
+
+    def _rel(self, name: str | None, at: int) -> int:
+        if name is None:
+            return 0
+        off = self.labels[name] - at - 1
+        if off < 0:
+            raise ValueError("backward jump")
+        return off
+
+    def assemble(self) -> bytes:
+        out = []
+        for i, (code, jt, jf, k) in enumerate(self.code):
+            if code == _JA:
+                k, t, f = self._rel(jt, i), 0, 0
+            else:
+                t, f = self._rel(jt, i), self._rel(jf, i)
+                if t > 255 or f > 255:
+                    raise UsageError("a seccomp rule is too long for classic BPF jumps")
+            out.append(struct.pack("=HBBI", code, t, f, k & 0xFFFFFFFF))
+        if len(out) > 4096:
+            raise UsageError("seccomp program longer than the kernel's 4096 instructions")
+        return b"".join(out)
+
+
+_JA = 0x05
+
+
+def _cond(asm: _Asm, c: Cond, skip: str) -> None:
+    """Fall through when condition `c` holds on the call's argument, else jump to `skip`
+    (64-bit compares as two 32-bit words; little-endian seccomp_data)."""
+    lo = _ARGS_OFFSET + 8 * c.index
+    hi = lo + 4
+    if c.op == "SCMP_CMP_MASKED_EQ":  # docker: value is the mask, valueTwo the result
+        m, w = c.value, c.value_two
+        for off, shift in ((hi, 32), (lo, 0)):
+            nxt = asm.new()
+            asm.emit(_LD_W_ABS, off)
+            asm.emit(_AND_K, m >> shift & 0xFFFFFFFF)
+            asm.emit(_JEQ_K, w >> shift & 0xFFFFFFFF, nxt, skip)
+            asm.label(nxt)
+    elif c.op == "SCMP_CMP_EQ":
+        for off, shift in ((hi, 32), (lo, 0)):
+            nxt = asm.new()
+            asm.emit(_LD_W_ABS, off)
+            asm.emit(_JEQ_K, c.value >> shift & 0xFFFFFFFF, nxt, skip)
+            asm.label(nxt)
+    elif c.op == "SCMP_CMP_NE":
+        holds, check_lo = asm.new(), asm.new()
+        asm.emit(_LD_W_ABS, hi)
+        asm.emit(_JEQ_K, c.value >> 32 & 0xFFFFFFFF, check_lo, holds)
+        asm.label(check_lo)
+        asm.emit(_LD_W_ABS, lo)
+        asm.emit(_JEQ_K, c.value & 0xFFFFFFFF, skip, holds)
+        asm.label(holds)
+    else:
+        raise UsageError(f"seccomp: {c.op} on argument {c.index} is not supported by kcompat",
+                         hint="use SCMP_CMP_EQ, SCMP_CMP_NE or SCMP_CMP_MASKED_EQ")  # fmt: skip
+
+
+def _section(asm: _Asm, profile: Profile, abi: str) -> None:
+    t = table(abi)
+    asm.emit(_LD_W_ABS, 0)  # seccomp_data.nr
+    if abi == "x86_64":  # x32 calls (nr | 0x40000000): as a kernel without x32 answers
+        native = asm.new()
+        asm.emit(_JGE_K, _X32_BIT, None, native)
+        asm.emit(_RET_K, RET_ERRNO | ENOSYS)
+        asm.label(native)
+    for rule in profile.rules:
+        for name in rule.names:
+            row = t.lookup(name)
+            if row is None or not row.implemented:
+                continue  # not on this ABI
+            skip, body = asm.new(), asm.new()
+            asm.emit(_JEQ_K, row.nr, body, skip)
+            asm.label(body)
+            for c in rule.conds:
+                _cond(asm, c, skip)
+            asm.emit(_RET_K, rule.action)
+            asm.label(skip)
+            if rule.conds:
+                asm.emit(_LD_W_ABS, 0)  # the arguments replaced the number
+    asm.emit(_RET_K, profile.default)
+
+
+def assemble(profile: Profile, abi: str) -> bytes:
+    """The BPF program for `profile` on `abi` and, where the kernel runs one, its 32-bit
+    compat ABI; a call of any other ABI kills the process."""
+    arches = [abi] + ([COMPAT_ABI[abi]] if abi in COMPAT_ABI else [])
+    asm = _Asm()
+    asm.emit(_LD_W_ABS, 4)  # seccomp_data.arch
+    starts = {a: asm.new() for a in arches}
+    for a in arches:
+        nxt, go = asm.new(), asm.new()
+        asm.emit(_JEQ_K, AUDIT_ARCH[a], go, nxt)
+        asm.label(go)
+        asm.emit(_JA, 0, starts[a])
+        asm.label(nxt)
+    asm.emit(_RET_K, RET_KILL_PROCESS)  # a call of another ABI: libseccomp's bad-arch action
+    for a in arches:
+        asm.label(starts[a])
+        _section(asm, profile, a)
+    return asm.assemble()
+
+
+# -- docker's defaults ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Defaults:
+    masked_paths: tuple[str, ...]
+    readonly_paths: tuple[str, ...]
+    seccomp: dict[str, Any]
+
+
+def _load() -> Defaults:
+    raw = json.loads(resources.files("kcompat").joinpath("data", "confinement.json").read_text())
+    if raw.get("schema") != 1:
+        raise ValueError("kcompat/data/confinement.json: unknown schema")
+    return Defaults(tuple(raw["masked_paths"]["paths"]), tuple(raw["readonly_paths"]["paths"]),
+                    raw["seccomp"])  # fmt: skip
+
+
+DEFAULTS = _load()
+
+
+def default_profile(caps: frozenset[str], abi: str, kernel: str | None) -> Profile:
+    return parse_profile(DEFAULTS.seccomp, "kcompat's default seccomp profile", caps, abi,
+                         kernel)  # fmt: skip
