@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob as globmod
 import os
 import secrets
 import selectors
@@ -292,7 +293,7 @@ def _setup_sys(new_net: bool) -> None:
 def _mask(paths: tuple[str, ...]) -> None:
     """docker's masked paths: /dev/null over a file, an empty read-only tmpfs over a
     directory (runc's maskPath); a path the kernel lacks is skipped."""
-    for path in paths:
+    for path in (p for pattern in paths for p in sorted(globmod.glob(pattern))):
         try:
             st = os.lstat(path)
         except OSError:
