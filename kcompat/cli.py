@@ -624,6 +624,12 @@ def run_cmd(
     security_opt: SecurityOpt = None,
     cap_add: CapAddOpt = None,
     cap_drop: CapDropOpt = None,
+    userns: Annotated[
+        str,
+        typer.Option(
+            "--userns", help="host, or auto (as root: container root is an unprivileged uid)"
+        ),
+    ] = "host",
     privileged: Annotated[
         Flag,
         typer.Option(
@@ -669,6 +675,7 @@ def run_cmd(
         cap_add=tuple(cap_add or ()),
         cap_drop=tuple(cap_drop or ()),
         privileged=privileged,
+        userns=userns,
     )
     if tty and interactive and not sys.stdin.isatty():
         from kcompat.errors import ContainerError

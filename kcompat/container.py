@@ -113,6 +113,7 @@ class RunSpec:
     no_new_privs: bool = True
     tmpfs: tuple[tuple[str, str], ...] = ()  # (container path, mount options)
     init: bool = False  # PID 1 is kcompat's init: reaps, forwards signals, passes status
+    userns: str = "host"  # host: root maps to itself | auto: to an unprivileged range
 
 
 @dataclass(frozen=True)
@@ -135,11 +136,28 @@ def _subids(path: str, user: str, uid: int) -> tuple[int, int] | None:
     return None
 
 
-def id_map() -> IdMap:
-    """Root maps ids 0-65535 to themselves (the cached rootfs belongs to them); any other
-    user maps to root inside, plus its subordinate ids when newuidmap and /etc/subuid
-    allow it, so that -u works; otherwise only root exists inside."""
+AUTO_BASE = 1879048192  # above systemd's container range (524288-1879048191), below 2^31
+
+
+def auto_base() -> int:
+    """Where `--userns auto` maps container root: the range /etc/subuid gives the user
+    "containers" (podman's convention) or "root", else AUTO_BASE."""
+    for user in ("containers", "root"):
+        sub = _subids("/etc/subuid", user, -1)
+        if sub and sub[1] >= 65536:
+            return sub[0]
+    return AUTO_BASE
+
+
+def id_map(userns: str = "host") -> IdMap:
+    """Root maps ids 0-65535 to themselves (the cached rootfs belongs to them), or with
+    `--userns auto` to an unprivileged range (the rootfs is then seen through an
+    idmapped mount); any other user maps to root inside, plus its subordinate ids when
+    newuidmap and /etc/subuid allow it, so that -u works; otherwise only root exists."""
     uid, gid = os.geteuid(), os.getegid()
+    if uid == 0 and userns == "auto":
+        base = auto_base()
+        return IdMap(f"0 {base} 65536\n", f"0 {base} 65536\n", True, False)
     if uid == 0:
         return IdMap("0 0 65536\n", "0 0 65536\n", True, False)
     import pwd
@@ -238,9 +256,15 @@ def _copy_tree(src: str, dst: str) -> None:
                 os.chmod(d, stat.S_IMODE(lst.st_mode))
 
 
-def _mount_root(spec: RunSpec, scratch: str) -> str:
+def _mount_root(spec: RunSpec, scratch: str, tree_fd: int = -1) -> str:
     root = os.path.join(scratch, "root")
     os.mkdir(root)
+    if tree_fd >= 0:  # --userns auto: the rootfs through an idmapped mount
+        lower_dir = os.path.join(scratch, "lower")
+        os.mkdir(lower_dir)
+        L.attach(tree_fd, lower_dir)
+        os.close(tree_fd)
+        spec = _with_rootfs(spec, lower_dir)
     layer = str(spec.keep_dir) if spec.keep_dir else scratch
     upper, work = os.path.join(layer, "upper"), os.path.join(layer, "work")
     os.makedirs(upper, exist_ok=True)
@@ -260,6 +284,12 @@ def _mount_root(spec: RunSpec, scratch: str) -> str:
     _copy_tree(str(spec.rootfs), root)
     _bind(root, root)
     return root
+
+
+def _with_rootfs(spec: RunSpec, rootfs: str) -> RunSpec:
+    from dataclasses import replace
+
+    return replace(spec, rootfs=Path(rootfs))
 
 
 def _setup_dev() -> None:
@@ -371,10 +401,15 @@ def _open_pty() -> tuple[int, int]:
     return master, slave
 
 
-def _container_init(spec: RunSpec, ptysock: socket.socket | None, errw: int = -1) -> None:
+def _container_init(
+    spec: RunSpec, ptysock: socket.socket | None, errw: int = -1, tree_fd: int = -1
+) -> None:
     """PID 1: build the root, then exec. Raises _Step on a failure to report."""
     step = "mount namespace"
     try:
+        if spec.userns == "auto":  # host root is not mapped: become the namespace's root
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
         os.setsid()
         devnull = os.open("/dev/null", os.O_RDWR)
         L.mount(None, "/", None, L.MS_REC | L.MS_PRIVATE)
@@ -392,7 +427,7 @@ def _container_init(spec: RunSpec, ptysock: socket.socket | None, errw: int = -1
             step = "binfmt_misc"
             private_binfmt = _register_binfmt(spec.emulation, os.path.join(scratch, "binfmt"))
         step = "root file system"
-        root = _mount_root(spec, scratch)
+        root = _mount_root(spec, scratch, tree_fd)
         os.makedirs(root + OLD_ROOT, exist_ok=True)
         step = "pivot_root"
         os.chdir(root)
@@ -570,9 +605,11 @@ def _which(name: str, path: str) -> str | None:
     return None
 
 
-def _child_main(spec: RunSpec, errw: int, ptysock: socket.socket | None) -> None:
+def _child_main(
+    spec: RunSpec, errw: int, ptysock: socket.socket | None, tree_fd: int = -1
+) -> None:
     try:
-        _container_init(spec, ptysock, errw)
+        _container_init(spec, ptysock, errw, tree_fd)
         code, msg = EXIT_SETUP, "exec returned"
     except _Step as e:
         code, msg = e.code, str(e)
@@ -584,7 +621,12 @@ def _child_main(spec: RunSpec, errw: int, ptysock: socket.socket | None) -> None
 
 
 def _keeper(
-    spec: RunSpec, flags: int, parent: int, fds: dict[str, int], ptysock: socket.socket | None
+    spec: RunSpec,
+    flags: int,
+    parent: int,
+    fds: dict[str, int],
+    ptysock: socket.socket | None,
+    treesock: socket.socket | None = None,
 ) -> None:
     """C1: in the new namespaces, forks PID 1 and reports its wait status."""
     code = EXIT_SETUP
@@ -607,10 +649,17 @@ def _keeper(
         os.write(fds["status_w"], b"U")
         if os.read(fds["go_r"], 1) != b"G":
             os._exit(EXIT_SETUP)
+        tree_fd = -1
+        if treesock is not None:  # --userns auto: the idmapped rootfs, made by the host side
+            _msg, got, _flags, _addr = socket.recv_fds(treesock, 1, 1)
+            treesock.close()
+            if not got:
+                os._exit(EXIT_SETUP)
+            tree_fd = got[0]
         pid = os.fork()
         if pid == 0:
             os.close(fds["status_w"])
-            _child_main(spec, fds["err_w"], ptysock)
+            _child_main(spec, fds["err_w"], ptysock, tree_fd)
         os.close(fds["err_w"])
         if ptysock is not None:
             ptysock.close()
@@ -703,6 +752,27 @@ def _read_exact(fd: int, n: int) -> bytes:
     return out
 
 
+def _send_idmapped_root(spec: RunSpec, keeper: int, sock: socket.socket) -> None:
+    """--userns auto: the cached rootfs (owned by host ids 0-65535) as an idmapped
+    mount for the container's user namespace, so container root owns it while being an
+    unprivileged host uid. Detached: it never appears in the host's mount table."""
+    ns = os.open(f"/proc/{keeper}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        tree = L.idmapped_tree(str(spec.rootfs), ns)
+    except OSError as e:
+        raise ContainerError(
+            f"--userns auto: cannot make an idmapped mount of {spec.rootfs}: {e.strerror}",
+            hint="needs Linux 5.12+ and a file system with idmapped mounts (ext4, xfs, btrfs)",
+        ) from None
+    finally:
+        os.close(ns)
+    try:
+        socket.send_fds(sock, [b"t"], [tree])
+    finally:
+        os.close(tree)
+        sock.close()
+
+
 def run(spec: RunSpec) -> int:
     """Run the container; return its exit status (128+N when killed by signal N)."""
     if spec.seccomp_program is not None or spec.profile_program is not None:
@@ -710,11 +780,41 @@ def run(spec: RunSpec) -> int:
     flags = L.CLONE_NEWUSER | L.CLONE_NEWNS | L.CLONE_NEWUTS | L.CLONE_NEWIPC | L.CLONE_NEWPID
     if spec.network == "none":
         flags |= L.CLONE_NEWNET
-    idmap = id_map()
+    idmap = id_map(spec.userns)
+    tree_parent = tree_child = None
+    auto_scratch = None
     try:
-        spec.scratch.mkdir(parents=True, exist_ok=True)
+        if spec.userns == "auto":
+            # Container root is an unprivileged host uid here: its tmpfs needs a mount
+            # point that uid can reach (the cache may be below a 0700 home). An empty
+            # directory in /tmp, owned by that uid, removed after the run.
+            import tempfile
+            from dataclasses import replace
+
+            auto_scratch = tempfile.mkdtemp(prefix="kcompat-userns-", dir="/tmp")
+            base = int(idmap.uid_lines.split()[1])
+            os.chown(auto_scratch, base, base)
+            spec = replace(spec, scratch=Path(auto_scratch))
+            tree_parent, tree_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        else:
+            spec.scratch.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise LocalIOError(f"cannot create {spec.scratch}: {e.strerror}") from None
+    try:
+        return _run(spec, flags, idmap, tree_parent, tree_child)
+    finally:
+        if auto_scratch is not None:
+            with contextlib.suppress(OSError):
+                os.rmdir(auto_scratch)
+
+
+def _run(
+    spec: RunSpec,
+    flags: int,
+    idmap: IdMap,
+    tree_parent: socket.socket | None,
+    tree_child: socket.socket | None,
+) -> int:
     cgroup = CgroupLimits.create(spec.limits)
     status_r, status_w = os.pipe()
     go_r, go_w = os.pipe()
@@ -733,11 +833,15 @@ def run(spec: RunSpec) -> int:
         os.close(err_r)
         if sock_parent is not None:
             sock_parent.close()
-        _keeper(spec, flags, parent, fds, sock_child)
+        if tree_parent is not None:
+            tree_parent.close()
+        _keeper(spec, flags, parent, fds, sock_child, tree_child)
     for fd in (status_w, go_r, err_w):
         os.close(fd)
     if sock_child is not None:
         sock_child.close()
+    if tree_child is not None:
+        tree_child.close()
     handlers: dict[int, Any] = {}
     reaped = False
     try:
@@ -751,6 +855,8 @@ def run(spec: RunSpec) -> int:
         _write_maps(keeper, idmap)
         cgroup.attach(keeper)
         os.write(go_w, b"G")
+        if tree_parent is not None:
+            _send_idmapped_root(spec, keeper, tree_parent)
         raw = _read_exact(status_r, 4)
         if len(raw) != 4:
             raise ContainerError("the container's init process could not be started")
@@ -798,4 +904,6 @@ def run(spec: RunSpec) -> int:
                 os.close(fd)
         if sock_parent is not None:
             sock_parent.close()
+        if tree_parent is not None:
+            tree_parent.close()
         cgroup.remove()

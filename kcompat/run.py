@@ -69,6 +69,7 @@ class RunOptions:
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     privileged: bool = False
+    userns: str = "host"  # host | auto (root: container root is an unprivileged host uid)
 
 
 @dataclass(frozen=True)
@@ -360,6 +361,13 @@ def validate(opts: RunOptions) -> Checked:
         cpus=parse_cpus(opts.cpus) if opts.cpus else None,
         pids=parse_pids(opts.pids_limit),
     )
+    if opts.userns not in ("host", "auto"):
+        raise UsageError(f"--userns {opts.userns!r} is not host or auto")
+    if opts.userns == "auto" and os.geteuid() != 0:
+        raise UsageError(
+            "--userns auto is for root: run by another user, container root already is "
+            "that user (and its /etc/subuid range)"
+        )
     seccomp, nnp = _security(opts)
     tmpfs = tuple(_tmpfs(t) for t in opts.tmpfs)
     return Checked(volumes, limits, env_lines, tmpfs, _capabilities(opts), seccomp, nnp)
@@ -545,6 +553,7 @@ def prepare(
         # under --kernel qemu-user is the first process: as PID 1 it could not die by
         # its guest's signal, so kcompat's init is PID 1 there
         init=opts.init or bool(opts.kernel),
+        userns=opts.userns,
     )
     if emulation is not None:
         how = (

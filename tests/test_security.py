@@ -89,8 +89,10 @@ def test_default_seccomp_profile_denies_what_docker_denies(probe_root: str) -> N
 
 def test_a_docker_format_profile_is_obeyed(images: Fixtures, tmp_path: Path) -> None:
     profile = tmp_path / "profile.json"
-    profile.write_text('{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": '
-                       '["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}')
+    profile.write_text(
+        '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": '
+        '["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}'
+    )
     r = kc("run", "--security-opt", f"seccomp={profile}", busybox(images), "mkdir", "/newdir")
     assert r.returncode != 0 and "Operation not permitted" in r.stderr
     assert kc("run", busybox(images), "mkdir", "/newdir").returncode == 0
@@ -244,3 +246,30 @@ def test_capabilities_follow_cap_add_and_drop(images: Fixtures) -> None:
     assert eff("--cap-drop", "NET_RAW") == default & ~(1 << 13)
     assert eff("--cap-add", "SYS_PTRACE") == default | (1 << 19)
     assert eff("--cap-drop", "ALL") == 0
+
+
+def test_userns_auto_maps_root_to_an_unprivileged_host_uid(images: Fixtures,
+                                                            tmp_path: Path) -> None:  # fmt: skip
+    if os.geteuid() != 0:
+        r = kc("run", "--userns", "auto", busybox(images), "true")
+        assert r.returncode == 2
+        pytest.skip("--userns auto is for root")
+    from kcompat.container import auto_base
+
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(dir="/tmp"))  # a volume the mapped uid can reach
+    out.chmod(0o777)
+    r = kc("run", "--userns", "auto", "-v", f"{out}:/out", busybox(images), "sh", "-c",
+           "cat /proc/self/uid_map; touch /rootfs-owned && ls -ln /bin/busybox; touch /out/f;"
+           "echo x > /proc/sys/vm/drop_caches 2>/dev/null && echo WROTE; id -u")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    first = r.stdout.split()
+    assert first[:3] == ["0", str(auto_base()), "65536"]
+    assert "WROTE" not in first and first[-1] == "0"
+    assert " 0 " in r.stdout.splitlines()[1]  # the image's files still belong to root inside
+    try:
+        assert (out / "f").stat().st_uid == auto_base()  # on the host: an unprivileged uid
+    finally:
+        shutil.rmtree(out)
+    assert not list(Path("/tmp").glob("kcompat-userns-*"))
