@@ -205,6 +205,8 @@ def observe(c: Case) -> tuple[str, int | None, str | None]:
         ),
         None,
     )
+    if r.returncode in (126, 127) and "exec" in (err or ""):
+        return "fails", r.returncode, err  # the runtime could not exec the command
     if r.returncode == 10 and "image operating system" in (err or ""):
         return "fails", r.returncode, err  # a Windows image: no Linux runtime can run it
     if r.returncode == 125 or (err or "").startswith("kcompat: error"):

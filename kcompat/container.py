@@ -43,6 +43,7 @@ from typing import Any
 from kcompat import linuxapi as L
 from kcompat.cgroups import CgroupLimits, Limits
 from kcompat.errors import ContainerError, LocalIOError
+from kcompat.formats import HEAD_SIZE, ShebangError, parse_shebang
 
 OLD_ROOT = "/.kcompat-oldroot"
 _TIOCSCTTY = 0x540E
@@ -519,10 +520,12 @@ def _container_init(
         raise _fail(EXIT_SETUP, f"{step}: {e.strerror or e}{hint}") from None
     env = dict(spec.env)
     argv0 = spec.argv[0]
+    qemu_args: list[str] = []
     if qemu_fd >= 0:
         path = argv0 if "/" in argv0 else _which(argv0, env.get("PATH", ""))
         if path is None:
             raise _fail(EXIT_NOT_FOUND, f'exec: "{argv0}": executable file not found in $PATH')
+        path, qemu_args = _script_hops(path)
     if spec.init:
         L.set_pdeathsig(signal.SIGKILL)
         child = os.fork()
@@ -548,8 +551,10 @@ def _container_init(
             install(spec.seccomp_program)
         if qemu_fd >= 0:
             # qemu-user runs the program with the faked release (-r); -0 keeps argv[0].
-            qargv = ["qemu", "-r", str(spec.fake_release), "-0", argv0, str(path),
-                     *spec.argv[1:]]  # fmt: skip
+            # (after #! hops the kernel makes the interpreter's name argv[0])
+            name0 = str(path) if qemu_args else argv0
+            qargv = ["qemu", "-r", str(spec.fake_release), "-0", name0, str(path),
+                     *qemu_args, *spec.argv[1:]]  # fmt: skip
             os.execve(qemu_fd, qargv, env)
         os.execvpe(argv0, list(spec.argv), env)
     except FileNotFoundError:
@@ -595,6 +600,34 @@ def _init(child: int) -> None:
                 break
     finally:
         os._exit(code)
+
+
+def _script_hops(path: str) -> tuple[str, list[str]]:
+    """qemu-user runs only ELF files: for a `#!` script (and a script's script), the
+    ELF interpreter the kernel would end at, and the arguments it would get before the
+    original ones (interpreter argument, script path), as fs/binfmt_script.c builds them."""
+    args: list[str] = []
+    top = path
+    for hop in range(7):
+        if hop == 6:  # six scripts deep: past the kernel's limit (fs/exec.c: depth > 5)
+            raise _fail(EXIT_CANNOT_INVOKE, f"exec {top}: too many levels of symbolic links")
+        # qemu only reads the file: the kernel's exec permission check is made here
+        if os.path.isdir(path) or (os.path.exists(path) and not os.access(path, os.X_OK)):
+            raise _fail(EXIT_CANNOT_INVOKE, f'exec "{path}": permission denied')
+        try:
+            with open(path, "rb") as f:
+                head = f.read(HEAD_SIZE)
+        except OSError:
+            break
+        if not head.startswith(b"#!"):
+            break
+        try:
+            interp, arg = parse_shebang(head)
+        except ShebangError:
+            break
+        args = [*([arg] if arg else []), path, *args]
+        path = interp
+    return path, args
 
 
 def _which(name: str, path: str) -> str | None:
