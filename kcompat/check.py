@@ -93,6 +93,7 @@ def run_check(
     if config.platform.os not in ("linux", "unknown"):  # foreign layers: nothing to scan
         result = check(_empty_scan(), config, target, command)
         return report(opened, target, result, summary_json(_empty_scan(), []), chosen_because)
+    opened.source.check_present(opened.image)  # broken where it lives: never from cache
     analysis = analyse(opened)
     scan = analysis.scan
     result = check(scan, config, target, command)

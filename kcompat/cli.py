@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import traceback
@@ -14,7 +15,7 @@ import typer
 
 from kcompat import __version__
 from kcompat.auth import parse_creds
-from kcompat.errors import ExitCode, KcompatError, LocalIOError, UsageError
+from kcompat.errors import ExitCode, KcompatError, LocalIOError, NotFoundError, UsageError
 from kcompat.platform import Platform, parse_platform
 from kcompat.pull import inspect_report, open_image, pull, scan_image, unpack
 from kcompat.sources import Options
@@ -60,7 +61,11 @@ ImageArg = Annotated[
 
 
 def _options(platform: str | None, creds: str | None, insecure: list[str] | None) -> Options:
-    wanted: Platform | None = parse_platform(platform) if platform else None
+    from kcompat.reference import check_registry_host
+
+    wanted: Platform | None = parse_platform(platform) if platform is not None else None
+    for host in insecure or ():
+        check_registry_host(host)
     return Options(
         platform=wanted,
         creds=parse_creds(creds) if creds else None,
@@ -143,6 +148,7 @@ def pull_cmd(
                 pull(opened, store, bars)
         else:
             pull(opened, store)
+        opened.source.verify(opened.image)  # a local source: every blob read and checked
         img = opened.image
         typer.echo(
             f"pulled {img.reference} {img.config.platform} {img.manifest_digest or ''}".rstrip()
@@ -185,12 +191,15 @@ def inspect_cmd(
 
 @app.command("scan")
 def scan_cmd(
-    path: Annotated[Path, typer.Argument(help="a file, or a directory scanned as a root")],
+    target: Annotated[str, typer.Argument(help="a file, or a directory scanned as a root")],
     format: Annotated[Format, typer.Option("--format", help="text or json")] = Format.text,
 ) -> None:
     """Scan local files as `inspect --binaries` scans an image."""
+    if not target:
+        raise UsageError("scan needs a path", hint="e.g. kcompat scan /usr/bin")
+    path = Path(target)
     if not path.exists():
-        raise LocalIOError(f"{path}: no such file or directory", hint="give an existing path")
+        raise NotFoundError(f"{path}: no such file or directory", hint="give an existing path")
     from kcompat.binaries import binaries_report
     from kcompat.scan import scan_path
 
@@ -503,8 +512,11 @@ def host_cmd(
             tmp.write_text(json.dumps(profile, indent=2) + "\n")
             tmp.replace(save)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise LocalIOError(f"cannot write {save}: {e.strerror}") from None
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise LocalIOError(
+                f"cannot write {save}: {e.strerror}", hint="give a writable path to --save"
+            ) from None
     if format is Format.json:
         typer.echo(json.dumps(profile, indent=2))
         return
@@ -794,8 +806,23 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("kcompat: interrupted", err=True)
         sys.exit(int(ExitCode.INTERRUPTED))
+    except BrokenPipeError:
+        # the reader went away (`kcompat inspect ... | head -1`): end quietly, as other
+        # CLIs do when SIGPIPE ends them; stdout is pointed at /dev/null so the final
+        # flush cannot fail again
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(128 + 13)
     except typer.Exit as e:
         sys.exit(e.exit_code)
+    except SystemExit as e:
+        # click answers a closed stdout (EPIPE) with exit 1, which here means "failed
+        # its --fail-on": it marks the case by wrapping stdout; end as SIGPIPE would
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            sys.exit(128 + 13)
+        raise e
     except typer.Abort:
         typer.echo("kcompat: aborted", err=True)
         sys.exit(int(ExitCode.INTERRUPTED))

@@ -638,9 +638,7 @@ def _which(name: str, path: str) -> str | None:
     return None
 
 
-def _child_main(
-    spec: RunSpec, errw: int, ptysock: socket.socket | None, tree_fd: int = -1
-) -> None:
+def _child_main(spec: RunSpec, errw: int, ptysock: socket.socket | None, tree_fd: int = -1) -> None:
     try:
         _container_init(spec, ptysock, errw, tree_fd)
         code, msg = EXIT_SETUP, "exec returned"

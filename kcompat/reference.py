@@ -134,6 +134,9 @@ def parse_docker_reference(text: str, *, original: str | None = None) -> Registr
         registry, path = first, parts[1:]
         if not _DOMAIN_RE.match(registry):
             raise _bad(shown, f"registry host {registry!r} is not a valid host[:port]")
+        port = registry.rpartition(":")[2] if not registry.endswith("]") else ""
+        if ":" in registry and port.isdigit() and not 1 <= int(port) <= 65535:
+            raise _bad(shown, f"port {port} of {registry!r} is not in 1-65535")
     else:
         registry, path = DOCKER_HUB, parts
     if registry in ("index.docker.io", "registry-1.docker.io"):
@@ -153,6 +156,18 @@ def parse_docker_reference(text: str, *, original: str | None = None) -> Registr
     if tag is None and digest is None:
         tag = "latest"
     return RegistryRef(registry, repository, tag, digest)
+
+
+def check_registry_host(host: str) -> str:
+    """A registry HOST[:PORT] as --insecure-registry and KCOMPAT_INSECURE_REGISTRIES
+    take it; UsageError naming what is wrong."""
+    if not _DOMAIN_RE.match(host):
+        raise UsageError(f"--insecure-registry {host!r} is not a valid HOST[:PORT]",
+                         hint="e.g. --insecure-registry 10.0.0.5:5000")  # fmt: skip
+    port = host.rpartition(":")[2]
+    if ":" in host and not host.endswith("]") and port.isdigit() and not 1 <= int(port) <= 65535:
+        raise UsageError(f"--insecure-registry {host!r}: port {port} is not in 1-65535")
+    return host
 
 
 def parse_reference(text: str) -> ImageReference:

@@ -518,12 +518,16 @@ def _syscall_rule(
             handled.append((s, line, fallback))
         else:
             unhandled.append((s, line, None))
+    probed = target.absent_syscalls is not None and target.source != "simulated"
+    missing_words = (
+        "absent on the target" if probed else f"newer than {target.kernel}"
+    )  # a probe saw ENOSYS: a missing backport, a sandbox or a seccomp filter, not age
     if handled:
         out.append(
             Finding(
                 "syscalls-with-fallback",
                 Severity.INFO,
-                f"{len(handled)} syscall(s) newer than {target.kernel}, handled by fallbacks",
+                f"{len(handled)} syscall(s) {missing_words}, handled by fallbacks",
                 "These return ENOSYS on the target and the C library falls back: "
                 + "; ".join(f"{s.name}: {fb}" for s, _, fb in handled),
                 tuple(line for _, line, _ in handled),
@@ -532,17 +536,34 @@ def _syscall_rule(
             )
         )
     if unhandled:
+        newest = max((s.since or "0" for s, _, _ in unhandled), key=version_key)
+        if probed:
+            explanation = (
+                "The target's probe saw these answer ENOSYS although its kernel version "
+                "has them: a backport the distribution kernel lacks, a sandbox (gVisor, "
+                "a VM's shim) or a seccomp filter answering ENOSYS. Programs often handle "
+                "that, so this is not proof of failure; whether it fails depends on the "
+                "code path."
+            )
+            fix = (
+                "allow them in the runtime's seccomp profile (or run where they exist); "
+                "kcompat check --verify shows what happens"
+            )
+        else:
+            explanation = (
+                "These return ENOSYS on the target. Programs often handle that (it is how "
+                "new syscalls are probed), so this is not proof of failure; whether it "
+                "fails depends on the code path."
+            )
+            fix = f"run on a newer kernel (the newest needed: {newest})"
         out.append(
             Finding(
-                "syscalls-newer-than-kernel",
+                "syscalls-newer-than-kernel" if not probed else "syscalls-absent",
                 Severity.UNCERTAIN,
-                f"{len(unhandled)} syscall(s) newer than {target.kernel} without a known fallback",
-                "These return ENOSYS on the target. Programs often handle that (it is how new "
-                "syscalls are probed), so this is not proof of failure; whether it fails depends "
-                "on the code path.",
-                tuple(line for _, line, _ in unhandled),
-                f"run on a newer kernel (the newest needed: "
-                f"{max((s.since or '0' for s, _, _ in unhandled), key=version_key)})",
+                f"{len(unhandled)} syscall(s) {missing_words} without a known fallback",
+                explanation,
+                tuple(line + (" (probed: ENOSYS)" if probed else "") for _, line, _ in unhandled),
+                fix,
                 binary.path,
             )
         )

@@ -106,8 +106,14 @@ def _text(rootfs: Path, name: str) -> str | None:
 def _env_file(path: Path) -> list[str]:
     try:
         text = path.read_text()
-    except OSError as e:
-        raise UsageError(f"--env-file {path}: {e.strerror}") from None
+    except FileNotFoundError:
+        raise NotFoundError(
+            f"--env-file {path}: no such file", hint="give an existing file"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(
+            f"--env-file {path}: {getattr(e, 'strerror', None) or 'not text'}"
+        ) from None
     return [
         line.rstrip("\n")
         for line in text.splitlines()

@@ -14,6 +14,7 @@ search path cannot find (what ld.so would fail on).
 from __future__ import annotations
 
 import fnmatch
+import mmap
 import os
 import posixpath
 import re
@@ -449,6 +450,21 @@ class Item:
 
     entry: FileEntry
     open: Callable[[], IO[bytes]]
+    local: Path | None = None  # a file on this machine: large ones are mapped, not read
+
+
+_MAP_FROM = 1 << 20  # local files from 1 MiB on are mmap'd: a 2 GiB core dump costs pages
+
+
+def _mapped(path: Path) -> Callable[[], bytes]:
+    """The whole file as a read-only memory map (bytes-like for the decoders): only the
+    pages the ELF reader touches are read, so a huge file costs no memory."""
+
+    def read() -> bytes:
+        with path.open("rb") as f:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # type: ignore[return-value]
+
+    return read
 
 
 def scan_items(items: Iterable[Item], env: dict[str, str] | None = None) -> Scan:
@@ -468,7 +484,8 @@ def scan_items(items: Iterable[Item], env: dict[str, str] | None = None) -> Scan
             if _keep(path) and e.size <= _KEEP_MAX:
                 texts[path] = (head + stream.read()).decode("utf-8", "replace")
                 continue
-            scanned, banner = scan_file(path, e.mode, e.size, head, stream.read)
+            whole = _mapped(item.local) if item.local and e.size >= _MAP_FROM else None
+            scanned, banner = scan_file(path, e.mode, e.size, head, stream.read, whole)
         if scanned.format is not Format.OTHER:
             files[path] = scanned
         if banner:
@@ -507,7 +524,7 @@ def _dir_items(root: Path) -> Iterator[Item]:
                 continue
             entry = FileEntry(rel, kind, stat.S_IMODE(st.st_mode), st.st_size, link, st.st_uid,
                               st.st_gid, 0, 0, 0)  # fmt: skip
-            yield Item(entry, _opener(full))
+            yield Item(entry, _opener(full), full)
 
 
 def scan_path(path: Path, env: dict[str, str] | None = None) -> Scan:
@@ -515,6 +532,12 @@ def scan_path(path: Path, env: dict[str, str] | None = None) -> Scan:
     if path.is_dir():
         return scan_items(_dir_items(path), env)
     st = path.stat()
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block, a device has no end
+        from kcompat.errors import UsageError
+
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device or socket"
+        raise UsageError(f"{path} is {kind}, not a regular file: nothing to scan",
+                         hint="give a file or a directory")  # fmt: skip
     entry = FileEntry(path.name, FileKind.FILE, stat.S_IMODE(st.st_mode), st.st_size, "", 0, 0,
                       0, 0, 0)  # fmt: skip
-    return scan_items([Item(entry, _opener(path))], env)
+    return scan_items([Item(entry, _opener(path), path)], env)

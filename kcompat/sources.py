@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from kcompat.auth import Credentials
-from kcompat.errors import BadImageError, KcompatError, NotFoundError, UsageError
+from kcompat.errors import (
+    BadImageError,
+    IntegrityError,
+    KcompatError,
+    NotFoundError,
+    UsageError,
+)
 from kcompat.image import (
     ANNOTATION_REF_NAME,
     DOCKER_MANIFEST,
@@ -92,6 +98,35 @@ class Source:
 
     def after_fork(self) -> None:
         """In a forked worker: drop what must not be shared with the parent."""
+
+    def blob_size(self, desc: Descriptor) -> int | None:
+        """The stored size of a layer blob of a local source (None: not local, or
+        unknown); a missing blob raises NotFoundError naming it."""
+        return None
+
+    def check_present(self, image: ResolvedImage) -> None:
+        """Every layer blob is where the source says, with the size its descriptor
+        declares: cheap (no read), done on every check so that an image that is broken
+        where it lives is never judged from the cache."""
+        for d in image.layers:
+            size = self.blob_size(d)
+            if size is not None and d.size is not None and size != d.size:
+                raise IntegrityError(
+                    f"{self.where}: blob {d.digest} has {size} bytes, its descriptor "
+                    f"declares {d.size}",
+                    hint="the image is corrupt or was tampered with; copy it again",
+                )
+
+    def verify(self, image: ResolvedImage) -> None:
+        """Read every layer of a local source to its end: digest and size checked, as
+        `skopeo copy` does (a registry source verifies while it downloads)."""
+        self.check_present(image)
+        for d in image.layers:
+            reader = self.open_layer(d)
+            try:
+                reader.finish()
+            finally:
+                reader.close()
 
     def close(self) -> None:
         pass
@@ -200,6 +235,9 @@ class RegistrySource(Source):
         self._store = store
         self.client.fetch_blob(desc, store)
 
+    def verify(self, image: ResolvedImage) -> None:
+        """Nothing more: every blob was digest- and size-checked while it streamed in."""
+
     def after_fork(self) -> None:
         # The parent's pooled connections must not be read by two processes at once.
         self.client.session = self.client.fresh_session()
@@ -233,6 +271,16 @@ class _BlobDir:
                 hint="the layout is incomplete; copy the image again",
             )
         return f
+
+    def size(self, desc: Descriptor) -> int | None:
+        with self.open(desc) as f:
+            known = getattr(f, "size", None)  # an archive member's
+            if isinstance(known, int):
+                return known
+            try:
+                return os.fstat(f.fileno()).st_size
+            except (OSError, io.UnsupportedOperation):
+                return None
 
     def read_small(self, desc: Descriptor) -> bytes:
         if desc.size > MAX_SMALL_BLOB:
@@ -281,6 +329,9 @@ class _LayoutSource(Source):
     def _small_blob(self, desc: Descriptor) -> bytes:
         return self.blobs.read_small(desc)
 
+    def blob_size(self, desc: Descriptor) -> int | None:
+        return self.blobs.size(desc)
+
     def open_layer(self, desc: Descriptor) -> VerifyingReader:
         return VerifyingReader(
             self.blobs.open(desc), desc.digest, desc.size, f"layer {desc.digest}"
@@ -318,6 +369,7 @@ class _Slice(io.RawIOBase):
         self._f = open(path, "rb")  # noqa: SIM115 (closed by close())
         self._f.seek(offset)
         self._left = size
+        self.size = size
 
     def readable(self) -> bool:
         return True
@@ -551,6 +603,10 @@ class SkopeoDirSource(Source):
 
     def _small_blob(self, desc: Descriptor) -> bytes:
         return self._read(desc)
+
+    def blob_size(self, desc: Descriptor) -> int | None:
+        with self._file(desc.digest) as f:
+            return os.fstat(f.fileno()).st_size
 
     def open_layer(self, desc: Descriptor) -> VerifyingReader:
         return VerifyingReader(

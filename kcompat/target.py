@@ -14,11 +14,12 @@ import re
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from kcompat.binfmt import QEMU_NAMES
-from kcompat.errors import LocalIOError, UsageError
+from kcompat.errors import LocalIOError, NotFoundError, UsageError
 from kcompat.platform import Platform, host_platform, parse_platform
 from kcompat.probe import probe_syscalls
 from kcompat.syscalls import ABI_OF_ARCH
@@ -320,6 +321,14 @@ def parse_release(text: str) -> tuple[str, str | None]:
     return version, (suffix.lstrip("-+_~") or None) if suffix else None
 
 
+def _newest_known() -> str:
+    """The newest kernel release the syscall tables date anything to."""
+    from kcompat.syscalls import table
+
+    dated = [r.since for r in table("x86_64").by_nr.values() if r.since]
+    return max(dated, key=version_key)
+
+
 def _kernel(text: str) -> str:
     return parse_release(text)[0]
 
@@ -347,6 +356,12 @@ def described(
             "backports the version tables cannot know; a profile probed on that host "
             "(kcompat host --save FILE, then --target FILE) is the precise answer"
         )
+    newest = _newest_known()
+    if version_key(k) > version_key(newest):
+        notes.append(
+            f"Linux {k} is newer than the syscall tables know ({newest}): it is judged as "
+            f"{newest} with everything since assumed present"
+        )
     if vsyscall is None and plat.architecture == "amd64":
         # the kernel default: emulate before 5.3, xonly from 5.3 (compat-facts)
         vsyscall = "xonly" if version_key(k) >= (5, 3) else "emulate"
@@ -365,21 +380,61 @@ def described(
     )
 
 
+def _expected(err: Any) -> str:
+    """What a profile field should be, in words, from a jsonschema error."""
+    kind, want = err.validator, err.validator_value
+    if kind == "type":
+        return f"expected {' or '.join(want) if isinstance(want, list) else want}"
+    if kind == "enum":
+        return "expected one of " + ", ".join(json.dumps(w) for w in want)
+    if kind == "const":
+        return f"expected {json.dumps(want)}"
+    if kind in ("pattern", "oneOf") and err.schema.get("x-expected"):
+        return f"expected {err.schema['x-expected']}"
+    if kind == "required":
+        return str(err.message)
+    return str(err.message)
+
+
+def validate_profile(raw: Any, path: Path) -> None:
+    """Check a profile against ci/profile.schema.json; the error names the file, the
+    field and what it should be (exit 2)."""
+    import jsonschema
+
+    schema = json.loads(resources.files("kcompat").joinpath("data", "profile.schema.json")
+                        .read_text())  # fmt: skip
+    errors = sorted(
+        jsonschema.Draft202012Validator(schema).iter_errors(raw),
+        key=lambda e: [str(p) for p in e.absolute_path],
+    )
+    if errors:
+        e = errors[0]
+        where = ".".join(str(p) for p in e.absolute_path) or "(the document)"
+        got = json.dumps(e.instance)
+        raise UsageError(
+            f"target profile {path}: field {where}: {_expected(e)}, got "
+            f"{got if len(got) <= 60 else got[:57] + '...'}",
+            hint="fix the file, or write one with: kcompat host --save FILE",
+        )
+
+
 def load_profile(path: Path) -> Target:
     try:
         raw = json.loads(path.read_text())
-    except OSError as e:
-        raise LocalIOError(f"cannot read target profile {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise UsageError(
-            f"target profile {path} is not JSON ({e.msg}, line {e.lineno})",
+    except FileNotFoundError:
+        raise NotFoundError(
+            f"target profile {path}: no such file",
             hint="write one with: kcompat host --save FILE",
         ) from None
-    if not isinstance(raw, dict) or raw.get("schema") != PROFILE_SCHEMA:
+    except OSError as e:
+        raise LocalIOError(f"cannot read target profile {path}: {e.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(
-            f"target profile {path} has no schema {PROFILE_SCHEMA}",
+            f"target profile {path} is not JSON ({getattr(e, 'msg', 'not UTF-8')}"
+            + (f", line {e.lineno})" if isinstance(e, json.JSONDecodeError) else ")"),
             hint="write one with: kcompat host --save FILE",
-        )
+        ) from None
+    validate_profile(raw, path)
     try:
         binfmt = tuple(BinfmtEntry(**b) for b in raw.get("binfmt", ()))
         t = Target(
@@ -397,14 +452,14 @@ def load_profile(path: Path) -> Target:
             userns=raw.get("userns"),
             runtimes=dict(raw.get("runtimes", {})),
             runtime=raw.get("runtime"),
-            absent_syscalls=tuple(raw["absent_syscalls"]) if raw.get("absent_syscalls") else None,
+            absent_syscalls=tuple(raw["absent_syscalls"])
+            if raw.get("absent_syscalls") is not None
+            else None,
             blocked_syscalls=tuple(raw["blocked_syscalls"])
-            if raw.get("blocked_syscalls")
+            if raw.get("blocked_syscalls") is not None
             else None,
             notes=tuple(raw.get("notes", ())),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise UsageError(f"target profile {path} is malformed: {e}") from None
-    if t.kernel is not None:
-        _kernel(t.kernel)
     return t
