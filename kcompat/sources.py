@@ -384,6 +384,12 @@ class _Slice(io.RawIOBase):
         super().close()
 
 
+def _words(e: BaseException) -> str:
+    """An exception as words for a message: its text, never Python's class names."""
+    text = getattr(e, "strerror", None) or str(e) or "unreadable"
+    return text[:1].lower() + text[1:]
+
+
 class _Archive:
     """A tar archive read in place (no extraction), members looked up by name."""
 
@@ -394,11 +400,30 @@ class _Archive:
         except FileNotFoundError:
             raise NotFoundError(f"{where}: no such file", hint="check the path") from None
         except (tarfile.TarError, OSError) as e:
-            raise BadImageError(f"{where}: not a readable tar archive ({e})") from None
+            raise BadImageError(
+                f"{where}: not a readable tar archive ({_words(e)})",
+                hint="give a file written by docker save or skopeo copy",
+            ) from None
         self.members: dict[str, tarfile.TarInfo] = {}
-        for m in self.tar.getmembers():
+        try:
+            members = self.tar.getmembers()
+        except (tarfile.TarError, OSError, EOFError) as e:
+            self.tar.close()
+            raise BadImageError(
+                f"{where}: the archive is cut short or corrupt ({_words(e)})",
+                hint="write it again (docker save, skopeo copy)",
+            ) from None
+        end = os.path.getsize(path)
+        for m in members:
             name = os.path.normpath(m.name.lstrip("/"))
             if m.isfile():
+                if m.offset_data + m.size > end:
+                    self.tar.close()
+                    raise BadImageError(
+                        f"{where}: the archive is cut short: {m.name} needs "
+                        f"{m.offset_data + m.size} bytes, the file has {end}",
+                        hint="write it again (docker save, skopeo copy)",
+                    )
                 self.members[name] = m
 
     def open(self, name: str) -> IO[bytes] | None:

@@ -195,3 +195,16 @@ def test_host_save_on_a_read_only_file_system(tmp_path: Path) -> None:
     finally:
         if os.geteuid() == 0:
             subprocess.run(["umount", str(ro)], check=False)
+
+
+@pytest.mark.integration
+def test_archives_cut_short_are_bad_images(images: Fixtures, tmp_path: Path) -> None:
+    for kind, name in (("docker-archive", "busybox-amd64.docker.tar"),
+                       ("oci-archive", "busybox-amd64.oci.tar")):  # fmt: skip
+        whole = (images.root / name).read_bytes()
+        for cut in (0, 3000, len(whole) // 2):
+            part = tmp_path / f"{cut}-{name}"
+            part.write_bytes(whole[:cut])
+            r = kc("check", f"{kind}:{part}")
+            assert r.returncode == 7, (kind, cut, r.stderr)
+            assert str(part) in _one_line_error(r)
