@@ -156,7 +156,9 @@ def load_profile_file(path: Path, caps: frozenset[str], arch: str, kernel: str |
             hint="give an existing file: --security-opt seccomp=FILE",
         ) from None
     except ValueError as e:
-        raise UsageError(f"seccomp profile {path} is not JSON ({e})") from None
+        from kcompat.image import json_problem
+
+        raise UsageError(f"seccomp profile {path} is not JSON ({json_problem(e)})") from None
     return parse_profile(raw, f"seccomp profile {path}", caps, arch, kernel)
 
 

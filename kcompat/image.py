@@ -158,11 +158,23 @@ def parse_descriptor(d: Any, what: str) -> Descriptor:
     return Descriptor(media_type, digest, size, platform, {str(k): str(v) for k, v in ann.items()})
 
 
+def json_problem(e: ValueError) -> str:
+    """What is wrong with a JSON document, in words (never a codec's name)."""
+    if isinstance(e, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {e.start})"
+    if isinstance(e, json.JSONDecodeError):
+        return f"{e.msg.lower()} at line {e.lineno} column {e.colno}"
+    return "not valid JSON"
+
+
 def load_json(data: bytes, what: str) -> dict[str, Any]:
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadImageError(f"{what}: not valid JSON ({e})") from None
+        doc = json.loads(data.decode("utf-8"))  # JSON in images is UTF-8 (no guessing)
+    except ValueError as e:
+        raise BadImageError(
+            f"{what}: not valid JSON ({json_problem(e)})",
+            hint="the image is corrupt; pull or build it again",
+        ) from None
     if not isinstance(doc, dict):
         raise BadImageError(f"{what}: not a JSON object")
     return doc

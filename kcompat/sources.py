@@ -34,6 +34,7 @@ from kcompat.image import (
     Index,
     ResolvedImage,
     check_digest,
+    json_problem,
     parse_config,
     parse_document,
     select_manifest,
@@ -477,9 +478,12 @@ class DockerArchiveSource(Source):
         if f is None:
             raise BadImageError(f"{self.where}: no manifest.json; not a docker-archive")
         try:
-            raw = json.loads(f.read())
+            raw = json.loads(f.read().decode("utf-8"))
         except ValueError as e:
-            raise BadImageError(f"{self.where}: manifest.json is not valid JSON ({e})") from None
+            raise BadImageError(
+                f"{self.where}: manifest.json is not valid JSON ({json_problem(e)})",
+                hint="write the archive again (docker save, skopeo copy)",
+            ) from None
         if not isinstance(raw, list) or not raw or not all(isinstance(x, dict) for x in raw):
             raise BadImageError(f"{self.where}: manifest.json lists no images")
         entries: list[dict[str, Any]] = raw

@@ -396,6 +396,12 @@ def _expected(err: Any) -> str:
     return str(err.message)
 
 
+def _expected_words(e: Exception) -> str:
+    if isinstance(e, KeyError):
+        return f"field {e.args[0]} is missing"
+    return str(e).split("\n")[0]
+
+
 def validate_profile(raw: Any, path: Path) -> None:
     """Check a profile against ci/profile.schema.json; the error names the file, the
     field and what it should be (exit 2)."""
@@ -460,6 +466,9 @@ def load_profile(path: Path) -> Target:
             else None,
             notes=tuple(raw.get("notes", ())),
         )
-    except (KeyError, TypeError, ValueError) as e:
-        raise UsageError(f"target profile {path} is malformed: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:  # the schema passed: a value it allows
+        raise UsageError(
+            f"target profile {path}: a value kcompat cannot use ({_expected_words(e)})",
+            hint="write one with: kcompat host --save FILE",
+        ) from None
     return t
