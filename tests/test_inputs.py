@@ -208,3 +208,24 @@ def test_archives_cut_short_are_bad_images(images: Fixtures, tmp_path: Path) -> 
             r = kc("check", f"{kind}:{part}")
             assert r.returncode == 7, (kind, cut, r.stderr)
             assert str(part) in _one_line_error(r)
+
+
+@pytest.mark.integration
+def test_an_interrupt_says_interrupted(binaries: Any, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    for delay in (0.2, 1.0):  # while importing, and while scanning
+        env = dict(os.environ, KCOMPAT_CACHE=str(tmp_path / f"cache-{delay}"))
+        p = subprocess.Popen(
+            [sys.executable, "-m", "kcompat", "check", binaries.bullseye],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+        if p.returncode == 0:
+            continue  # it finished first
+        assert p.returncode == 130 and "Traceback" not in err, err
+        assert err.strip().endswith("kcompat: interrupted"), err
