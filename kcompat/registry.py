@@ -9,6 +9,7 @@ and renamed into the blob store only once verified.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import os
@@ -23,7 +24,15 @@ import requests
 
 from kcompat import __version__
 from kcompat.auth import Challenge, Credentials, parse_www_authenticate, stored_credentials
-from kcompat.errors import AuthError, IntegrityError, NetworkError, NotFoundError
+from kcompat.errors import (
+    AuthError,
+    BadImageError,
+    IntegrityError,
+    LocalIOError,
+    NetworkError,
+    NotFoundError,
+    UsageError,
+)
 from kcompat.image import ACCEPT, Descriptor, check_digest, sha256_digest
 from kcompat.progress import NoProgress, Progress
 from kcompat.reference import RegistryRef
@@ -31,6 +40,7 @@ from kcompat.store import BlobStore
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # distribution's own limit for a manifest
+# A longer Retry-After is not waited out: the error says when to come back instead.
 MAX_RETRY_AFTER = 60.0
 CHUNK = 1 << 20
 # What one read from the socket may hold: an interrupted download keeps all but this much.
@@ -60,19 +70,37 @@ def uses_plain_http(host: str, insecure: Iterable[str] = ()) -> bool:
         return False
 
 
+def _env_number(name: str, default: float, *, positive: bool = False) -> float:
+    """A number (>= 0, or > 0) from the environment; a typo is a usage error, not a crash."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw) if isinstance(default, float) else int(raw)
+    except ValueError:
+        value = -1
+    if value < 0 or (positive and value == 0):
+        raise UsageError(
+            f"{name}={raw!r} is not a {'positive' if positive else 'non-negative'} number",
+            hint=f"unset it or set e.g. {name}={default}",
+        )
+    return value
+
+
 def _retry_after(response: requests.Response) -> float | None:
+    """Seconds the registry asks us to wait (seconds or an HTTP date), uncapped."""
     value = response.headers.get("Retry-After")
     if not value:
         return None
     try:
-        return min(max(float(value), 0.0), MAX_RETRY_AFTER)
+        return max(float(value), 0.0)
     except ValueError:
         pass
     try:
         when = parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError):
         return None
-    return min(max(when - time.time(), 0.0), MAX_RETRY_AFTER)
+    return max(when - time.time(), 0.0)
 
 
 def _error_codes(response: requests.Response) -> str:
@@ -94,7 +122,7 @@ class RegistryClient:
         insecure_hosts: Iterable[str] = (),
         retries: int | None = None,
         backoff: float = 0.5,
-        timeout: float = 60.0,
+        timeout: float | None = None,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -106,11 +134,13 @@ class RegistryClient:
         self.base = f"{scheme}://{host}/v2/{ref.repository}"
         self.creds = creds
         self._creds_loaded = creds is not None
-        self.retries = (
-            retries if retries is not None else int(os.environ.get("KCOMPAT_RETRIES", "4"))
-        )
+        self.retries = retries if retries is not None else int(_env_number("KCOMPAT_RETRIES", 4))
         self.backoff = backoff
-        self.timeout = timeout
+        # A read timeout, between bytes rather than for a whole body: a slow blob is
+        # fine, a stalled one is retried (KCOMPAT_TIMEOUT seconds, for slow links).
+        self.timeout = (
+            timeout if timeout is not None else _env_number("KCOMPAT_TIMEOUT", 60.0, positive=True)
+        )
         self.session = session or self.fresh_session()
         self.session.headers["User-Agent"] = USER_AGENT
         self._sleep = sleep
@@ -158,6 +188,8 @@ class RegistryClient:
                 ) from None
             if response.status_code in RETRY_STATUSES and attempt < self.retries:
                 delay = _retry_after(response)
+                if delay is not None and delay > MAX_RETRY_AFTER:
+                    return response  # not worth blocking on: _fail says when to retry
                 response.close()
                 self._sleep(delay if delay is not None else self.backoff * (2**attempt))
                 continue
@@ -241,15 +273,33 @@ class RegistryClient:
     def _fail(self, response: requests.Response, what: str) -> None:
         code = response.status_code
         codes = _error_codes(response)
+        wait = _retry_after(response)
         response.close()
         if code == 404:
             raise NotFoundError(
                 f"{what} not found{codes}", hint="check the repository name and tag"
             )
-        raise NetworkError(
-            f"{what}: registry answered HTTP {code}{codes}",
-            hint="try again later" if code >= 500 or code == 429 else None,
-        )
+        hint = None
+        if code >= 500 or code == 429:
+            hint = f"try again in {wait:.0f} s" if wait else "try again later"
+        raise NetworkError(f"{what}: registry answered HTTP {code}{codes}", hint=hint)
+
+    def _get_bounded(
+        self, path: str, headers: dict[str, str], limit: int, what: str
+    ) -> tuple[bytes, requests.Response]:
+        """GET a small document whole, at most `limit` bytes, retrying a body that broke
+        off mid-read as `_once` retries a failed request."""
+        for attempt in range(self.retries + 1):
+            response = self.request("GET", path, headers=headers, stream=True)
+            if response.status_code != 200:
+                self._fail(response, what)
+            try:
+                return _read_limited(response, limit, what), response
+            except NetworkError:
+                if attempt >= self.retries:
+                    raise
+                self._sleep(self.backoff * (2**attempt))
+        raise AssertionError("unreachable")
 
     # -- manifests and small blobs ---------------------------------------------------
     def get_manifest(self, reference: str) -> tuple[bytes, str, str]:
@@ -257,12 +307,9 @@ class RegistryClient:
         what = (
             f"{self.ref.name}@{reference}" if ":" in reference else f"{self.ref.name}:{reference}"
         )
-        response = self.request(
-            "GET", f"manifests/{reference}", headers={"Accept": ACCEPT}, stream=True
+        data, response = self._get_bounded(
+            f"manifests/{reference}", {"Accept": ACCEPT}, MAX_MANIFEST_BYTES, f"manifest {what}"
         )
-        if response.status_code != 200:
-            self._fail(response, f"manifest {what}")
-        data = _read_limited(response, MAX_MANIFEST_BYTES, f"manifest {what}")
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         digest = sha256_digest(data)
         if reference.startswith("sha256:"):
@@ -277,10 +324,7 @@ class RegistryClient:
 
     def get_small_blob(self, desc: Descriptor, limit: int = 64 * 1024 * 1024) -> bytes:
         what = f"blob {desc.digest} of {self.ref.name}"
-        response = self.request("GET", f"blobs/{desc.digest}", stream=True)
-        if response.status_code != 200:
-            self._fail(response, what)
-        data = _read_limited(response, limit, what)
+        data, _ = self._get_bounded(f"blobs/{desc.digest}", {}, limit, what)
         check_digest(data, desc.digest, what)
         return data
 
@@ -332,6 +376,7 @@ class RegistryClient:
         if offset == desc.size and offset > 0:
             _hash_file(hasher, partial)
             return hasher
+        what = f"blob {desc.digest} of {self.ref.name}"
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         response = self.request("GET", f"blobs/{desc.digest}", headers=headers, stream=True)
         if response.status_code == 416 and offset:
@@ -339,16 +384,18 @@ class RegistryClient:
             partial.unlink()
             raise _Interrupted("the registry refused the resume range; restarting")
         if response.status_code not in (200, 206):
-            self._fail(response, f"blob {desc.digest} of {self.ref.name}")
+            self._fail(response, what)
         mode = "ab" if response.status_code == 206 and offset else "wb"
         written = offset if mode == "ab" else 0
         if written:
             _hash_file(hasher, partial)  # the kept prefix, once, on resume only
         progress.advance(desc.digest, written)
+        received = 0  # of this response's body
         try:
             with open(partial, mode) as out:
                 for chunk in response.iter_content(NET_CHUNK):
                     written += len(chunk)
+                    received += len(chunk)
                     if written > desc.size:
                         raise IntegrityError(
                             f"blob {desc.digest} of {self.ref.name} is larger than the "
@@ -367,11 +414,32 @@ class RegistryClient:
             requests.ConnectionError,
             requests.Timeout,
             requests.exceptions.ChunkedEncodingError,
+            ConnectionError,  # the socket's own, should one get past requests
+            TimeoutError,
         ) as e:
             raise _Interrupted(_reason(e)) from None
+        except OSError as e:
+            # Disk full or the cache gone: a partial file here would only hold the space
+            # the user must free, so it goes too.
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            raise LocalIOError(
+                f"cannot write {what} to the cache {partial.parent}: {e.strerror or e}",
+                hint="free space there or set KCOMPAT_CACHE to a larger disk; "
+                "nothing half-written was kept",
+            ) from None
         finally:
             response.close()
         if written < desc.size:
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and received == int(length):
+                # The registry sent all it meant to: its copy is short, not the link.
+                partial.unlink(missing_ok=True)
+                raise IntegrityError(
+                    f"{what}: the registry serves {written} bytes, its manifest says {desc.size}",
+                    hint="the registry's copy is truncated; re-push the image "
+                    "(the download was deleted)",
+                )
             raise _Interrupted(f"connection closed after {written} of {desc.size} bytes")
         return hasher
 
@@ -387,13 +455,22 @@ def _hash_file(hasher: Any, path: Path) -> None:
 
 
 def _read_limited(response: requests.Response, limit: int, what: str) -> bytes:
+    """The whole body, or BadImageError as soon as it is known to exceed `limit`: a
+    hostile registry cannot make kcompat read (or hold) more than that."""
     parts: list[bytes] = []
     total = 0
+    too_big = BadImageError(
+        f"{what} is larger than {limit} bytes; refusing it",
+        hint="no real manifest or config is that big: the registry or a proxy is broken",
+    )
     try:
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > limit:
+            raise too_big
         for chunk in response.iter_content(CHUNK):
             total += len(chunk)
             if total > limit:
-                raise NetworkError(f"{what} is larger than {limit} bytes; refusing it")
+                raise too_big
             parts.append(chunk)
     except (
         requests.ConnectionError,

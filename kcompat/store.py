@@ -86,7 +86,13 @@ class BlobStore:
             os.close(fd)  # closing releases the flock
 
     def commit_partial(self, digest: str) -> Path:
-        """Rename a verified partial file into place."""
+        """Rename a verified partial file into place (atomic: the name appears whole)."""
         final = self.path(digest)
-        os.replace(self.partial_path(digest), final)
+        try:
+            os.replace(self.partial_path(digest), final)
+        except OSError as e:
+            raise LocalIOError(
+                f"cannot store blob {digest} in {final.parent}: {e.strerror}",
+                hint="check that KCOMPAT_CACHE is writable",
+            ) from None
         return final

@@ -254,9 +254,9 @@ def test_userns_auto_maps_root_to_an_unprivileged_host_uid(images: Fixtures,
         r = kc("run", "--userns", "auto", busybox(images), "true")
         assert r.returncode == 2
         pytest.skip("--userns auto is for root")
-    from kcompat.container import auto_base
-
     import tempfile
+
+    from kcompat.container import auto_base
 
     out = Path(tempfile.mkdtemp(dir="/tmp"))  # a volume the mapped uid can reach
     out.chmod(0o777)
