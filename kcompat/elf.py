@@ -27,8 +27,12 @@ from kcompat.platform import Platform
 ELF_MAGIC = b"\x7fELF"
 
 # e_machine numbers (System V gABI, glibc elf.h) -> OCI architecture
-EM_386, EM_MIPS, EM_PPC64, EM_S390, EM_ARM = 3, 8, 21, 22, 40
+EM_NONE, EM_386, EM_MIPS, EM_PPC64, EM_S390, EM_ARM = 0, 3, 8, 21, 22, 40
 EM_X86_64, EM_AARCH64, EM_RISCV, EM_LOONGARCH = 62, 183, 243, 258
+# The gABI assigns numbers up to EM_LOONGARCH (glibc's EM_NUM is 259); Alpha's was
+# never assigned and is the one unofficial number Linux programs carry.
+EM_LAST, EM_ALPHA = EM_LOONGARCH, 0x9026
+PATH_MAX = 4096  # the kernel refuses a longer PT_INTERP (fs/binfmt_elf.c)
 EF_ARM_ABI_FLOAT_HARD = 0x400  # glibc elf.h; set by the armhf toolchain
 EF_ARM_ABI_FLOAT_SOFT = 0x200
 EF_MIPS_ABI2 = 0x20  # n32
@@ -154,6 +158,8 @@ def elf_arch(head: bytes) -> ElfArch:
     endian = "little" if data == 1 else "big"
     e = "<" if data == 1 else ">"
     (machine,) = struct.unpack_from(e + "H", head, 18)
+    if machine == EM_NONE or (machine > EM_LAST and machine != EM_ALPHA):
+        raise UnreadableError(f"bad e_machine {machine}: no machine has that number")
     flags_off = 36 if bits == 32 else 48
     if len(head) < flags_off + 4:
         raise UnreadableError("truncated ELF header")
@@ -195,8 +201,12 @@ def _check_range(what: str, offset: int, size: int, total: int) -> None:
         raise UnreadableError(f"{what} lies outside the file (offset {offset}, size {size})")
 
 
-def _abi_tag(note_data: bytes, endian: str) -> str | None:
-    """The GNU ABI tag from raw note bytes: type 1, name "GNU", desc = os, major, minor, patch."""
+def _abi_tag(note_data: bytes, endian: str, what: str) -> str | None:
+    """The GNU ABI tag from raw note bytes: type 1, name "GNU", desc = os, major, minor, patch.
+
+    A note whose name or description runs past the end of its segment (or section)
+    makes the file unreadable: the linker writes whole notes, so the bytes there are
+    not notes. Fewer than 12 bytes left over (padding) are not a note and are passed."""
     e = "<" if endian == "little" else ">"
     off = 0
     while off + 12 <= len(note_data):
@@ -204,8 +214,9 @@ def _abi_tag(note_data: bytes, endian: str) -> str | None:
         name_off = off + 12
         desc_off = name_off + ((namesz + 3) & ~3)
         end = desc_off + ((descsz + 3) & ~3)
-        if end > len(note_data) or end <= off:
-            return None
+        if end > len(note_data):
+            raise UnreadableError(f"{what}: a note at byte {off} runs past its end "
+                                  f"(name size {namesz}, description size {descsz})")  # fmt: skip
         name = note_data[name_off : name_off + namesz].rstrip(b"\0")
         if ntype == NT_GNU_ABI_TAG and name == b"GNU" and descsz >= 16:
             os_, major, minor, patch = struct.unpack_from(e + "IIII", note_data, desc_off)
@@ -232,6 +243,7 @@ class _Segment(NamedTuple):
     offset: int
     vaddr: int
     filesz: int
+    memsz: int
 
 
 class _Section(NamedTuple):
@@ -275,9 +287,9 @@ class _Reader:
             for i in range(phnum):
                 f = struct.unpack_from(e + phdr, data, phoff + i * phentsize)
                 if bits == 64:  # type, flags, offset, vaddr, paddr, filesz, memsz, align
-                    seg = _Segment(f[0], f[1], f[2], f[3], f[5])
+                    seg = _Segment(f[0], f[1], f[2], f[3], f[5], f[6])
                 else:  # type, offset, vaddr, paddr, filesz, memsz, flags, align
-                    seg = _Segment(f[0], f[6], f[1], f[2], f[4])
+                    seg = _Segment(f[0], f[6], f[1], f[2], f[4], f[5])
                 _check_range(f"segment {_PT_NAMES.get(seg.type, seg.type)}", seg.offset,
                              seg.filesz, self.size)  # fmt: skip
                 self.segments.append(seg)
@@ -376,51 +388,67 @@ def _go_version(r: _Reader) -> str | None:
     return text.decode("utf-8", "replace") if text and len(text) == length else None
 
 
+def _chain(
+    r: _Reader, s: _Section, what: str, count: int, first: int, size: int, next_at: int
+) -> Iterator[int]:
+    """The offsets of a chain of version entries inside section `s`: `count` at most,
+    from `first` (an offset in the file), each `size` bytes with its `next` offset (from
+    the entry, 0 for the last) at `next_at`. Every entry must lie inside the section and
+    each `next` moves forward, so the walk ends within the section's size."""
+    end = s.offset + s.size
+    if count > s.size // size:
+        raise UnreadableError(f"{what} claims more entries than the section holds")
+    off = first
+    for _ in range(count):
+        if not s.offset <= off <= end - size:
+            raise UnreadableError(f"{what} has an entry outside its section")
+        yield off
+        (step,) = struct.unpack_from(r.e + "I", r.data, off + next_at)
+        if step == 0:
+            return
+        off += step
+
+
 def _versions(r: _Reader) -> tuple[tuple[VersionNeed, ...], tuple[str, ...], dict[int, str]]:
     """.gnu.version_r and .gnu.version_d (sh_info entries each, chained by their `next`
-    offsets), and the symbol-version index -> name map."""
+    offsets, the last `next` 0, as glibc's loader walks them), and the symbol-version
+    index -> name map. The auxiliary entries of all of a section's entries together
+    cannot be more than the section holds: a chain that visits more shares entries,
+    and is refused before it costs more than one pass over the section."""
     needs: list[VersionNeed] = []
     defs: list[str] = []
     index: dict[int, str] = {}
-    limit = r.size // 8  # no table can have more entries than the file has 8-byte words
     data, e = r.data, r.e
     vn = r.section_of_type(SHT_GNU_VERNEED)
-    if vn is not None:
-        if vn.info > limit:
-            raise UnreadableError(".gnu.version_r claims more entries than the file holds")
+    if vn is not None and vn.type != SHT_NOBITS:
+        what = ".gnu.version_r"
         strings = r.linked(vn)
-        off = vn.offset
-        for _ in range(vn.info):
-            _, cnt, file_, aux, next_ = struct.unpack_from(e + "HHIII", data, off)
-            if cnt > limit:
-                raise UnreadableError(".gnu.version_r entry claims too many versions")
+        budget = vn.size // 16  # Elf_Vernaux entries the section can hold
+        for off in _chain(r, vn, what, vn.info, vn.offset, 16, 12):
+            _, cnt, file_, aux, _ = struct.unpack_from(e + "HHIII", data, off)
             names = []
-            aoff = off + aux
-            for _ in range(cnt):
-                _, _, other, name_off, anext = struct.unpack_from(e + "IHHII", data, aoff)
-                name = _cstr(strings, name_off, ".gnu.version_r")
+            for aoff in _chain(r, vn, what, cnt, off + aux, 16, 12):
+                budget -= 1
+                if budget < 0:
+                    raise UnreadableError(f"{what} entries share their version names")
+                _, _, other, name_off, _ = struct.unpack_from(e + "IHHII", data, aoff)
+                name = _cstr(strings, name_off, what)
                 names.append(name)
                 index[other & 0x7FFF] = name
-                aoff += anext
-            needs.append(VersionNeed(_cstr(strings, file_, ".gnu.version_r"), tuple(names)))
-            off += next_
+            needs.append(VersionNeed(_cstr(strings, file_, what), tuple(names)))
     vd = r.section_of_type(SHT_GNU_VERDEF)
-    if vd is not None:
-        if vd.info > limit:
-            raise UnreadableError(".gnu.version_d claims more entries than the file holds")
+    if vd is not None and vd.type != SHT_NOBITS:
+        what = ".gnu.version_d"
         strings = r.linked(vd)
-        off = vd.offset
-        for _ in range(vd.info):
-            _, flags, ndx, cnt, _, aux, next_ = struct.unpack_from(e + "HHHHIII", data, off)
-            if cnt > limit:
-                raise UnreadableError(".gnu.version_d entry claims too many names")
+        for off in _chain(r, vd, what, vd.info, vd.offset, 20, 16):
+            _, flags, ndx, cnt, _, aux, _ = struct.unpack_from(e + "HHHHIII", data, off)
             if cnt:
-                (name_off,) = struct.unpack_from(e + "I", data, off + aux)
-                first = _cstr(strings, name_off, ".gnu.version_d")
+                aoff = next(_chain(r, vd, what, 1, off + aux, 8, 4))
+                (name_off,) = struct.unpack_from(e + "I", data, aoff)
+                first = _cstr(strings, name_off, what)
                 index[ndx] = first
                 if not flags & 1:  # VER_FLG_BASE names the file itself
                     defs.append(first)
-            off += next_
     return tuple(needs), tuple(defs), index
 
 
@@ -485,11 +513,20 @@ def _dynamic(r: _Reader) -> dict[int, list[int | str]]:
         if tag == DT_NULL:
             break
         entries.append((tag, val))
+    else:
+        if usable:  # ld.so reads up to DT_NULL: without one it would read past the array
+            raise UnreadableError("dynamic section has no DT_NULL at its end")
     if strings is None:
-        strtab = next((v for t, v in entries if t == DT_STRTAB), None)
-        size = next((v for t, v in entries if t == DT_STRSZ), 0)
-        off = r.vaddr_offset(strtab) if strtab is not None else None
-        strings = r.data[off : off + size] if off is not None else b""
+        strings = b""
+        if any(t in _DT_STRINGS for t, _ in entries):
+            strtab = next((v for t, v in entries if t == DT_STRTAB), None)
+            if strtab is None:
+                raise UnreadableError("dynamic section names strings but has no DT_STRTAB")
+            off = r.vaddr_offset(strtab)
+            if off is None:
+                raise UnreadableError(f"DT_STRTAB {strtab:#x} is in no PT_LOAD segment")
+            size = next((v for t, v in entries if t == DT_STRSZ), 0)
+            strings = r.data[off : off + size]
     for tag, val in entries:
         if tag in _DT_STRINGS:
             tags.setdefault(tag, []).append(_cstr(strings, val, ".dynamic"))
@@ -541,20 +578,35 @@ def read_elf(data: bytes, *, with_code: bool = False) -> ElfInfo:
         raise UnreadableError(f"{type(e).__name__}: {e}") from None
 
 
+def _interpreter(raw: bytes) -> str:
+    """The PT_INTERP path, refused where the kernel's execve refuses it (ENOEXEC from
+    fs/binfmt_elf.c: fewer than 2 bytes, more than PATH_MAX, no NUL at the end); an
+    empty name (a NUL first) names no file."""
+    if len(raw) > PATH_MAX:
+        raise UnreadableError(f"PT_INTERP of {len(raw)} bytes is longer than PATH_MAX")
+    if len(raw) < 2 or raw[0] == 0:
+        raise UnreadableError("empty PT_INTERP")
+    if raw[-1] != 0:
+        raise UnreadableError("unterminated PT_INTERP (its last byte is not NUL)")
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
 def _read(data: bytes, with_code: bool) -> ElfInfo:
     r = _Reader(data)
     interp: str | None = None
     abi_tag: str | None = None
     for p in r.segments:
-        if p.type == PT_INTERP:
-            raw = data[p.offset : p.offset + p.filesz]
-            interp = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        if p.type == PT_INTERP and interp is None:  # the kernel uses the first one
+            if p.filesz == 0 and p.memsz:  # a debug file (objcopy --only-keep-debug)
+                interp = ""  # keeps the header, not the bytes: no name to read
+            else:
+                interp = _interpreter(data[p.offset : p.offset + p.filesz])
         elif p.type == PT_NOTE and abi_tag is None:
-            abi_tag = _abi_tag(data[p.offset : p.offset + p.filesz], r.endian)
+            abi_tag = _abi_tag(data[p.offset : p.offset + p.filesz], r.endian, "PT_NOTE")
     if abi_tag is None:
         s = r.named(".note.ABI-tag")
         if s is not None:
-            abi_tag = _abi_tag(r.bytes_of(s), r.endian)
+            abi_tag = _abi_tag(r.bytes_of(s), r.endian, ".note.ABI-tag")
     tags = _dynamic(r)
     needs, defs, index = _versions(r)
     flags_1 = int(tags.get(DT_FLAGS_1, [0])[0])
@@ -608,30 +660,37 @@ def _refine_arm(r: _Reader) -> ElfArch:
 
 
 def _arm_cpu_arch(blob: bytes) -> str | None:
-    """Tag_CPU_arch (6) from an "aeabi" build attributes subsection, as an OCI variant."""
+    """Tag_CPU_arch (6) from an "aeabi" build attributes subsection, as an OCI variant.
+
+    A file has one "aeabi" subsection, and Tag_CPU_arch comes early in it: only the
+    first one and its first 512 bytes are read, so a hostile blob costs no more."""
     if not blob.startswith(b"A"):
         return None
-    for m in re.finditer(rb"aeabi\x00\x01", blob):
-        attrs = blob[m.end() + 4 :]  # skip the file-scope subsection size
-        i = 0
-        while i < len(attrs) and i < 512:
-            tag = attrs[i]
-            i += 1
-            if tag in (4, 5, 67):  # NTBS-valued tags: CPU_raw_name, CPU_name, conformance
-                end = attrs.find(b"\0", i)
-                if end < 0:
-                    return None
-                i = end + 1
-                continue
-            value, i = _uleb(attrs, i)
-            if tag == 6:
-                return _ARM_CPU_ARCH_VARIANT.get(value)
+    m = re.search(rb"aeabi\x00\x01", blob)
+    if m is None:
+        return None
+    attrs = blob[m.end() + 4 : m.end() + 4 + 512]  # skip the file-scope subsection size
+    i = 0
+    while i < len(attrs):
+        tag = attrs[i]
+        i += 1
+        if tag in (4, 5, 67):  # NTBS-valued tags: CPU_raw_name, CPU_name, conformance
+            end = attrs.find(b"\0", i)
+            if end < 0:
+                return None
+            i = end + 1
+            continue
+        value, i = _uleb(attrs, i)
+        if tag == 6:
+            return _ARM_CPU_ARCH_VARIANT.get(value)
     return None
 
 
 def _uleb(data: bytes, off: int) -> tuple[int, int]:
+    """An unsigned LEB128 of at most 64 bits (a longer run of continuation bytes would
+    build an ever larger integer: a hang on a hostile file)."""
     value = shift = 0
-    while off < len(data):
+    while off < len(data) and shift < 64:
         b = data[off]
         off += 1
         value |= (b & 0x7F) << shift

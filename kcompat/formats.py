@@ -127,6 +127,8 @@ def read_macho(data: bytes) -> MachOInfo:
         )
     if data[:4] in _MACHO_FAT:
         wide = data[3] == 0xBF
+        if len(data) < 8:
+            raise NotThisFormat("truncated Mach-O fat header")
         (count,) = struct.unpack_from(">I", data, 4)
         entry = 32 if wide else 20
         if not 0 < count < 20 or 8 + count * entry > len(data):
@@ -136,7 +138,10 @@ def read_macho(data: bytes) -> MachOInfo:
         for i in range(count):
             (cpu,) = struct.unpack_from(">I", data, 8 + i * entry)
             cpus.append(_MACHO_CPUS.get(cpu, f"unknown-{cpu:#x}"))
-            off = struct.unpack_from(">Q" if wide else ">I", data, 8 + i * entry + 8)[0]
+            off, size = struct.unpack_from(">QQ" if wide else ">II", data, 8 + i * entry + 8)
+            if off + size > len(data):  # a fat file is read whole: its slices are all there
+                raise NotThisFormat(f"Mach-O fat slice {i} lies outside the file "
+                                    f"(offset {off}, size {size})")  # fmt: skip
             if i == 0 and off + 16 <= len(data) and data[off : off + 4] in _MACHO_THIN:
                 filetype = read_macho(data[off : off + 16]).filetype
         return MachOInfo(tuple(cpus), True, filetype)

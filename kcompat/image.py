@@ -164,12 +164,17 @@ def json_problem(e: ValueError) -> str:
         return f"not UTF-8 text (byte {e.start})"
     if isinstance(e, json.JSONDecodeError):
         return f"{e.msg.lower()} at line {e.lineno} column {e.colno}"
+    if "digits" in str(e):
+        return "a number with too many digits"
     return "not valid JSON"
 
 
 def load_json(data: bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(data.decode("utf-8"))  # JSON in images is UTF-8 (no guessing)
+    except RecursionError:
+        raise BadImageError(f"{what}: JSON nested too deeply",
+                            hint="the image is corrupt or hostile") from None  # fmt: skip
     except ValueError as e:
         raise BadImageError(
             f"{what}: not valid JSON ({json_problem(e)})",

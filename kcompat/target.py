@@ -434,10 +434,12 @@ def load_profile(path: Path) -> Target:
         ) from None
     except OSError as e:
         raise LocalIOError(f"cannot read target profile {path}: {e.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:
+        from kcompat.image import json_problem
+
+        why = json_problem(e) if isinstance(e, ValueError) else "nested too deeply"
         raise UsageError(
-            f"target profile {path} is not JSON ({getattr(e, 'msg', 'not UTF-8')}"
-            + (f", line {e.lineno})" if isinstance(e, json.JSONDecodeError) else ")"),
+            f"target profile {path} is not JSON ({why})",
             hint="write one with: kcompat host --save FILE",
         ) from None
     validate_profile(raw, path)
