@@ -47,7 +47,11 @@ def analyse(opened: OpenImage, store: BlobStore | None = None) -> Analysis:
     if opened.source.rootfs_dir() is not None or not img.layers:  # a directory: no digests
         scan = scan_image(opened, store)
         return Analysis(scan, binaries_report(scan)["summary"])
-    what = json.dumps([[d.digest for d in img.layers], list(img.config.env)]).encode()
+    # The config's diff_ids are part of the key: a hit means they were verified against
+    # these very layers (kcompat.layerscan), not just that the same blobs were seen.
+    what = json.dumps(
+        [[d.digest for d in img.layers], list(img.config.env), list(img.config.diff_ids)]
+    ).encode()
     key = "sha256:" + hashlib.sha256(what).hexdigest()
     cache_ = ResultCache(store.root, "images", analysis_key())
     hit = cache_.read(key)

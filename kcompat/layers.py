@@ -2,6 +2,11 @@
 
 Compression is told from the first bytes, never from the media type alone (registries
 and tools mislabel): gzip `1f 8b`, zstd `28 b5 2f fd`, else an uncompressed tar.
+
+The uncompressed bytes are hashed as they pass (no second read) and checked against the
+config's diff_id, as containers/image and docker check them: the compressed digest
+proves the blob is the one the manifest names, the diff_id that it is the layer the
+config was built from.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import IO, Any, cast
 import zstandard
 
 from kcompat.errors import BadImageError, IntegrityError
+from kcompat.tarstream import Regions, TarError, sparse_regions
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -148,6 +154,10 @@ CORRUPT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# tarfile also raises a bare ValueError, e.g. on a pax sparse map that is not one
+_TAR_ERRORS: tuple[type[BaseException], ...] = (*CORRUPT_ERRORS, ValueError)
+
+
 def corrupt(what: str, reason: str) -> BadImageError:
     """The one error for a layer whose compressed stream or tar is damaged."""
     return BadImageError(
@@ -170,6 +180,7 @@ _KINDS = {
     tarfile.REGTYPE: FileKind.FILE,
     tarfile.AREGTYPE: FileKind.FILE,
     tarfile.CONTTYPE: FileKind.FILE,
+    tarfile.GNUTYPE_SPARSE: FileKind.FILE,
     tarfile.DIRTYPE: FileKind.DIR,
     tarfile.SYMTYPE: FileKind.SYMLINK,
     tarfile.LNKTYPE: FileKind.HARDLINK,
@@ -227,6 +238,22 @@ def clean_path(name: str) -> tuple[str | None, str | None]:
     return "/".join(parts), note
 
 
+def diff_id_hash() -> Any:
+    """The hash of a layer's uncompressed tar (diff_ids are sha256 in every image tool;
+    any other algorithm in a config therefore fails the comparison, naming both)."""
+    return hashlib.sha256()
+
+
+def check_diff_id(digest: str, computed: str, expected: str | None) -> None:
+    """Refuse a layer whose uncompressed bytes are not the ones the config names."""
+    if expected is not None and computed != expected:
+        raise IntegrityError(
+            f"layer {digest} uncompressed to {computed}, "
+            f"but the image config says diff_id {expected}",
+            hint="the image is corrupt or was tampered with: rebuild or re-push it",
+        )
+
+
 class _MemberReader(_Wrapper):
     """A member's bytes; a corrupt stream under it becomes one BadImageError."""
 
@@ -248,10 +275,46 @@ class TarMember:
     what: str = "layer"
 
     def open(self) -> IO[bytes]:
+        """The file's bytes (a sparse file's holes read as zeros)."""
         f = self.tar.extractfile(self.info)
         if f is None:
             raise BadImageError(f"{self.info.name}: not a regular file")
         return io.BufferedReader(_MemberReader(f, f"{self.what} ({self.info.name})"), READ_BUFFER)
+
+    def sparse(self) -> Regions | None:
+        """A sparse file's data regions (offset, length), checked to be in order and
+        inside the file; None for a plain file."""
+        found = cast("list[tuple[int, int]] | None", getattr(self.info, "sparse", None))
+        if found is None:
+            return None
+        numbers = [n for region in found for n in region]
+        stored = sum(length for _, length in found)  # tarfile keeps no stored size
+        try:
+            return sparse_regions(numbers, self.info.size, stored, self.info.name)
+        except TarError as e:
+            raise corrupt(self.what, str(e)) from None
+
+    def regions(self) -> Iterator[tuple[int, bytes]]:
+        """A sparse file's stored data as (offset in the file, bytes), the holes passed
+        over unread, so that flattening can leave them holes."""
+        f = self.tar.extractfile(self.info)
+        if f is None:
+            raise BadImageError(f"{self.info.name}: not a regular file")
+        # tarfile's own file object under the buffer: seeking it only moves its position
+        raw = cast(io.BufferedReader, f).raw
+        what = f"{self.what} ({self.info.name})"
+        for offset, length in self.sparse() or ():
+            try:
+                raw.seek(offset, io.SEEK_SET)
+                while length:
+                    chunk = raw.read(min(length, READ_BUFFER))
+                    if not chunk:
+                        raise EOFError("the archive ends inside a sparse file")
+                    yield offset, chunk
+                    offset += len(chunk)
+                    length -= len(chunk)
+            except CORRUPT_ERRORS as e:
+                raise corrupt(what, f"{e.__class__.__name__}: {e}") from None
 
 
 class _Counting(_Wrapper):
@@ -260,16 +323,25 @@ class _Counting(_Wrapper):
     def __init__(self, inner: IO[bytes]) -> None:
         super().__init__(inner)
         self.count = 0
-        self.eof = False
+        self.eof = 0  # how many reads found the end (true once it was reached)
+        self.hash = diff_id_hash()
 
     def _seen(self, data: bytes) -> None:
         self.count += len(data)
+        self.hash.update(data)
         if not data:
-            self.eof = True
+            if self.eof > 8:
+                # tarfile skips a member's data by reading it, and at the end of the stream
+                # keeps reading nothing: a header claiming 2**62 bytes would never end
+                raise EOFError("the archive ends inside a member")
+            self.eof += 1
 
 
-def iter_tar(reader: VerifyingReader, what: str) -> Iterator[TarMember]:
-    """The members of one layer in order, then the layer's digest check."""
+def iter_tar(
+    reader: VerifyingReader, what: str, diff_id: str | None = None, digest: str = ""
+) -> Iterator[TarMember]:
+    """The members of one layer in order, then the layer's digest check and, when the
+    config gives one, its diff_id's (`digest` names the layer in that error)."""
     try:
         stream, _ = decompressed(reader)
         counted = _Counting(stream)
@@ -293,11 +365,13 @@ def iter_tar(reader: VerifyingReader, what: str) -> Iterator[TarMember]:
                     break
                 last = info
                 yield TarMember(info, tar, what)
-        # Drain the decompressor to its end (so gzip checks its CRC) and the blob to EOF.
-        while stream.read(READ_BUFFER):
+        # Drain the decompressor to its end (so gzip checks its CRC, and every byte of
+        # the tar is hashed) and the blob to EOF.
+        while counted.read(READ_BUFFER):
             pass
         reader.finish()
-    except CORRUPT_ERRORS as e:
+        check_diff_id(digest or what, f"sha256:{counted.hash.hexdigest()}", diff_id)
+    except _TAR_ERRORS as e:
         raise corrupt(what, f"{e.__class__.__name__}: {e}") from None
     finally:
         reader.close()
@@ -353,10 +427,14 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-def decompressed_chunks(reader: VerifyingReader, what: str) -> Iterator[bytes]:
+def decompressed_chunks(
+    reader: VerifyingReader, what: str, tar_hash: Any | None = None
+) -> Iterator[bytes]:
     """A layer blob's tar bytes in chunks of at most CHUNK bytes, however it is compressed;
-    then its digest is checked. Errors name `what`."""
-    try:
+    then its digest is checked. Each chunk also goes into `tar_hash` (in the thread
+    that inflates, when run under Prefetch). Errors name `what`."""
+
+    def chunks() -> Iterator[bytes]:
         first = reader.read(READ_BUFFER) or b""
         kind = detect_compression(first[:4])
         if kind is Compression.GZIP:
@@ -373,6 +451,12 @@ def decompressed_chunks(reader: VerifyingReader, what: str) -> Iterator[bytes]:
                 yield first
             while more := reader.read(READ_BUFFER):
                 yield more
+
+    try:
+        for chunk in chunks():
+            if tar_hash is not None:
+                tar_hash.update(chunk)
+            yield chunk
         reader.finish()
     except CORRUPT_ERRORS as e:
         raise corrupt(what, f"{e.__class__.__name__}: {e}") from None

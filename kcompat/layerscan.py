@@ -14,6 +14,15 @@ shared by many images is scanned once, a second `check` of an image reads only t
 results, and any change to the scanner's code makes new keys. Results are written to a
 temporary file and renamed into place, so concurrent runs never see a partial one.
 
+A layer's uncompressed tar is hashed as it streams and the result records that
+digest (`LayerScan.diff_id`); the image's config says which diff_id each layer must
+have, and `verify_diff_ids` compares the two whether the result was scanned now or read
+from the cache. The cache stays keyed by the compressed digest alone: the diff_id is a
+fact about the blob's bytes, so recording it keeps one scan per blob, however many
+configs name it, and an image whose config lies about a cached layer is still refused
+(keying by (digest, diff_id) would rescan the same blob for each config, and only
+refuse the lie when it came with a scan).
+
 Layers not in the cache are scanned in parallel, one worker process each (forked, so
 the already opened source is inherited), largest first, up to the machine's cores.
 The image's `Scan` is then assembled from the layers' results by the same merge rules
@@ -37,6 +46,7 @@ from functools import partial
 from pathlib import Path
 
 from kcompat import __version__, formats
+from kcompat.elf import UnreadableError
 from kcompat.errors import BadImageError
 from kcompat.formats import Format
 from kcompat.layers import (
@@ -44,9 +54,11 @@ from kcompat.layers import (
     LayerIssue,
     Prefetch,
     VerifyingReader,
+    check_diff_id,
     clean_path,
     corrupt,
     decompressed_chunks,
+    diff_id_hash,
 )
 from kcompat.merged import Header, max_file_size, merge
 from kcompat.scan import _KEEP_MAX, Node, Scan, ScannedFile, Tree, _keep, scan_file
@@ -84,6 +96,7 @@ class LayerScan:
     whose format kcompat reads, the small text files it keeps, and C library banners."""
 
     digest: str
+    diff_id: str = ""  # the digest of the uncompressed tar, as the scan computed it
     headers: list[TarHeader] = field(default_factory=list)
     files: dict[int, ScannedFile] = field(default_factory=dict)
     texts: dict[int, str] = field(default_factory=dict)
@@ -96,7 +109,8 @@ def scan_layer(reader: VerifyingReader, digest: str) -> LayerScan:
     what = f"layer {digest}"
     out = LayerScan(digest)
     limit = max_file_size()
-    prefetch = Prefetch(decompressed_chunks(reader, what))
+    tar_hash = diff_id_hash()
+    prefetch = Prefetch(decompressed_chunks(reader, what, tar_hash))
     chunks = iter(prefetch)
     tar = TarStream(chunks)
     try:
@@ -112,7 +126,7 @@ def scan_layer(reader: VerifyingReader, digest: str) -> LayerScan:
             if _keep(path) and h.size <= _KEEP_MAX:
                 out.texts[i] = (head + tar.read()).decode("utf-8", "replace")
                 continue
-            whole = partial(tar.read_whole, head)
+            whole = partial(_read_whole, tar, head, h.size)
             scanned, banner = scan_file(path, h.mode & 0o7777, h.size, head, tar.read, whole)
             if scanned.format is not Format.OTHER:
                 out.files[i] = scanned
@@ -124,7 +138,29 @@ def scan_layer(reader: VerifyingReader, digest: str) -> LayerScan:
         raise corrupt(what, str(e)) from None
     finally:
         prefetch.close()
+    out.diff_id = f"sha256:{tar_hash.hexdigest()}"
     return out
+
+
+# A file is read whole (to parse it as ELF, PE, Mach-O) only up to this size: the largest
+# real binaries are a few hundred MB, while a header (or a sparse map) can claim 64 GiB
+# that a bomb of a few MB provides, and holding it would exhaust the machine.
+WHOLE_MAX = 2 << 30
+
+
+def _read_whole(tar: TarStream, head: bytes, size: int) -> bytes:
+    if size > WHOLE_MAX:
+        raise UnreadableError(f"{size} bytes: larger than the {WHOLE_MAX >> 20} MiB kcompat reads")
+    try:
+        return tar.read_whole(head)
+    except MemoryError:
+        raise UnreadableError(f"{size} bytes: not enough memory to read it") from None
+
+
+def verify_diff_ids(scans: Sequence[LayerScan], diff_ids: Sequence[str | None]) -> None:
+    """Each layer's computed diff_id against the config's (None: nothing to compare)."""
+    for ls, expected in zip(scans, diff_ids):
+        check_diff_id(ls.digest, ls.diff_id, expected)
 
 
 # -- the cache ---------------------------------------------------------------------------
@@ -231,10 +267,12 @@ def scan_layers(
     cache: LayerCache,
     jobs: int | None = None,
     after_fork: Callable[[], None] | None = None,
+    diff_ids: Sequence[str | None] = (),
 ) -> list[LayerScan]:
     """The LayerScan of each (digest, size), from the cache or scanned now: in parallel
     worker processes when more than one layer is missing and there is more than one core
-    (`after_fork` runs first in each). `opener` is called only for layers scanned now."""
+    (`after_fork` runs first in each). `opener` is called only for layers scanned now.
+    `diff_ids` (the config's, in layer order) are checked against every result."""
     global _JOB
     found: dict[str, LayerScan | None] = {d: cache.load(d) for d, _ in layers}
     todo = sorted({(s, d) for d, s in layers if found[d] is None}, reverse=True)
@@ -257,7 +295,9 @@ def scan_layers(
                     raise
     finally:
         _JOB = None
-    return [found[d] for d, _ in layers]  # type: ignore[misc]
+    scans: list[LayerScan] = [found[d] for d, _ in layers]  # type: ignore[misc]
+    verify_diff_ids(scans, diff_ids)
+    return scans
 
 
 def assemble(scans: Sequence[LayerScan], env: dict[str, str]) -> tuple[Scan, list[LayerIssue]]:

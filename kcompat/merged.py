@@ -40,8 +40,12 @@ def max_file_size() -> int:
 
 @dataclass(frozen=True)
 class LayerInput:
+    """A layer: its blob's digest, how to open it, and the config's diff_id for it (the
+    digest of its uncompressed tar, checked as it streams; None: nothing to check)."""
+
     digest: str
     open: Callable[[], VerifyingReader]
+    diff_id: str | None = None
 
 
 @dataclass
@@ -52,9 +56,19 @@ class ViewItem:
     member: TarMember | None = field(repr=False, default=None)
 
     def open(self) -> IO[bytes]:
+        """The file's bytes, a sparse file's holes as zeros."""
+        return self._member().open()
+
+    def regions(self) -> Iterator[tuple[int, bytes]] | None:
+        """A sparse file's stored data by offset, its holes not read (so a writer can
+        leave them holes); None for a plain file: read it with `open()`."""
+        member = self._member()
+        return member.regions() if member.sparse() is not None else None
+
+    def _member(self) -> TarMember:
         if self.member is None or self.entry.kind is not FileKind.FILE:
             raise ValueError(f"{self.entry.path} has no content to read")
-        return self.member.open()
+        return self.member
 
 
 def _ancestors(path: str) -> Iterator[str]:
@@ -105,22 +119,38 @@ class _Memo:
         self._hidden: dict[str, bool] = {}
         self._through: dict[str, str | None] = {}
 
+    # Both walk up to the nearest answered ancestor and record the answer for the whole
+    # chain: a loop, not recursion, so 2000 levels of directories cost no stack.
     def hidden(self, parent: str) -> bool:
-        h = self._hidden.get(parent)
-        if h is None:
-            h = parent in self.masked or parent in self.opaque
-            if not h and "/" in parent:
-                h = self.hidden(parent[: parent.rfind("/")])
-            self._hidden[parent] = h
+        chain: list[str] = []
+        p = parent
+        while True:
+            h = self._hidden.get(p)
+            if h is not None:
+                break
+            chain.append(p)
+            if p in self.masked or p in self.opaque or "/" not in p:
+                h = p in self.masked or p in self.opaque
+                break
+            p = p[: p.rfind("/")]
+        for q in chain:
+            self._hidden[q] = h
         return h
 
     def through(self, parent: str) -> str | None:
-        if parent in self._through:
-            return self._through[parent]
-        bad = parent if parent in self.nondir_here else None
-        if bad is None and "/" in parent:
-            bad = self.through(parent[: parent.rfind("/")])
-        self._through[parent] = bad
+        chain: list[str] = []
+        p = parent
+        while True:
+            if p in self._through:
+                bad = self._through[p]
+                break
+            chain.append(p)
+            if p in self.nondir_here or "/" not in p:
+                bad = p if p in self.nondir_here else None
+                break
+            p = p[: p.rfind("/")]
+        for q in chain:
+            self._through[q] = bad
         return bad
 
     def new_nondir(self, path: str) -> None:
@@ -239,7 +269,9 @@ class MergedView:
     def __iter__(self) -> Iterator[ViewItem]:
         def members(layer: LayerInput) -> Callable[[], Iterator[tuple[Header, TarMember]]]:
             what = f"layer {layer.digest}"
-            return lambda: ((m.info, m) for m in iter_tar(layer.open(), what))
+            return lambda: (
+                (m.info, m) for m in iter_tar(layer.open(), what, layer.diff_id, layer.digest)
+            )
 
         inputs = [(layer.digest, members(layer)) for layer in self.layers]
         for entry, member in merge(inputs, self.max_size, self.issues):

@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kcompat.errors import BadImageError
 from kcompat.image import ResolvedImage
 from kcompat.layers import LayerIssue, VerifyingReader
 from kcompat.merged import LayerInput, MergedView
@@ -30,7 +31,21 @@ class OpenImage:
     image: ResolvedImage
 
     def layer_inputs(self) -> list[LayerInput]:
-        return [LayerInput(d.digest, partial(self.source.open_layer, d)) for d in self.image.layers]
+        """Each layer with the config's diff_id for it, checked as the layer streams. A
+        config without diff_ids (a `dir:` rootfs) has nothing to check; one that lists
+        a different number than the manifest's layers is refused, as docker refuses it."""
+        layers, ids = self.image.layers, self.image.config.diff_ids
+        if ids and len(ids) != len(layers):
+            raise BadImageError(
+                f"{self.image.reference}: {len(layers)} layers but {len(ids)} diff_ids "
+                "in the image config",
+                hint="the image is corrupt: rebuild or re-push it",
+            )
+        diff_ids: list[str | None] = list(ids) if ids else [None] * len(layers)
+        return [
+            LayerInput(d.digest, partial(self.source.open_layer, d), diff_id)
+            for d, diff_id in zip(layers, diff_ids)
+        ]
 
     def files(self) -> MergedView:
         return MergedView(self.layer_inputs())
@@ -111,7 +126,11 @@ def scan_image(opened: OpenImage, store: BlobStore | None = None) -> Scan:
 
     layers = [(d.digest, d.size) for d in opened.image.layers]
     scans = scan_layers(
-        layers, open_layer, LayerCache(store.root), after_fork=opened.source.after_fork
+        layers,
+        open_layer,
+        LayerCache(store.root),
+        after_fork=opened.source.after_fork,
+        diff_ids=[layer.diff_id for layer in opened.layer_inputs()],
     )
     scan, issues = assemble(scans, env)
     return replace(scan, issues=tuple(str(i) for i in issues))

@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO
@@ -86,8 +86,14 @@ class _Writer:
             raise _Refused("a directory is in the way")
         os.unlink(name, dir_fd=pfd)
 
-    def write(self, entry: FileEntry, data: IO[bytes] | None) -> str | None:
-        """Write one entry; return a reason if it was skipped."""
+    def write(
+        self,
+        entry: FileEntry,
+        data: IO[bytes] | None,
+        regions: Iterable[tuple[int, bytes]] | None = None,
+    ) -> str | None:
+        """Write one entry (a file from `data`, or a sparse one from its `regions`, with
+        holes where it has them and its real size); return a reason if it was skipped."""
         parts = entry.path.split("/")
         if entry.kind is FileKind.DIR:
             fd = self._open_dir(parts, create=True)
@@ -109,8 +115,12 @@ class _Writer:
                     dir_fd=pfd,
                 )
                 try:
-                    with os.fdopen(fd, "wb", closefd=False) as out:
-                        if data is not None:
+                    if regions is not None:  # sparse: only the data, the holes left holes
+                        for offset, chunk in regions:
+                            os.pwrite(fd, chunk, offset)
+                        os.ftruncate(fd, entry.size)
+                    elif data is not None:
+                        with os.fdopen(fd, "wb", closefd=False) as out:
                             shutil.copyfileobj(data, out, COPY_CHUNK)
                     if self.as_root:
                         os.fchown(fd, entry.uid, entry.gid)
@@ -155,6 +165,8 @@ class _Writer:
                     os.close(sfd)
             except (_Refused, FileNotFoundError) as e:
                 issue(entry, f"hard link target {entry.linkname!r} unusable: {e}")
+            except OSError as e:  # a directory (EPERM), another file system's (EXDEV)...
+                issue(entry, f"hard link to {entry.linkname!r} not made: {e.strerror}")
         # Deepest first, so a parent's mode is set after its children's.
         for path in sorted(self.dir_meta, key=lambda p: p.count("/"), reverse=True):
             entry = self.dir_meta[path]
@@ -178,9 +190,12 @@ def flatten(layers: Sequence[LayerInput], dest: Path) -> list[LayerIssue]:
 
     try:
         for item in view:
-            data = item.open() if item.entry.kind is FileKind.FILE else None
+            data = regions = None
+            if item.entry.kind is FileKind.FILE:
+                regions = item.regions()
+                data = item.open() if regions is None else None
             try:
-                skipped = writer.write(item.entry, data)
+                skipped = writer.write(item.entry, data, regions)
             except _Refused as e:
                 issue(item.entry, str(e))
                 continue
@@ -202,21 +217,42 @@ def flatten(layers: Sequence[LayerInput], dest: Path) -> list[LayerIssue]:
 
 
 def _rmtree(path: Path) -> None:
-    """Remove a tree that may hold read-only directories (made writable on the way)."""
+    """Remove a tree that may hold read-only directories (made writable on the way).
 
-    def fix(func: object, p: str, exc: object) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-        if os.path.isdir(p) and not os.path.islink(p):
-            with contextlib.suppress(OSError):
-                os.chmod(p, 0o700)
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                os.unlink(p)
-
-    if path.exists() or path.is_symlink():
-        shutil.rmtree(path, onerror=fix)
+    A loop over directory descriptors, not shutil.rmtree: a hostile image's tree can be
+    deeper than Python's recursion limit and its paths longer than PATH_MAX."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    os.chmod(path, 0o700)
+    stack: list[tuple[int, str]] = [(os.open(path, _DIR_FLAGS), "")]
+    try:
+        while stack:
+            fd = stack[-1][0]
+            with os.scandir(fd) as it:
+                entries = list(it)
+            sub = None
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    sub = entry.name
+                else:
+                    os.unlink(entry.name, dir_fd=fd)
+            if sub is not None:  # down into it; it is removed once empty
+                os.chmod(sub, 0o700, dir_fd=fd)
+                stack.append((os.open(sub, _DIR_FLAGS, dir_fd=fd), sub))
+                continue
+            done, name = stack.pop()
+            os.close(done)
+            if stack:
+                os.rmdir(name, dir_fd=stack[-1][0])
+        os.rmdir(path)
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
 
 
 def cached_rootfs(layers: Sequence[LayerInput], store: BlobStore) -> tuple[Path, list[LayerIssue]]:
@@ -225,8 +261,14 @@ def cached_rootfs(layers: Sequence[LayerInput], store: BlobStore) -> tuple[Path,
     Built in a temporary directory next to its final place and renamed when complete,
     so a crash or kill leaves no half-written rootfs under the final name; leftovers
     are removed by the next build of the same chain.
+
+    The chain is of (digest, diff_id) pairs: a rootfs exists only once its layers were
+    verified against those diff_ids, so an image whose config names other diff_ids for
+    the same blobs builds (and fails) its own instead of reusing a verified one. (The
+    per-layer scan cache records the computed diff_id instead, kcompat.layerscan: a
+    rootfs has no such record to compare, and rebuilding one is rare.)
     """
-    key = chain_id([layer.digest for layer in layers])
+    key = chain_id([f"{x.digest} {x.diff_id}" if x.diff_id else x.digest for x in layers])
     base = store.root / "rootfs"
     final = base / key
     issues_file = base / f"{key}.issues.json"
@@ -253,6 +295,7 @@ def cached_rootfs(layers: Sequence[LayerInput], store: BlobStore) -> tuple[Path,
             tmp_issues.write_text(json.dumps([asdict(i) for i in issues]))
             os.replace(tmp_issues, issues_file)
         except BaseException:
-            _rmtree(tmp)
+            with contextlib.suppress(OSError):  # the first error is the one to report
+                _rmtree(tmp)
             raise
         return final, issues

@@ -7,8 +7,12 @@ scan's cost. This reader takes the decompressed bytes in large chunks (kcompat.l
 gives 4 MiB) and keeps one buffer.
 
 It reads what container layers use: POSIX ustar (with its name prefix), GNU long names
-and link names (`L`, `K`), and pax extended headers (`x` per member, `g` global) for
-path, linkpath, size, uid and gid. Every header's checksum is verified. A header that
+and link names (`L`, `K`), pax extended headers (`x` per member, `g` global) for
+path, linkpath, size, uid and gid, and sparse files (`tar -S`): GNU's old `S` entries
+with their extension blocks, and pax sparse formats 0.0, 0.1 and 1.0 (GNU.sparse.*
+keywords; 1.0 keeps the map at the start of the data). A sparse member's header has
+its real size and its data reads with the holes as zeros, so the scan judges the file
+that will exist, not the stored fragments. Every header's checksum is verified. A header that
 fails it, a number that is not one, or data cut short raises `TarError`: Go's
 archive/tar (what docker and containerd unpack with) refuses these too. Like Go's
 reader, the end of the stream right after the last member's data is accepted as the
@@ -24,12 +28,13 @@ BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 _USTAR = b"ustar\x00"
 # tar type flags, as tarfile spells them
-REGTYPE, AREGTYPE, CONTTYPE = b"0", b"\x00", b"7"
+REGTYPE, AREGTYPE, CONTTYPE, GNU_SPARSE = b"0", b"\x00", b"7", b"S"
 LNKTYPE, SYMTYPE, DIRTYPE = b"1", b"2", b"5"
 GNU_LONGNAME, GNU_LONGLINK, PAX_HEADER, PAX_GLOBAL = b"L", b"K", b"x", b"g"
-FILE_TYPES = frozenset({REGTYPE, AREGTYPE, CONTTYPE})
+FILE_TYPES = frozenset({REGTYPE, AREGTYPE, CONTTYPE, GNU_SPARSE})
 _NO_DATA = frozenset({LNKTYPE, SYMTYPE, DIRTYPE, b"3", b"4", b"6"})
 _META_MAX = 1 << 20  # a long name or pax header larger than this is not a real one
+_SPARSE_MAX = 1 << 16  # more data regions than this in one file is not a real sparse map
 
 
 class TarError(Exception):
@@ -48,6 +53,41 @@ class TarHeader(NamedTuple):
     linkname: str
     devmajor: int
     devminor: int
+    # a sparse file's data regions (offset, length) in the file; None for a plain file
+    sparse: tuple[tuple[int, int], ...] | None = None
+
+
+Regions = tuple[tuple[int, int], ...]
+
+
+def sparse_regions(numbers: list[int], real_size: int, stored: int, name: str) -> Regions:
+    """A sparse map (offset, length pairs, flattened) checked as Go's archive/tar checks
+    it: in order, not overlapping, inside the file, and adding up to the stored data.
+    Empty regions (GNU tar ends its maps with one at the file's end) are dropped."""
+    if len(numbers) % 2 or len(numbers) > 2 * _SPARSE_MAX:
+        raise TarError(f"{name}: bad sparse map ({len(numbers)} numbers)")
+    out: list[tuple[int, int]] = []
+    end = total = 0
+    for i in range(0, len(numbers), 2):
+        offset, length = numbers[i], numbers[i + 1]
+        if offset < 0 or length < 0 or offset + length > real_size:
+            raise TarError(f"{name}: bad sparse map (region {offset}+{length})")
+        if not length:
+            continue
+        if offset < end:
+            raise TarError(f"{name}: bad sparse map (region {offset} overlaps the one before)")
+        out.append((offset, length))
+        end = offset + length
+        total += length
+    if total != stored:
+        raise TarError(f"{name}: sparse map holds {total} bytes, the archive {stored}")
+    return tuple(out)
+
+
+def _decimal(text: str, what: str) -> int:
+    if not text.isdigit():
+        raise TarError(f"{what} is not a number: {text[:20]!r}")
+    return int(text)
 
 
 def _number(field: bytes, what: str) -> int:
@@ -65,6 +105,9 @@ def _text(field: bytes) -> str:
     return field.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
 
 
+_SPARSE_00 = " sparse 0.0 map"  # where _pax gathers format 0.0's pairs (no real key has a space)
+
+
 def _pax(data: bytes) -> dict[str, str]:
     """pax records, "LEN key=value\\n" each (POSIX.1-2001, pax Extended Header)."""
     out: dict[str, str] = {}
@@ -78,7 +121,10 @@ def _pax(data: bytes) -> dict[str, str]:
         if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
             raise TarError("bad pax header record")
         key, _, value = record[:-1].partition(b"=")
-        out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        k, v = key.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")
+        if k in ("GNU.sparse.offset", "GNU.sparse.numbytes"):  # format 0.0: repeated keys,
+            k, v = _SPARSE_00, f"{out[_SPARSE_00]},{v}" if _SPARSE_00 in out else v  # in order
+        out[k] = v
         pos += length
     return out
 
@@ -91,8 +137,12 @@ class TarStream:
         self._chunks = chunks
         self._buf = b""
         self._pos = 0
-        self._left = 0  # unread data bytes of the current member
+        self._left = 0  # unread data bytes of the current member (as stored)
         self._pad = 0  # its padding to the next block
+        # a sparse member: its regions, the next one's index, the position in the file
+        # and the file's real size (holes read as zeros)
+        self._sparse: Regions | None = None
+        self._region = self._at = self._size = 0
         self.end_seen = False
 
     # -- the buffer -------------------------------------------------------------------
@@ -139,18 +189,36 @@ class TarStream:
 
     # -- the current member's data ----------------------------------------------------
     def read(self, n: int = -1) -> bytes:
+        if self._sparse is not None:
+            return self._sparse_read(n)
         n = self._left if n < 0 else min(n, self._left)
         out = self._take(n)
         self._left -= n
         return out
 
-    def read_whole(self, head: bytes) -> bytes:
-        """`head` (what was read of the member so far) and the rest of its data, copied
-        once into one buffer: a file of 100 MB costs 100 MB, not three times that."""
-        n = self._left
-        out = bytearray(len(head) + n)
-        out[: len(head)] = head
-        at = len(head)
+    def _sparse_read(self, n: int) -> bytes:
+        regions = cast(Regions, self._sparse)
+        n = self._size - self._at if n < 0 else min(n, self._size - self._at)
+        parts: list[bytes] = []
+        while n:
+            offset, length = regions[self._region] if self._region < len(regions) else (
+                self._size, 0)  # fmt: skip
+            if self._at < offset:  # in a hole
+                k = min(n, offset - self._at)
+                parts.append(bytes(k))
+            else:
+                k = min(n, offset + length - self._at)
+                parts.append(self._take(k))
+                self._left -= k
+                if self._at + k == offset + length:
+                    self._region += 1
+            self._at += k
+            n -= k
+        return b"".join(parts)
+
+    def _copy_into(self, out: bytearray, at: int, n: int) -> None:
+        """The next `n` stored bytes into `out` at `at`, chunk by chunk (no join)."""
+        self._left -= n
         while n:
             if self._available() == 0:
                 chunk = next(self._chunks, None)
@@ -162,7 +230,22 @@ class TarStream:
             self._pos += take
             at += take
             n -= take
-        self._left = 0
+
+    def read_whole(self, head: bytes) -> bytes:
+        """`head` (what was read of the member so far) and the rest of its data, copied
+        once into one buffer: a file of 100 MB costs 100 MB, not three times that.
+        A sparse file's holes are the buffer's zeros."""
+        if self._sparse is None:
+            out = bytearray(len(head) + self._left)
+            out[: len(head)] = head
+            self._copy_into(out, len(head), self._left)
+        else:
+            out = bytearray(self._size)
+            out[: len(head)] = head
+            for offset, length in self._sparse[self._region :]:
+                start = max(offset, self._at)
+                self._copy_into(out, start, offset + length - start)
+            self._region, self._at = len(self._sparse), self._size
         # A bytearray: kcompat's readers of file data (struct, re, slicing, find) take it
         # as they take bytes, and handing it out spares a copy of the whole file.
         return cast(bytes, out)
@@ -173,6 +256,7 @@ class TarStream:
             raise TarError(f"the archive ends inside a member ({missing - self._pad} bytes "
                            "missing)")  # fmt: skip
         self._left = self._pad = 0
+        self._sparse = None
 
     # -- headers ----------------------------------------------------------------------
     def _meta(self, size: int, what: str) -> bytes:
@@ -237,9 +321,82 @@ class TarStream:
             )
             if header.size < 0:
                 raise TarError(f"{header.name}: negative size")
-            pax, long_name, long_link = {}, None, None
             # links, directories, devices and fifos carry no data whatever their size
             # field says (as tarfile and Go's archive/tar read them)
             data = 0 if type_ in _NO_DATA else header.size
             self._left, self._pad = data, -data % BLOCK
+            if type_ == GNU_SPARSE:
+                header = self._gnu_sparse(header, block)
+            elif type_ in FILE_TYPES and ("GNU.sparse.major" in pax or "GNU.sparse.size" in pax):
+                header = self._pax_sparse(header, pax)
+            pax, long_name, long_link = {}, None, None
             yield header
+
+    # -- sparse files -----------------------------------------------------------------
+    def _sparse_start(self, header: TarHeader, numbers: list[int], real: int) -> TarHeader:
+        regions = sparse_regions(numbers, real, self._left, header.name)
+        self._sparse, self._region, self._at, self._size = regions, 0, 0, real
+        return header._replace(size=real, sparse=regions)
+
+    def _gnu_sparse(self, header: TarHeader, block: bytes) -> TarHeader:
+        """Old GNU `S`: four (offset, length) slots of 12+12 octal digits in the header,
+        then 21 in each extension block while the "is extended" byte is set."""
+        numbers: list[int] = []
+
+        def slots(area: bytes) -> None:
+            for at in range(0, len(area), 24):
+                if area[at] == 0:  # an unused slot ends the list
+                    return
+                numbers.append(_number(area[at : at + 12], "sparse offset"))
+                numbers.append(_number(area[at + 12 : at + 24], "sparse length"))
+
+        slots(block[386:482])
+        extended = block[482]
+        while extended:
+            if len(numbers) > 2 * _SPARSE_MAX:
+                raise TarError(f"{header.name}: sparse map of more than {_SPARSE_MAX} regions")
+            ext = self._take(BLOCK)
+            slots(ext[:504])
+            extended = ext[504]
+        return self._sparse_start(header, numbers, _number(block[483:495], "sparse size"))
+
+    def _pax_sparse(self, header: TarHeader, pax: dict[str, str]) -> TarHeader:
+        """pax sparse formats: 0.0 (GNU.sparse.offset/numbytes pairs), 0.1
+        (GNU.sparse.map), 1.0 (the map at the start of the data, GNU.sparse.realsize);
+        the real name in GNU.sparse.name when given. Other versions: a plain file, as
+        Go's archive/tar reads them."""
+        name = pax.get("GNU.sparse.name", header.name)
+        header = header._replace(name=name)
+        version = (pax.get("GNU.sparse.major"), pax.get("GNU.sparse.minor"))
+        if version == ("1", "0"):
+            real = _decimal(pax.get("GNU.sparse.realsize", ""), f"{name}: sparse size")
+            return self._sparse_start(header, self._map_10(name), real)
+        listed = pax.get("GNU.sparse.map", pax.get(_SPARSE_00))
+        if version not in ((None, None), ("0", "0"), ("0", "1")) or listed is None:
+            return header
+        real = _decimal(pax.get("GNU.sparse.size", ""), f"{name}: sparse size")
+        numbers = [_decimal(v, f"{name}: sparse map") for v in listed.split(",")] if listed else []
+        count = pax.get("GNU.sparse.numblocks")
+        if count is not None and _decimal(count, f"{name}: sparse count") * 2 != len(numbers):
+            raise TarError(f"{name}: sparse map does not have GNU.sparse.numblocks regions")
+        return self._sparse_start(header, numbers, real)
+
+    def _map_10(self, name: str) -> list[int]:
+        """Format 1.0's map, read from the data: decimal numbers one a line (the count of
+        regions, then each one's offset and length), in whole blocks."""
+        text = b""
+        lines, needed = 0, -1
+        while needed < 0 or lines < needed:
+            if self._left < BLOCK or len(text) >= _META_MAX:
+                raise TarError(f"{name}: bad sparse map")
+            block = self._take(BLOCK)
+            self._left -= BLOCK
+            text += block
+            lines += block.count(b"\n")
+            if needed < 0 and lines:
+                count = _decimal(text[: text.index(b"\n")].decode("latin-1"), f"{name}: sparse")
+                if count > _SPARSE_MAX:
+                    raise TarError(f"{name}: sparse map of more than {_SPARSE_MAX} regions")
+                needed = 1 + 2 * count
+        words = text.split(b"\n")[1:needed]
+        return [_decimal(w.decode("latin-1"), f"{name}: sparse map") for w in words]

@@ -5,8 +5,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
+import subprocess
 import tarfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import zstandard
 
@@ -50,12 +53,33 @@ def compress(data: bytes, how: str) -> bytes:
     return data
 
 
-def layer(data: bytes) -> LayerInput:
+def layer(data: bytes, diff_id: str | None = None) -> LayerInput:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     return LayerInput(
-        digest, lambda: VerifyingReader(io.BytesIO(data), digest, len(data), f"layer {digest}")
+        digest,
+        lambda: VerifyingReader(io.BytesIO(data), digest, len(data), f"layer {digest}"),
+        diff_id,
     )
 
 
 def layers(*entry_lists: list[E], how: str = "gzip") -> list[LayerInput]:
     return [layer(compress(tar_bytes(es), how)) for es in entry_lists]
+
+
+def gnu_tar(src: Path, *options: str) -> bytes:
+    """A tar of directory `src` made by GNU tar itself (e.g. `-S`, or `--format=posix
+    --sparse --sparse-version=1.0`): the sparse forms real layers carry, not our idea
+    of them."""
+    return subprocess.run(
+        ["tar", "-C", str(src), *options, "-cf", "-", "."], check=True, capture_output=True
+    ).stdout
+
+
+def sparse_file(path: Path, head: bytes, hole: int, tail: bytes = b"") -> bytes:
+    """Write `head`, a hole of `hole` bytes (made by truncate, so the file system has no
+    blocks there), then `tail`; return the file's whole content."""
+    path.write_bytes(head)
+    os.truncate(path, len(head) + hole)
+    with path.open("ab") as f:
+        f.write(tail)
+    return head + bytes(hole) + tail
