@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kcompat.layerscan import ResultCache, code_key
+from kcompat.merged import max_file_size
 from kcompat.pull import OpenImage, scan_image
 from kcompat.scan import Scan
 from kcompat.store import BlobStore
@@ -49,9 +50,10 @@ def analyse(opened: OpenImage, store: BlobStore | None = None) -> Analysis:
         return Analysis(scan, binaries_report(scan)["summary"])
     # The config's diff_ids are part of the key: a hit means they were verified against
     # these very layers (kcompat.layerscan), not just that the same blobs were seen.
-    what = json.dumps(
-        [[d.digest for d in img.layers], list(img.config.env), list(img.config.diff_ids)]
-    ).encode()
+    what = json.dumps(  # and the size limit, which changes what the merged image holds
+        [[d.digest for d in img.layers], list(img.config.env), list(img.config.diff_ids),
+         max_file_size()]
+    ).encode()  # fmt: skip
     key = "sha256:" + hashlib.sha256(what).hexdigest()
     cache_ = ResultCache(store.root, "images", analysis_key())
     hit = cache_.read(key)

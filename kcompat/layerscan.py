@@ -101,6 +101,7 @@ class LayerScan:
     files: dict[int, ScannedFile] = field(default_factory=dict)
     texts: dict[int, str] = field(default_factory=dict)
     banners: dict[int, str] = field(default_factory=dict)
+    limited: bool = False  # a file was skipped for KCOMPAT_MAX_FILE_SIZE: never cached
 
 
 def scan_layer(reader: VerifyingReader, digest: str) -> LayerScan:
@@ -116,7 +117,10 @@ def scan_layer(reader: VerifyingReader, digest: str) -> LayerScan:
     try:
         for i, h in enumerate(tar):
             out.headers.append(h)
-            if h.type not in FILE_TYPES or h.size > limit:
+            if h.type not in FILE_TYPES:
+                continue
+            if h.size > limit:
+                out.limited = True
                 continue
             rel, _ = clean_path(h.name)
             if not rel:
@@ -240,6 +244,8 @@ class LayerCache(ResultCache):
         return loaded
 
     def save(self, scan: LayerScan) -> bytes:
+        if scan.limited:  # files left out by a KCOMPAT_MAX_FILE_SIZE: not for other runs
+            return pickle.dumps(scan, protocol=pickle.HIGHEST_PROTOCOL)
         return self.write(scan.digest, scan)
 
 

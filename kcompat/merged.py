@@ -35,7 +35,19 @@ DEFAULT_MAX_FILE_SIZE = 64 * 1024**3  # 64 GiB: no real image file is larger
 
 
 def max_file_size() -> int:
-    return int(os.environ.get("KCOMPAT_MAX_FILE_SIZE", DEFAULT_MAX_FILE_SIZE))
+    """KCOMPAT_MAX_FILE_SIZE: files larger are refused (and reported). It changes what
+    an image is, so every cache of merged results keys on it."""
+    text = os.environ.get("KCOMPAT_MAX_FILE_SIZE")
+    if text is None:
+        return DEFAULT_MAX_FILE_SIZE
+    if not text.strip().isdigit() or int(text) <= 0:
+        from kcompat.errors import UsageError
+
+        raise UsageError(
+            f"KCOMPAT_MAX_FILE_SIZE={text!r} is not a positive number of bytes",
+            hint="e.g. KCOMPAT_MAX_FILE_SIZE=68719476736 (64 GiB, the default)",
+        )
+    return int(text)
 
 
 @dataclass(frozen=True)

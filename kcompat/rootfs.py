@@ -27,7 +27,7 @@ from typing import IO
 
 from kcompat.errors import BadImageError, LocalIOError
 from kcompat.layers import FileEntry, FileKind, LayerIssue
-from kcompat.merged import LayerInput, MergedView
+from kcompat.merged import DEFAULT_MAX_FILE_SIZE, LayerInput, MergedView, max_file_size
 from kcompat.store import BlobStore
 
 COPY_CHUNK = 1 << 20
@@ -269,6 +269,8 @@ def cached_rootfs(layers: Sequence[LayerInput], store: BlobStore) -> tuple[Path,
     rootfs has no such record to compare, and rebuilding one is rare.)
     """
     key = chain_id([f"{x.digest} {x.diff_id}" if x.diff_id else x.digest for x in layers])
+    if max_file_size() != DEFAULT_MAX_FILE_SIZE:  # another limit flattens another tree
+        key = chain_id([key, f"max-file-size {max_file_size()}"])
     base = store.root / "rootfs"
     final = base / key
     issues_file = base / f"{key}.issues.json"

@@ -109,9 +109,31 @@ def resolve_entrypoint(
     problem = None
     if r.problem is not None:
         p = r.problem
-        problem = Finding(p.rule, Severity.FATAL, p.title, p.explanation, p.evidence, p.fix,
+        explanation, evidence = p.explanation, p.evidence
+        names = _link_chain(scan, p.path) if p.path else []
+        refused = [i for i in scan.issues if any(f"{n.lstrip('/')!r}" in i for n in names)]
+        if refused:  # the image has it, but a limit or a safety rule left it out
+            explanation += (
+                " The image does hold it, but kcompat left it out: "
+                + "; ".join(refused)
+                + " (KCOMPAT_MAX_FILE_SIZE raises the size limit)."
+            )
+            evidence = (*evidence, *refused)
+        problem = Finding(p.rule, Severity.FATAL, p.title, explanation, evidence, p.fix,
                           p.path, p.exit_code)  # fmt: skip
     return Entrypoint(argv, r.chain, r.binary, problem, user, workdir)
+
+
+def _link_chain(scan: Scan, path: str) -> list[str]:
+    """`path` and the paths its symlinks lead to (40 at most), for naming a file that a
+    layer rule or a size limit left out of the image."""
+    out = [path]
+    for _ in range(40):
+        node = scan.tree.nodes.get(out[-1])
+        if node is None or node.linkname == "" or node.kind.name != "SYMLINK":
+            break
+        out.append(posixpath.normpath(posixpath.join(posixpath.dirname(out[-1]), node.linkname)))
+    return out
 
 
 def _fatal_entry(

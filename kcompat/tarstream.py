@@ -85,8 +85,8 @@ def sparse_regions(numbers: list[int], real_size: int, stored: int, name: str) -
 
 
 def _decimal(text: str, what: str) -> int:
-    if not text.isdigit():
-        raise TarError(f"{what} is not a number: {text[:20]!r}")
+    if not text.isdigit() or len(text) > 20:
+        raise TarError(f"{what} is not a number")
     return int(text)
 
 
@@ -97,8 +97,8 @@ def _number(field: bytes, what: str) -> int:
     text = field.split(b"\x00", 1)[0].strip()
     try:
         return int(text, 8) if text else 0
-    except ValueError:
-        raise TarError(f"{what} is not a number: {text[:20]!r}") from None
+    except ValueError:  # the bytes are not shown: they are binary garbage, as a rule
+        raise TarError(f"{what} is not an octal number (not a tar header)") from None
 
 
 def _text(field: bytes) -> str:
@@ -116,7 +116,10 @@ def _pax(data: bytes) -> dict[str, str]:
         space = data.find(b" ", pos, pos + 24)
         if space < 0:
             raise TarError("bad pax header record")
-        length = int(data[pos:space] or b"0")
+        digits = data[pos:space]
+        if not digits.isdigit():
+            raise TarError("bad pax header record (its length is not a number)")
+        length = int(digits)
         record = data[space + 1 : pos + length]
         if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
             raise TarError("bad pax header record")
@@ -310,9 +313,13 @@ class TarStream:
                 name=fields.get("path", long_name if long_name is not None else name),
                 type=type_,
                 mode=_number(block[100:108], "mode"),
-                uid=int(fields["uid"]) if "uid" in fields else _number(block[108:116], "uid"),
-                gid=int(fields["gid"]) if "gid" in fields else _number(block[116:124], "gid"),
-                size=int(fields["size"]) if "size" in fields else size,
+                uid=_decimal(fields["uid"], "pax uid")
+                if "uid" in fields
+                else _number(block[108:116], "uid"),
+                gid=_decimal(fields["gid"], "pax gid")
+                if "gid" in fields
+                else _number(block[116:124], "gid"),
+                size=_decimal(fields["size"], "pax size") if "size" in fields else size,
                 linkname=fields.get(
                     "linkpath", long_link if long_link is not None else _text(block[157:257])
                 ),

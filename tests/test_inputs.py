@@ -229,3 +229,26 @@ def test_an_interrupt_says_interrupted(binaries: Any, tmp_path: Path) -> None:
             continue  # it finished first
         assert p.returncode == 130 and "Traceback" not in err, err
         assert err.strip().endswith("kcompat: interrupted"), err
+
+
+@pytest.mark.integration
+def test_a_size_limit_is_part_of_every_cache_key(images: Fixtures) -> None:
+    img = images.oci("busybox-amd64")
+    env = dict(os.environ, KCOMPAT_MAX_FILE_SIZE="1000")
+    r = subprocess.run([sys.executable, "-m", "kcompat", "check", "--format", "json", img],
+                       capture_output=True, text=True, env=env)  # fmt: skip
+    rep = json.loads(r.stdout)
+    fatal = next(f for f in rep["findings"] if f["severity"] == "fatal")
+    assert "bin/busybox" in fatal["explanation"] and "KCOMPAT_MAX_FILE_SIZE" in fatal["explanation"]
+    r = kc("check", "--format", "json", img)  # the same cache, the default limit
+    assert json.loads(r.stdout)["verdict"] == "native"
+    r = subprocess.run([sys.executable, "-m", "kcompat", "pull", "--unpack", img],
+                       capture_output=True, text=True, env=env)  # fmt: skip
+    limited = r.stdout.split()[-1]
+    r = kc("pull", "--unpack", img)
+    assert r.stdout.split()[-1] != limited
+    assert (Path(r.stdout.split()[-1]) / "bin" / "busybox").is_file()
+    bad = dict(os.environ, KCOMPAT_MAX_FILE_SIZE="abc")
+    r = subprocess.run([sys.executable, "-m", "kcompat", "check", img], capture_output=True,
+                       text=True, env=bad)  # fmt: skip
+    assert r.returncode == 2 and "KCOMPAT_MAX_FILE_SIZE" in _one_line_error(r)
