@@ -11,7 +11,9 @@ architecture or minimum kernel are resolved when the program is built for a cont
 from __future__ import annotations
 
 import json
+import re
 import struct
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -88,9 +90,33 @@ def _ret(action: str, errno_ret: int | None, where: str) -> int:
     return ret
 
 
-def _applies(entry: dict[str, Any], caps: frozenset[str], arch: str, kernel: str | None) -> bool:
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _filters(entry: dict[str, Any], at: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An entry's includes and excludes, checked: caps and arches lists of strings,
+    minKernel a version string."""
+    out = []
+    for key in ("includes", "excludes"):
+        f = entry.get(key) or {}
+        if not isinstance(f, dict):
+            raise UsageError(f"{at}: {key} must be an object")
+        for k in ("caps", "arches"):
+            if k in f and not (isinstance(f[k], list) and all(isinstance(x, str) for x in f[k])):
+                raise UsageError(f"{at}: {key}.{k} must be a list of strings")
+        if "minKernel" in f:
+            mk = f["minKernel"]
+            if not isinstance(mk, str) or not re.fullmatch(r"\d+\.\d+(\.\d+)?", mk):
+                raise UsageError(f"{at}: {key}.minKernel must be a version such as \"4.8\"")
+        out.append(f)
+    return out[0], out[1]
+
+
+def _applies(entry: dict[str, Any], caps: frozenset[str], arch: str, kernel: str | None,
+             at: str = "seccomp profile") -> bool:  # fmt: skip
     """docker's includes/excludes: caps, arches, minKernel."""
-    inc, exc = entry.get("includes") or {}, entry.get("excludes") or {}
+    inc, exc = _filters(entry, at)
     if inc.get("caps") and not set(inc["caps"]) <= caps:
         return False
     if inc.get("arches") and arch not in inc["arches"]:
@@ -131,17 +157,32 @@ def parse_profile(
         names = entry.get("names") or ([entry["name"]] if entry.get("name") else [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise UsageError(f"{at}: names must be a list of syscall names")
-        if not _applies(entry, frozenset(c.removeprefix("CAP_") for c in caps), arch, kernel):
+        if not _applies(entry, frozenset(c.removeprefix("CAP_") for c in caps), arch, kernel, at):
             continue
         conds = []
-        for a in entry.get("args") or []:
-            if a.get("op") not in _OPS or not isinstance(a.get("index"), int):
-                raise UsageError(f"{at}: argument condition {a!r} is not supported",
+        args = entry.get("args") or []
+        if not isinstance(args, list):
+            raise UsageError(f"{at}: args must be a list of conditions")
+        for j, a in enumerate(args):
+            where_a = f"{at}.args[{j}]"
+            if not isinstance(a, dict) or a.get("op") not in _OPS:
+                raise UsageError(f"{where_a}: not a condition with a known op",
                                  hint=f"op must be one of {', '.join(_OPS)}")  # fmt: skip
-            conds.append(Cond(a["index"], int(a.get("value", 0)), int(a.get("valueTwo", 0)),
-                              a["op"]))  # fmt: skip
-        rules.append(Rule(tuple(names), _ret(entry.get("action", ""), entry.get("errnoRet"), at),
-                          tuple(conds)))  # fmt: skip
+            index = a.get("index")
+            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index <= 5:
+                raise UsageError(f"{where_a}: index must be an argument number, 0 to 5")
+            for key in ("value", "valueTwo"):
+                v = a.get(key, 0)
+                if not _is_int(v) or not 0 <= v < 1 << 64:
+                    raise UsageError(f"{where_a}: {key} must be an integer from 0 to 2^64-1")
+            conds.append(Cond(index, a.get("value", 0), a.get("valueTwo", 0), a["op"]))
+        errno_ret = entry.get("errnoRet")
+        if errno_ret is not None and (not _is_int(errno_ret) or not 0 <= errno_ret <= 4095):
+            raise UsageError(f"{at}: errnoRet must be an errno number, 0 to 4095")
+        action = entry.get("action", "")
+        if not isinstance(action, str):
+            raise UsageError(f"{at}: action must be a string such as SCMP_ACT_ERRNO")
+        rules.append(Rule(tuple(names), _ret(action, errno_ret, at), tuple(conds)))
     return Profile(where, default, tuple(rules))
 
 
@@ -212,9 +253,9 @@ _JA = 0x05
 
 def _cond(asm: _Asm, c: Cond, skip: str) -> None:
     """Fall through when condition `c` holds on the call's argument, else jump to `skip`
-    (64-bit compares as two 32-bit words; little-endian seccomp_data)."""
-    lo = _ARGS_OFFSET + 8 * c.index
-    hi = lo + 4
+    (64-bit compares as two 32-bit words)."""
+    base = _ARGS_OFFSET + 8 * c.index  # args are u64 in the host's byte order
+    lo, hi = (base + 4, base) if sys.byteorder == "big" else (base, base + 4)
     if c.op == "SCMP_CMP_MASKED_EQ":  # docker: value is the mask, valueTwo the result
         m, w = c.value, c.value_two
         for off, shift in ((hi, 32), (lo, 0)):

@@ -112,7 +112,7 @@ class RunSpec:
     masked_paths: tuple[str, ...] = ()
     readonly_paths: tuple[str, ...] = ()
     no_new_privs: bool = True
-    tmpfs: tuple[tuple[str, str], ...] = ()  # (container path, mount options)
+    tmpfs: tuple[tuple[str, int, str], ...] = ()  # (container path, MS_* flags, options)
     init: bool = False  # PID 1 is kcompat's init: reaps, forwards signals, passes status
     userns: str = "host"  # host: root maps to itself | auto: to an unprivileged range
 
@@ -140,11 +140,12 @@ def _subids(path: str, user: str, uid: int) -> tuple[int, int] | None:
 AUTO_BASE = 1879048192  # above systemd's container range (524288-1879048191), below 2^31
 
 
-def auto_base() -> int:
-    """Where `--userns auto` maps container root: the range /etc/subuid gives the user
-    "containers" (podman's convention) or "root", else AUTO_BASE."""
+def auto_base(ids: str = "/etc/subuid") -> int:
+    """Where `--userns auto` maps container root (or, from /etc/subgid, its group): the
+    range the file gives the user "containers" (podman's convention) or "root", else
+    AUTO_BASE. Every such container shares the range."""
     for user in ("containers", "root"):
-        sub = _subids("/etc/subuid", user, -1)
+        sub = _subids(ids, user, -1)
         if sub and sub[1] >= 65536:
             return sub[0]
     return AUTO_BASE
@@ -157,8 +158,8 @@ def id_map(userns: str = "host") -> IdMap:
     newuidmap and /etc/subuid allow it, so that -u works; otherwise only root exists."""
     uid, gid = os.geteuid(), os.getegid()
     if uid == 0 and userns == "auto":
-        base = auto_base()
-        return IdMap(f"0 {base} 65536\n", f"0 {base} 65536\n", True, False)
+        base, gbase = auto_base(), auto_base("/etc/subgid")
+        return IdMap(f"0 {base} 65536\n", f"0 {gbase} 65536\n", True, False)
     if uid == 0:
         return IdMap("0 0 65536\n", "0 0 65536\n", True, False)
     import pwd
@@ -411,6 +412,10 @@ def _container_init(
         if spec.userns == "auto":  # host root is not mapped: become the namespace's root
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
+        # A cgroup namespace, made now that the keeper is in the run's cgroup (the
+        # parent attached it before "go"): the container sees its own cgroup as "/".
+        with contextlib.suppress(OSError):  # EINVAL: a kernel before 4.6 has none
+            L.unshare(L.CLONE_NEWCGROUP)
         os.setsid()
         devnull = os.open("/dev/null", os.O_RDWR)
         L.mount(None, "/", None, L.MS_REC | L.MS_PRIVATE)
@@ -451,10 +456,10 @@ def _container_init(
         _mask(spec.masked_paths)
         step = "read-only paths"
         _readonly(spec.readonly_paths)
-        for point, opts in spec.tmpfs:
+        for point, flags, opts in spec.tmpfs:
             step = f"tmpfs {point}"
             os.makedirs(point, exist_ok=True)
-            L.mount("tmpfs", point, "tmpfs", L.MS_NOSUID | L.MS_NODEV, opts or None)
+            L.mount("tmpfs", point, "tmpfs", flags, opts or None)
         for vol in spec.volumes:
             step = f"volume {vol.host}:{vol.container}"
             host = OLD_ROOT + vol.host
@@ -526,12 +531,22 @@ def _container_init(
         if path is None:
             raise _fail(EXIT_NOT_FOUND, f'exec: "{argv0}": executable file not found in $PATH')
         path, qemu_args = _script_hops(path)
+    if spec.profile_program is not None and spec.no_new_privs:
+        from kcompat.seccomp import install  # imported before fork by the caller
+
+        try:  # before the init forks: PID 1 is filtered too, as docker-init under runc
+            install(spec.profile_program)
+        except OSError as e:
+            raise _fail(EXIT_SETUP, f"seccomp profile: {e.strerror or e}") from None
     if spec.init:
         L.set_pdeathsig(signal.SIGKILL)
         child = os.fork()
         if child != 0:
-            with contextlib.suppress(OSError):
-                os.close(errw)  # the command's exec reports through it, not init
+            # init never execs: nothing of the caller's may stay open in it (the
+            # command could reach it through /proc/1/fd), and nobody may ptrace it
+            os.closerange(3, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0
+                          else 65536)  # fmt: skip
+            L.prctl(L.PR_SET_DUMPABLE, 0)
             _init(child)  # never returns
     for sig in range(1, signal.NSIG):
         with contextlib.suppress(OSError, ValueError, RuntimeError):
@@ -539,10 +554,6 @@ def _container_init(
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     L.set_pdeathsig(signal.SIGKILL)
     try:
-        if spec.profile_program is not None and spec.no_new_privs:
-            from kcompat.seccomp import install  # imported before fork by the caller
-
-            install(spec.profile_program)
         if spec.seccomp_program is not None:
             from kcompat.seccomp import install
 
@@ -668,12 +679,7 @@ def _keeper(
         for sig in _FORWARDED:
             signal.signal(sig, signal.SIG_IGN)
         try:
-            try:  # a cgroup namespace: the container sees its own cgroup as the root
-                L.unshare(flags | L.CLONE_NEWCGROUP)
-            except OSError as e:
-                if e.errno != errno.EINVAL:  # a kernel before 4.6 has none
-                    raise
-                L.unshare(flags)
+            L.unshare(flags)
         except OSError as e:
             os.write(fds["status_w"], f"E{e.strerror}".encode())
             os._exit(EXIT_SETUP)
@@ -823,8 +829,8 @@ def run(spec: RunSpec) -> int:
             from dataclasses import replace
 
             auto_scratch = tempfile.mkdtemp(prefix="kcompat-userns-", dir="/tmp")
-            base = int(idmap.uid_lines.split()[1])
-            os.chown(auto_scratch, base, base)
+            base, gbase = int(idmap.uid_lines.split()[1]), int(idmap.gid_lines.split()[1])
+            os.chown(auto_scratch, base, gbase)
             spec = replace(spec, scratch=Path(auto_scratch))
             tree_parent, tree_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         else:

@@ -70,6 +70,8 @@ class Command:
     entrypoint: str | None = None
     user: str | None = None
     workdir: str | None = None
+    path: str | None = None  # PATH as the container will have it (-e / --env-file)
+    volumes: tuple[str, ...] = ()  # container paths of -v mounts: not in the image
 
 
 def container_argv(
@@ -111,12 +113,26 @@ def _may(node_mode: int, uid: int, gid: int, user: User, bit: int) -> bool:
 
 
 class _Exec:
-    def __init__(self, scan: Scan, workdir: str, user: User, kernel: str | None) -> None:
+    def __init__(
+        self,
+        scan: Scan,
+        workdir: str,
+        user: User,
+        kernel: str | None,
+        path: str | None = None,
+        volumes: tuple[str, ...] = (),
+    ) -> None:
         self.scan = scan
         self.workdir = workdir or "/"
         self.user = user
         self.kernel = kernel
-        self.path_env = scan.env.get("PATH", DEFAULT_PATH)
+        self.path_env = path if path is not None else scan.env.get("PATH", DEFAULT_PATH)
+        self.volumes = volumes
+
+    def on_volume(self, path: str) -> bool:
+        """Whether `path` lies on a -v mount: its files are not the image's to judge."""
+        p = posixpath.normpath(self.absolute(path))
+        return any(p == v or p.startswith(v.rstrip("/") + "/") for v in self.volumes)
 
     def absolute(self, path: str) -> str:
         return path if path.startswith("/") else posixpath.join(self.workdir, path)
@@ -222,6 +238,15 @@ class _Exec:
                          where)  # fmt: skip
 
     def run(self, argv: tuple[str, ...]) -> Resolved:
+        name = argv[0]
+        if ("/" in name and self.on_volume(name)) or (
+            "/" not in name and any(self.on_volume(d or ".") for d in self.path_env.split(":"))
+        ):
+            found, problem = self.look_path(name)
+            if problem is not None:  # it may be on the volume: not judged from the image
+                return Resolved(argv, (), None, None, self.user)
+            assert found is not None
+            return self.execve(argv, found)
         found, problem = self.look_path(argv[0])
         if problem is not None or found is None:
             return Resolved(argv, (), None, problem, self.user)
@@ -399,6 +424,8 @@ def resolve(
     workdir: str | None,
     user: str | None,
     kernel: str | None,
+    path: str | None = None,
+    volumes: tuple[str, ...] = (),
 ) -> Resolved:
     """What the runtime and the kernel do with `argv` in this image."""
     try:
@@ -412,4 +439,4 @@ def resolve(
             str(e), code, (f"USER {user}",),
             "add the user to the image (useradd), or give a numeric UID[:GID]",
         ))  # fmt: skip
-    return _Exec(scan, workdir or "/", who, kernel).run(argv)
+    return _Exec(scan, workdir or "/", who, kernel, path, volumes).run(argv)

@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import re
 import struct
 
 CLONE_NEWNS = 0x00020000
@@ -40,6 +41,7 @@ MS_STRICTATIME = 0x1000000
 MNT_DETACH = 0x2
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
@@ -188,7 +190,7 @@ def submounts(path: str) -> list[str]:
     prefix = path.rstrip("/") + "/"
     with open("/proc/self/mountinfo") as f:
         for line in f:
-            point = line.split()[4].encode().decode("unicode_escape")
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
             if point == path or point.startswith(prefix):
                 out.append(point)
     return sorted(set(out), key=len)
@@ -204,7 +206,7 @@ def readonly_recursive(path: str) -> None:
         if e.errno not in (38, 22):  # ENOSYS, EINVAL: an older kernel
             raise
     for point in submounts(path):
-        with contextlib.suppress(FileNotFoundError, PermissionError):
+        with contextlib.suppress(FileNotFoundError):  # gone meanwhile; EPERM is an error
             remount_readonly(point)
 
 

@@ -105,7 +105,7 @@ def resolve_entrypoint(
         )
     user = command.user or config.user
     workdir = command.workdir or config.workdir
-    r = execve.resolve(scan, argv, workdir, user, kernel)
+    r = execve.resolve(scan, argv, workdir, user, kernel, command.path, command.volumes)
     problem = None
     if r.problem is not None:
         p = r.problem

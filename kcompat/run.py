@@ -266,7 +266,7 @@ class Checked:
     volumes: tuple[Volume, ...]
     limits: Limits
     env_lines: tuple[str, ...]
-    tmpfs: tuple[tuple[str, str], ...] = ()
+    tmpfs: tuple[tuple[str, int, str], ...] = ()
     capabilities: frozenset[int] = frozenset()
     seccomp: str = "default"  # default | unconfined | a profile file's path
     no_new_privs: bool = True
@@ -275,19 +275,32 @@ class Checked:
 _TMPFS_DEFAULT = "rw,noexec,nosuid,size=65536k"  # docker's --tmpfs default options
 
 
-def _tmpfs(text: str) -> tuple[str, str]:
+_TMPFS_FLAGS = {  # mount(8) words -> (MS_* flag, set or clear)
+    "ro": (0x1, True), "rw": (0x1, False), "nosuid": (0x2, True), "suid": (0x2, False),
+    "nodev": (0x4, True), "dev": (0x4, False), "noexec": (0x8, True), "exec": (0x8, False),
+}  # fmt: skip
+
+
+def _tmpfs(text: str) -> tuple[str, int, str]:
+    """--tmpfs PATH[:OPTS] as docker takes it: flags (ro, noexec, nosuid, nodev and
+    their opposites; nosuid and nodev unless undone) and tmpfs options."""
     path, _, opts = text.partition(":")
     if not path.startswith("/") or ".." in path.split("/"):
         raise UsageError(f"--tmpfs {text!r}: the path must be absolute, without '..'",
                          hint="e.g. --tmpfs /run:size=64m")  # fmt: skip
     words = [w for w in (opts or _TMPFS_DEFAULT).split(",") if w]
-    flags = {"rw", "ro", "noexec", "exec", "nosuid", "suid", "nodev", "dev"}
-    data = [w for w in words if w not in flags]
-    for w in data:
+    flags = 0x2 | 0x4  # MS_NOSUID | MS_NODEV
+    data = []
+    for w in words:
+        if w in _TMPFS_FLAGS:
+            bit, on = _TMPFS_FLAGS[w]
+            flags = flags | bit if on else flags & ~bit
+            continue
         key = w.partition("=")[0]
         if key not in ("size", "mode", "nr_inodes", "uid", "gid"):
             raise UsageError(f"--tmpfs {text!r}: option {w!r} is not a tmpfs option")
-    return os.path.normpath(path), ",".join(data)
+        data.append(w)
+    return os.path.normpath(path), flags, ",".join(data)
 
 
 def _capabilities(opts: RunOptions) -> frozenset[int]:
@@ -369,6 +382,12 @@ def validate(opts: RunOptions) -> Checked:
     )
     if opts.userns not in ("host", "auto"):
         raise UsageError(f"--userns {opts.userns!r} is not host or auto")
+    if opts.userns == "auto" and opts.keep:
+        raise UsageError(
+            "--keep and --userns auto cannot be combined: the kept layer lives in the "
+            "cache, which the container's unprivileged root cannot reach",
+            hint="drop --keep, or run with --userns host",
+        )
     if opts.userns == "auto" and os.geteuid() != 0:
         raise UsageError(
             "--userns auto is for root: run by another user, container root already is "
@@ -438,7 +457,13 @@ def prepare(
 
     checked = checked or validate(opts)
     config = opened.image.config
-    command = Command(opts.command, opts.entrypoint, opts.user, opts.workdir)
+    path_override = None
+    for line in checked.env_lines:  # the container's PATH, as runc will look it up
+        k, sep, v = line.partition("=")
+        if k == "PATH":
+            path_override = v if sep else os.environ.get("PATH", path_override)
+    command = Command(opts.command, opts.entrypoint, opts.user, opts.workdir, path_override,
+                      tuple(v.container for v in checked.volumes))  # fmt: skip
     argv = container_argv(config.entrypoint, config.cmd, opts.command, opts.entrypoint)
     if not argv:
         raise UsageError(

@@ -43,6 +43,8 @@ int main(void) {
     report("perf_event_open", syscall(SYS_perf_event_open, 0, 0, -1, -1, 0));
     report("personality_bad", personality(0x0400000));
     report("personality_query", personality(0xffffffff));
+    report("socket_vsock", syscall(SYS_socket, 40, 1, 0));
+    report("socket_vsock_high_bits", syscall(SYS_socket, 0x100000028L, 1, 0));
     report("getpid", getpid());
     return 0;
 }
@@ -72,13 +74,15 @@ def _probe(root: str, *opts: str) -> dict[str, int]:
 
 EPERM, ENOSYS = 1, 38
 DENIED = ("add_key", "keyctl", "unshare_user", "unshare_mnt", "clone_newuser", "mount", "setns",
-          "bpf", "perf_event_open", "personality_bad")  # fmt: skip
+          "bpf", "perf_event_open", "personality_bad", "socket_vsock",
+          "socket_vsock_high_bits")  # fmt: skip
 
 
 def test_default_seccomp_profile_denies_what_docker_denies(probe_root: str) -> None:
-    got = _probe(probe_root)
-    for name in DENIED:
-        assert got[name] == EPERM, (name, got)
+    for opts in ((), ("--init",)):  # the init as PID 1 changes nothing
+        got = _probe(probe_root, *opts)
+        for name in DENIED:
+            assert got[name] == EPERM, (opts, name, got)
     assert got["clone3"] == ENOSYS  # so glibc falls back to clone, as under docker
     assert got["personality_query"] == 0 and got["getpid"] == 0
     # unconfined: the same calls reach the kernel (its own answer, not seccomp's EPERM)
@@ -270,6 +274,42 @@ def test_userns_auto_maps_root_to_an_unprivileged_host_uid(images: Fixtures,
     assert " 0 " in r.stdout.splitlines()[1]  # the image's files still belong to root inside
     try:
         assert (out / "f").stat().st_uid == auto_base()  # on the host: an unprivileged uid
+        r = kc("run", "--userns", "auto", "--keep", busybox(images), "true")
+        assert r.returncode == 2 and "--keep" in r.stderr
     finally:
         shutil.rmtree(out)
     assert not list(Path("/tmp").glob("kcompat-userns-*"))
+
+
+def test_the_init_holds_nothing_of_the_caller_and_is_filtered(images: Fixtures,
+                                                              tmp_path: Path) -> None:  # fmt: skip
+    """--init (always under --kernel) never execs: it must close what it inherited, be
+    undumpable (no ptrace, no /proc/1/fd) and run under the container's profile."""
+    fd = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "kcompat", "run", "--init", busybox(images), "sh", "-c",
+             f"ls /proc/1/fd/ 2>&1; ls /proc/1/fd/{fd}/ 2>/dev/null && echo LEAK;"
+             "grep -E '^Seccomp:' /proc/1/status"],
+            capture_output=True, text=True, pass_fds=(fd,), timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(fd)
+    assert r.returncode == 0, r.stderr
+    assert "LEAK" not in r.stdout
+    assert r.stdout.split()[-1] == "2", r.stdout  # seccomp mode 2 (filter) for PID 1 too
+
+
+def test_tmpfs_flags_are_obeyed(images: Fixtures) -> None:
+    r = kc("run", "--tmpfs", "/t1", "--tmpfs", "/t2:ro", "--tmpfs", "/t3:exec,size=8m",
+           busybox(images), "sh", "-c",
+           "touch /t2/x 2>/dev/null && echo WROTE-RO; cp /bin/busybox /t1/echo;"
+           "/t1/echo RAN-NOEXEC 2>/dev/null; cp /bin/busybox /t3/echo &&"
+           "/t3/echo ran-exec")  # fmt: skip
+    assert r.stdout.split() == ["ran-exec"], (r.stdout, r.stderr)
+
+
+def test_cgroup_namespace_root_is_the_containers_own(images: Fixtures) -> None:
+    r = kc("run", "--pids-limit", "100", busybox(images), "cat", "/proc/self/cgroup")
+    assert r.returncode == 0, r.stderr
+    assert all(line.rsplit(":", 1)[-1] == "/" for line in r.stdout.splitlines()), r.stdout
