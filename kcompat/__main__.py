@@ -4,13 +4,14 @@ exit 130, no traceback; kcompat.cli.main then handles SIGINT itself."""
 
 from __future__ import annotations
 
+import os
 import signal
-import sys
 
 
 def _interrupted(_sig: int, _frame: object) -> None:
-    sys.stderr.write("kcompat: interrupted\n")
-    raise SystemExit(130)
+    # os.write, not sys.stderr: a half-imported interpreter may never flush that
+    os.write(2, b"kcompat: interrupted\n")
+    os._exit(130)
 
 
 def run() -> None:
@@ -21,7 +22,11 @@ def run() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     else:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # one that reached past the CLI's own handling
+        os.write(2, b"kcompat: interrupted\n")
+        os._exit(130)
 
 
 if __name__ == "__main__":

@@ -793,9 +793,21 @@ def _print_inspect(r: dict[str, Any]) -> None:
     typer.echo("\n".join(lines))
 
 
+def _on_sigint(_sig: int, _frame: object) -> None:
+    _state["interrupted"] = True
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _on_sigint)  # `run` forwards it to the container
     try:
         rc = app(standalone_mode=False)
+        if _state.get("interrupted"):  # typer turns ^C into a silent exit 130
+            typer.echo("kcompat: interrupted", err=True)
+            sys.exit(int(ExitCode.INTERRUPTED))
         if isinstance(rc, int) and rc:
             sys.exit(rc)  # typer.Exit(code) comes back as the return value here
     except KcompatError as e:
