@@ -158,6 +158,16 @@ CORRUPT_ERRORS: tuple[type[BaseException], ...] = (
 _TAR_ERRORS: tuple[type[BaseException], ...] = (*CORRUPT_ERRORS, ValueError)
 
 
+def _reason(e: BaseException) -> str:
+    """What went wrong in a layer stream, in words (no Python class names)."""
+    if isinstance(e, EOFError):
+        return "the compressed stream ends early"
+    if isinstance(e, zlib.error) or type(e).__name__ in ("IsalError", "ZstdError", "BadGzipFile"):
+        return "the compressed data is damaged"
+    text = getattr(e, "strerror", None) or str(e) or "unreadable data"
+    return text[:1].lower() + text[1:]
+
+
 def corrupt(what: str, reason: str) -> BadImageError:
     """The one error for a layer whose compressed stream or tar is damaged."""
     return BadImageError(
@@ -265,7 +275,7 @@ class _MemberReader(_Wrapper):
         try:
             return self._inner.read(n)
         except CORRUPT_ERRORS as e:
-            raise corrupt(self._what, f"{e.__class__.__name__}: {e}") from None
+            raise corrupt(self._what, _reason(e)) from None
 
 
 @dataclass
@@ -314,7 +324,7 @@ class TarMember:
                     offset += len(chunk)
                     length -= len(chunk)
             except CORRUPT_ERRORS as e:
-                raise corrupt(what, f"{e.__class__.__name__}: {e}") from None
+                raise corrupt(what, _reason(e)) from None
 
 
 class _Counting(_Wrapper):
@@ -372,7 +382,7 @@ def iter_tar(
         reader.finish()
         check_diff_id(digest or what, f"sha256:{counted.hash.hexdigest()}", diff_id)
     except _TAR_ERRORS as e:
-        raise corrupt(what, f"{e.__class__.__name__}: {e}") from None
+        raise corrupt(what, _reason(e)) from None
     finally:
         reader.close()
 
@@ -459,7 +469,7 @@ def decompressed_chunks(
             yield chunk
         reader.finish()
     except CORRUPT_ERRORS as e:
-        raise corrupt(what, f"{e.__class__.__name__}: {e}") from None
+        raise corrupt(what, _reason(e)) from None
     finally:
         reader.close()
 

@@ -164,7 +164,8 @@ class _Writer:
                 finally:
                     os.close(sfd)
             except (_Refused, FileNotFoundError) as e:
-                issue(entry, f"hard link target {entry.linkname!r} unusable: {e}")
+                why = (e.strerror or "unusable").lower() if isinstance(e, OSError) else str(e)
+                issue(entry, f"hard link target {entry.linkname!r} unusable: {why}")
             except OSError as e:  # a directory (EPERM), another file system's (EXDEV)...
                 issue(entry, f"hard link to {entry.linkname!r} not made: {e.strerror}")
         # Deepest first, so a parent's mode is set after its children's.

@@ -254,3 +254,66 @@ def test_a_size_limit_is_part_of_every_cache_key(images: Fixtures) -> None:
     r = subprocess.run([sys.executable, "-m", "kcompat", "check", img], capture_output=True,
                        text=True, env=bad)  # fmt: skip
     assert r.returncode == 2 and "KCOMPAT_MAX_FILE_SIZE" in _one_line_error(r)
+
+
+def _with_layer(layout: Path, name: str, blob: bytes, diff_id: str) -> str:
+    """A copy of busybox-amd64 in `layout` with one more gzip layer, tagged `name`."""
+    import hashlib
+
+    def put(data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        (layout / "blobs" / "sha256" / digest).write_bytes(data)
+        return f"sha256:{digest}"
+
+    index = json.loads((layout / "index.json").read_text())
+    key = "org.opencontainers.image.ref.name"
+    desc = next(m for m in index["manifests"] if m["annotations"][key] == "busybox-amd64")
+    manifest = json.loads((layout / "blobs" / "sha256" / desc["digest"][7:]).read_bytes())
+    config = json.loads(
+        (layout / "blobs" / "sha256" / manifest["config"]["digest"][7:]).read_bytes()
+    )
+    config["rootfs"]["diff_ids"].append(diff_id)
+    cb = json.dumps(config).encode()
+    manifest["config"] = {**manifest["config"], "digest": put(cb), "size": len(cb)}
+    manifest["layers"].append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                               "digest": put(blob), "size": len(blob)})  # fmt: skip
+    mb = json.dumps(manifest).encode()
+    index["manifests"].append({**desc, "digest": put(mb), "size": len(mb),
+                               "annotations": {key: name}})  # fmt: skip
+    (layout / "index.json").write_text(json.dumps(index))
+    return f"oci:{layout}:{name}"
+
+
+@pytest.mark.integration
+def test_layer_faults_are_said_in_words(images: Fixtures, tmp_path: Path) -> None:
+    import gzip
+    import hashlib
+    import io
+    import tarfile
+
+    layout = tmp_path / "layout"
+    shutil.copytree(images.layout, layout)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("hl2")
+        info.type, info.linkname = tarfile.LNKTYPE, "shadow"  # a link to nothing
+        tar.addfile(info)
+    raw = buf.getvalue()
+    dangling = _with_layer(layout, "dangling", gzip.compress(raw),
+                           "sha256:" + hashlib.sha256(raw).hexdigest())  # fmt: skip
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = os.urandom(200_000)
+        info = tarfile.TarInfo("f")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    whole = gzip.compress(buf.getvalue())
+    cut = _with_layer(layout, "cut", whole[: len(whole) // 2],
+                      "sha256:" + hashlib.sha256(buf.getvalue()).hexdigest())  # fmt: skip
+    r = kc("pull", "--unpack", dangling)
+    assert r.returncode == 0 and "no such file or directory" in r.stderr, r.stderr
+    for cmd in ("check", "pull --unpack"):
+        r = kc(*cmd.split(), cut)
+        line = _one_line_error(r)
+        assert r.returncode == 7 and "ends early" in line, line
+        assert "Error" not in line.replace("kcompat: error", ""), line
