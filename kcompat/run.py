@@ -398,7 +398,7 @@ def validate(opts: RunOptions) -> Checked:
     return Checked(volumes, limits, env_lines, tmpfs, _capabilities(opts), seccomp, nnp)
 
 
-def _profile_program(checked: Checked, target: Target, kernel: str | None) -> bytes | None:
+def _profile_program(checked: Checked, target: Target) -> bytes | None:
     """The seccomp program of the container (None: unconfined). It filters the host's
     syscalls, which under emulation are qemu-user's."""
     if checked.seccomp == "unconfined":
@@ -420,7 +420,6 @@ def _profile_program(checked: Checked, target: Target, kernel: str | None) -> by
         if checked.seccomp == "default"
         else load_profile_file(Path(checked.seccomp), names, abi, host_kernel)
     )
-    _ = kernel
     return assemble(profile, abi)
 
 
@@ -576,7 +575,7 @@ def prepare(
         fake_release=fake_release if release_interpreter else None,
         release_interpreter=release_interpreter,
         capabilities=checked.capabilities,
-        profile_program=_profile_program(checked, target, opts.kernel),
+        profile_program=_profile_program(checked, target),
         masked_paths=() if opts.privileged else DEFAULTS.masked_paths,
         readonly_paths=() if opts.privileged else DEFAULTS.readonly_paths,
         no_new_privs=checked.no_new_privs,
