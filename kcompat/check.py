@@ -227,28 +227,55 @@ def error_report(reference: str, target: Target | None, error: KcompatError) -> 
     }
 
 
-def _fix(fix: str | None) -> str:
-    return f" Fix: {fix}" if fix else ""
+HELP_URI = "https://github.com/kcompat/kcompat#verdicts"  # the README section of the rules
+_IMAGE_ROOT = "IMAGEROOT"
+
+
+def _location(f: dict[str, Any], image: str) -> dict[str, Any]:
+    """Every result is located (GitHub's code scanning drops results without one): the
+    file inside the image it names, relative to the image's root, or the root itself
+    for an image-level finding; the image reference as the logical location."""
+    path = (f.get("path") or "").lstrip("/")
+    return {
+        "physicalLocation": {"artifactLocation": {"uri": path or ".", "uriBaseId": _IMAGE_ROOT}},
+        "logicalLocations": [
+            {"fullyQualifiedName": f"{image}:/{path}" if path else image, "kind": "resource"}
+        ],
+    }
 
 
 def sarif(rep: dict[str, Any]) -> dict[str, Any]:
-    """The report as SARIF 2.1.0: one result per finding, located at the file it names."""
-    rules = sorted({f["rule"] for f in rep["findings"]})
+    """The report as SARIF 2.1.0: one result per finding (and one for a `--verify`
+    disagreement), each located; each rule described from its first finding, with its
+    fix as help and the README's rule table as helpUri."""
+    image = rep["image"]["reference"]
+    findings = list(rep["findings"])
+    verify = rep.get("verify")
+    if verify and verify.get("agreement") == "disagree":
+        findings.append({
+            "rule": "verify-disagreement", "severity": "fatal",
+            "title": f"the observed run disagrees: {verify['summary']}",
+            "explanation": f"kcompat predicted {verify['predicted']}; the run under "
+            f"{verify['observed']['simulated']} {verify['observed']['outcome']}.",
+            "fix": "report it: the prediction is wrong for this image", "path": None,
+        })  # fmt: skip
+    described: dict[str, dict[str, Any]] = {}
     results = []
-    for f in rep["findings"]:
-        r: dict[str, Any] = {
+    for f in findings:
+        described.setdefault(f["rule"], {
+            "id": f["rule"],
+            "shortDescription": {"text": f["title"]},
+            "fullDescription": {"text": f["explanation"]},
+            "help": {"text": f["fix"] or "no fix needed: information only"},
+            "helpUri": HELP_URI,
+            "defaultConfiguration": {"level": _SARIF_LEVEL[Severity(f["severity"])]},
+        })  # fmt: skip
+        results.append({
             "ruleId": f["rule"],
             "level": _SARIF_LEVEL[Severity(f["severity"])],
-            "message": {
-                "text": f"{f['title']}: {f['explanation']}"
-                + (f" Fix: {f['fix']}" if f["fix"] else "")
-            },
-        }
-        if f["path"]:
-            r["locations"] = [
-                {"physicalLocation": {"artifactLocation": {"uri": f["path"].lstrip("/")}}}
-            ]
-        results.append(r)
+            "message": {"text": f"{f['title']}: {f['explanation']}{_fix(f['fix'])}"},
+            "locations": [_location(f, image)],
+        })  # fmt: skip
     return {
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
@@ -258,7 +285,14 @@ def sarif(rep: dict[str, Any]) -> dict[str, Any]:
                     "driver": {
                         "name": "kcompat",
                         "version": rep["kcompat"],
-                        "rules": [{"id": r} for r in rules],
+                        "informationUri": "https://github.com/kcompat/kcompat",
+                        "rules": [described[k] for k in sorted(described)],
+                    }
+                },
+                "originalUriBaseIds": {
+                    _IMAGE_ROOT: {
+                        "uri": "file:///",
+                        "description": {"text": f"the root of {image}"},
                     }
                 },
                 "results": results,
@@ -266,3 +300,7 @@ def sarif(rep: dict[str, Any]) -> dict[str, Any]:
             }
         ],
     }
+
+
+def _fix(fix: str | None) -> str:
+    return f" Fix: {fix}" if fix else ""

@@ -194,14 +194,42 @@ def test_usage_errors() -> None:
         assert r.stderr.startswith("kcompat: error:")
 
 
+SARIF_SCHEMA = json.loads((REPO / "tests" / "data" / "sarif-2.1.0.schema.json").read_text())
+
+
+def _valid_sarif(text: str) -> dict[str, Any]:
+    """SARIF 2.1.0 by the OASIS schema (tests/data/SOURCES.md), and GitHub's rule that
+    every result has a location."""
+    doc: dict[str, Any] = json.loads(text)
+    jsonschema.Draft4Validator(SARIF_SCHEMA).validate(doc)
+    run = doc["runs"][0]
+    for result in run["results"]:
+        loc = result["locations"][0]["physicalLocation"]["artifactLocation"]
+        assert loc["uri"] and loc["uriBaseId"] in run["originalUriBaseIds"]
+    for rule in run["tool"]["driver"]["rules"]:
+        assert rule["shortDescription"]["text"] and rule["fullDescription"]["text"]
+        assert rule["help"]["text"] and rule["helpUri"].startswith("https://")
+    return doc
+
+
 @pytest.mark.integration
-def test_sarif(binaries: Binaries) -> None:
+def test_sarif(binaries: Binaries, images: Fixtures) -> None:
     r = kcompat("check", "--format", "sarif", "--kernel", "3.1", binaries.bullseye)
-    doc = json.loads(r.stdout)
+    doc = _valid_sarif(r.stdout)
     assert doc["version"] == "2.1.0"
     results = doc["runs"][0]["results"]
     assert any(x["ruleId"] == "kernel-too-old" and x["level"] == "error" for x in results)
     assert doc["runs"][0]["properties"]["verdict"] == "incompatible"
+    # an image-level finding (the OS of a Windows image) is located at the image's root
+    r = kcompat("check", "--format", "sarif", images.oci("windows-amd64"))
+    doc = _valid_sarif(r.stdout)
+    (os_result,) = [x for x in doc["runs"][0]["results"] if x["ruleId"] == "os"]
+    assert os_result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "."
+    # an error is a valid SARIF document too
+    r = kcompat("check", "--format", "sarif", "--platform", "linux/s390x",
+                images.oci("windows-amd64"))  # fmt: skip
+    assert r.returncode == 3
+    _valid_sarif(r.stdout)
 
 
 @pytest.mark.integration

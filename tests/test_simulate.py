@@ -166,3 +166,8 @@ def test_verify_agrees_and_disagrees(binaries: Binaries) -> None:
                         binaries.bullseye, "--", "ls", "/nonexistent"],
                        capture_output=True, text=True)  # fmt: skip
     assert "DISAGREEMENT" in r.stdout and "No such file or directory" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "kcompat", "check", "--verify", "--format", "sarif",
+                        "--kernel", "4.19", binaries.bullseye, "--", "ls", "/nonexistent"],
+                       capture_output=True, text=True)  # fmt: skip
+    results = json.loads(r.stdout)["runs"][0]["results"]
+    assert r.returncode == 11 and "verify-disagreement" in {x["ruleId"] for x in results}
