@@ -30,6 +30,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help texts are plain: "OS/ARCH[/VARIANT]" is not markup
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 _state: dict[str, bool] = {"debug": False}
@@ -42,7 +43,12 @@ class Format(str, Enum):
 
 PlatformOpt = Annotated[
     Optional[str],
-    typer.Option("--platform", help="OS/ARCH[/VARIANT] or a uname -m name, e.g. linux/arm64"),
+    typer.Option(
+        "--platform",
+        help="OS/ARCH[/VARIANT] or a uname -m name, e.g. linux/arm64 "
+        "(default: $DOCKER_DEFAULT_PLATFORM, as docker)",
+        envvar="DOCKER_DEFAULT_PLATFORM",
+    ),
 ]
 CredsOpt = Annotated[
     Optional[str],
@@ -778,12 +784,15 @@ def _print_inspect(r: dict[str, Any]) -> None:
         lines.append(f"Platforms:    {', '.join(r['index']['platforms'])}")
     lines += [
         f"Platform:     {platform}",
+        f"Created:      {cfg['created'] or '-'}",
         f"Entrypoint:   {json.dumps(cfg['entrypoint'])}",
         f"Cmd:          {json.dumps(cfg['cmd'])}",
         f"Workdir:      {cfg['workdir'] or '/'}",
         f"User:         {cfg['user'] or '(root)'}",
         "Env:",
         *[f"  {e}" for e in cfg["env"]],
+        "Labels:" if cfg["labels"] else "Labels:       -",
+        *[f"  {k}={v}" for k, v in cfg["labels"].items()],
         f"Layers ({len(r['layers'])}):",
         *[
             f"  {layer['digest']}  {layer['size']:>12}  {layer['mediaType']}"

@@ -92,6 +92,8 @@ class ImageConfig:
     workdir: str | None
     user: str | None
     diff_ids: tuple[str, ...]
+    labels: tuple[tuple[str, str], ...] = ()
+    created: str | None = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,11 @@ def parse_config(data: bytes, what: str) -> ImageConfig:
         workdir=_str(cfg, "WorkingDir", what, required=False) or None,
         user=_str(cfg, "User", what, required=False) or None,
         diff_ids=diff_ids,
+        labels=tuple(
+            (str(k), str(v))
+            for k, v in sorted(_obj(cfg.get("Labels") or {}, what, "Labels").items())
+        ),
+        created=doc["created"] if isinstance(doc.get("created"), str) else None,
     )
 
 

@@ -84,6 +84,8 @@ def inspect_report(image: ResolvedImage) -> dict[str, Any]:
         "reference": image.reference,
         "digest": image.manifest_digest,
         "mediaType": image.manifest_media_type,
+        "created": cfg.created,
+        "labels": dict(cfg.labels),
         "index": (
             {"digest": image.index_digest, "platforms": [str(p) for p in image.index_platforms]}
             if image.index_digest
@@ -99,6 +101,8 @@ def inspect_report(image: ResolvedImage) -> dict[str, Any]:
             "env": list(cfg.env),
             "workdir": cfg.workdir,
             "user": cfg.user,
+            "labels": dict(cfg.labels),
+            "created": cfg.created,
         },
         "layers": [
             {"digest": d.digest, "mediaType": d.media_type, "size": d.size} for d in image.layers

@@ -113,3 +113,21 @@ def test_every_command_has_working_help(command: str) -> None:
     assert "Usage" in result.output
     if command in ("pull", "inspect", "check", "run"):
         assert "OS/ARCH[/VARIANT]" in result.output.replace("\n", "")
+
+
+def test_shell_conventions(images: Fixtures, tmp_path: Path) -> None:
+    """-h as --help for every command; $DOCKER_DEFAULT_PLATFORM as docker honours it;
+    inspect shows the image's creation time and labels, as skopeo inspect does."""
+    for cmd in ((), ("check",), ("run",), ("inspect",), ("pull",), ("scan",), ("host",),
+                ("binfmt", "list")):  # fmt: skip
+        r = kcompat(*cmd, "-h")
+        assert r.returncode == 0 and "Usage:" in r.stdout, (cmd, r.stderr)
+    env = {**__import__("os").environ, "DOCKER_DEFAULT_PLATFORM": "linux/arm64"}
+    r = subprocess.run([sys.executable, "-m", "kcompat", "inspect", "--format", "json",
+                        images.oci("busybox-multi")], capture_output=True, text=True,
+                       env=env)  # fmt: skip
+    assert json.loads(r.stdout)["architecture"] == "arm64", r.stderr
+    img = images.relabelled(tmp_path, "--config.label", "org.example.team=infra")
+    rep = json.loads(kcompat("inspect", "--format", "json", img).stdout)
+    assert rep["labels"] == {"org.example.team": "infra"} and rep["created"]
+    assert "org.example.team=infra" in kcompat("inspect", img).stdout
