@@ -40,7 +40,10 @@ class BinaryFacts:
     interpreter_found: bool | None
 
 
-def facts(scan: Scan) -> list[BinaryFacts]:
+def facts(scan: Scan, as_root: bool = True) -> list[BinaryFacts]:
+    """Each executable's facts; `as_root` False (files that are not a root filesystem,
+    e.g. `kcompat scan /usr/bin`): nothing is judged missing, as their loaders and
+    interpreters live elsewhere."""
     glibc = next((c.version for c in scan.libc() if c.family == "glibc"), None)
     out = []
     memo: dict[tuple[str, str, str | None], Imports] = {}
@@ -57,6 +60,8 @@ def facts(scan: Scan) -> list[BinaryFacts]:
                     missing = tuple(f"{m.library} (needed by {m.needed_by})" for m in not_found)
         elif f.script is not None:
             interp_found = scan.script_interpreter_found(f)
+        if not as_root:
+            missing, interp_found = (), None
         out.append(BinaryFacts(f, needs, missing, interp_found))
     return out
 
@@ -121,7 +126,7 @@ def binary_json(b: BinaryFacts) -> dict[str, Any]:
     return d
 
 
-def summary_json(scan: Scan, items: list[BinaryFacts]) -> dict[str, Any]:
+def summary_json(scan: Scan, items: list[BinaryFacts], as_root: bool = True) -> dict[str, Any]:
     formats = Counter(b.file.format.value for b in items)
     arches = Counter(str(b.file.elf.arch.platform) for b in items if b.file.elf)
     tags = [b.file.elf.abi_tag for b in items if b.file.elf and b.file.elf.abi_tag]
@@ -133,7 +138,7 @@ def summary_json(scan: Scan, items: list[BinaryFacts]) -> dict[str, Any]:
             {"family": c.family, "version": c.version, "path": c.path, "evidence": c.evidence}
             for c in scan.libc()
         ],
-        "interpreters": scan.interpreters(),
+        "interpreters": scan.interpreters() if as_root else {},
         "formats": dict(sorted(formats.items())),
         "architectures": dict(sorted(arches.items())),
         "max_abi_tag": max(tags, key=version_key) if tags else None,
@@ -151,9 +156,9 @@ def summary_json(scan: Scan, items: list[BinaryFacts]) -> dict[str, Any]:
     }
 
 
-def binaries_report(scan: Scan) -> dict[str, Any]:
-    items = facts(scan)
+def binaries_report(scan: Scan, as_root: bool = True) -> dict[str, Any]:
+    items = facts(scan, as_root)
     return {
-        "summary": summary_json(scan, items),
+        "summary": summary_json(scan, items, as_root),
         "binaries": [binary_json(b) for b in items],
     }

@@ -197,10 +197,19 @@ def inspect_cmd(
 
 @app.command("scan")
 def scan_cmd(
-    target: Annotated[str, typer.Argument(help="a file, or a directory scanned as a root")],
+    target: Annotated[str, typer.Argument(help="a file or a directory")],
     format: Annotated[Format, typer.Option("--format", help="text or json")] = Format.text,
+    root: Annotated[
+        bool,
+        typer.Option(
+            "--root", help="judge the directory as a root file system (loaders, libraries)"
+        ),
+    ] = False,
 ) -> None:
-    """Scan local files as `inspect --binaries` scans an image."""
+    """Scan local files as `inspect --binaries` scans an image.
+
+    Without --root only the files themselves are described; with it, the directory is
+    judged as an image's root: missing loaders, libraries and interpreters are named."""
     if not target:
         raise UsageError("scan needs a path", hint="e.g. kcompat scan /usr/bin")
     path = Path(target)
@@ -209,7 +218,7 @@ def scan_cmd(
     from kcompat.binaries import binaries_report
     from kcompat.scan import scan_path
 
-    report = binaries_report(scan_path(path))
+    report = binaries_report(scan_path(path), as_root=root and path.is_dir())
     if format is Format.json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -259,7 +268,7 @@ def _binary_line(b: dict[str, Any]) -> str:
     if b.get("unreadable"):
         return f"{b['path']}  unreadable: {b['unreadable']}"
     if b["format"] == "script":
-        found = "" if b["interpreter_found"] else "  (interpreter MISSING)"
+        found = "  (interpreter MISSING)" if b["interpreter_found"] is False else ""
         return f"{b['path']}  script #!{b['interpreter']}{found}"
     if b["format"] in ("pe", "macho"):
         arch = b["arch"] if isinstance(b["arch"], str) else "+".join(b["arch"])

@@ -131,3 +131,13 @@ def test_shell_conventions(images: Fixtures, tmp_path: Path) -> None:
     rep = json.loads(kcompat("inspect", "--format", "json", img).stdout)
     assert rep["labels"] == {"org.example.team": "infra"} and rep["created"]
     assert "org.example.team=infra" in kcompat("inspect", img).stdout
+
+
+def test_scan_judges_a_root_only_when_asked(tmp_path: Path) -> None:
+    (tmp_path / "tool").write_text("#!/usr/bin/python3\nprint()\n")
+    (tmp_path / "tool").chmod(0o755)
+    plain = json.loads(kcompat("scan", "--format", "json", str(tmp_path)).stdout)
+    assert plain["summary"]["missing_interpreters"] == []
+    assert plain["binaries"][0]["interpreter_found"] is None
+    as_root = json.loads(kcompat("scan", "--root", "--format", "json", str(tmp_path)).stdout)
+    assert as_root["summary"]["missing_interpreters"] == ["/tool"]
