@@ -179,9 +179,24 @@ def inspect_cmd(
             "--binaries", help="scan every file: executables, their libc, interpreters, syscalls"
         ),
     ] = False,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="print the index or manifest as stored (as skopeo)")
+    ] = False,
+    config_only: Annotated[
+        bool, typer.Option("--config", help="print the image's config as stored (as skopeo)")
+    ] = False,
 ) -> None:
     """Show what a reference resolves to: digest, platforms, config, layers."""
+    if raw and config_only:
+        raise UsageError("--raw and --config each print one document: give one")
     with open_image(image, _options(platform, creds, insecure_registry)) as opened:
+        if raw or config_only:  # as skopeo inspect --raw / --config: the stored bytes
+            blob = opened.image.raw_root if raw else opened.image.raw_config
+            if blob is None:
+                raise UsageError(f"{image} has no {'manifest' if raw else 'config'}",
+                                 hint="a plain root file system (dir:) has neither")  # fmt: skip
+            typer.echo(blob, nl=False)  # byte for byte, as skopeo prints it
+            return
         report = inspect_report(opened.image)
         if binaries:
             from kcompat.binaries import binaries_report

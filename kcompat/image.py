@@ -108,6 +108,8 @@ class ResolvedImage:
     config_digest: str | None
     config: ImageConfig
     layers: tuple[Descriptor, ...]
+    raw_root: bytes | None = None  # the top document as stored: the index, or the manifest
+    raw_config: bytes | None = None
 
 
 Document = Union[Index, Manifest]

@@ -140,6 +140,7 @@ class Source:
         self, want: Platform | None, default: Platform, choose: Chooser | None = None
     ) -> ResolvedImage:
         data, media_type, digest = self._root()
+        raw_root = data
         doc = parse_document(data, media_type, self.where)
         index_digest: str | None = None
         platforms: tuple[Platform, ...] = ()
@@ -174,6 +175,8 @@ class Source:
             config_digest=doc.config.digest,
             config=config,
             layers=doc.layers,
+            raw_root=raw_root,
+            raw_config=config_bytes,
         )
 
     def _pick(self, index: Index, want: Platform) -> Descriptor:
@@ -547,6 +550,8 @@ class DockerArchiveSource(Source):
             config_digest or sha256_digest(config_bytes),
             config,
             tuple(descs),
+            raw_root=json.dumps([entry]).encode(),  # its manifest.json entry: no registry manifest
+            raw_config=config_bytes,
         )
 
     def open_layer(self, desc: Descriptor) -> VerifyingReader:

@@ -141,3 +141,21 @@ def test_scan_judges_a_root_only_when_asked(tmp_path: Path) -> None:
     assert plain["binaries"][0]["interpreter_found"] is None
     as_root = json.loads(kcompat("scan", "--root", "--format", "json", str(tmp_path)).stdout)
     assert as_root["summary"]["missing_interpreters"] == ["/tool"]
+
+
+@pytest.mark.integration
+def test_inspect_raw_and_config_match_skopeo(images: Fixtures) -> None:
+    import shutil
+
+    if shutil.which("skopeo") is None:
+        pytest.skip("needs skopeo (installed by ci/setup)")
+    for ref, flags in ((images.oci("busybox-multi"), ["--raw"]),
+                       (images.oci("busybox-amd64"), ["--config", "--raw"])):  # fmt: skip
+        theirs = subprocess.run(["skopeo", "inspect", *flags, ref], capture_output=True,
+                                check=True).stdout  # fmt: skip
+        ours = subprocess.run(
+            [sys.executable, "-m", "kcompat", "inspect", "--config" if "--config" in flags
+             else "--raw", ref], capture_output=True, check=True).stdout  # fmt: skip
+        assert ours == theirs
+    r = kcompat("inspect", "--raw", "--config", images.oci("busybox-amd64"))
+    assert r.returncode == 2
