@@ -122,15 +122,20 @@ class _RichProgress:
 
 
 def _warn(message: str) -> None:
-    typer.echo(f"kcompat: warning: {message}", err=True)
+    if not _state.get("quiet"):
+        typer.echo(f"kcompat: warning: {message}", err=True)
 
 
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+    quiet: Annotated[
+        bool, typer.Option("-q", "--quiet", help="no warnings on stderr (errors still show)")
+    ] = False,
     version: Annotated[bool, typer.Option("--version", help="print the version")] = False,
 ) -> None:
     _state["debug"] = debug
+    _state["quiet"] = quiet
     if version:
         typer.echo(__version__)
         raise typer.Exit()

@@ -159,3 +159,18 @@ def test_inspect_raw_and_config_match_skopeo(images: Fixtures) -> None:
         assert ours == theirs
     r = kcompat("inspect", "--raw", "--config", images.oci("busybox-amd64"))
     assert r.returncode == 2
+
+
+@pytest.mark.integration
+def test_quiet_drops_warnings_not_errors(images: Fixtures) -> None:
+    import os
+
+    env = {**os.environ, "KCOMPAT_MAX_FILE_SIZE": "1000"}  # refuses busybox: a warning
+    img = images.oci("busybox-amd64")
+    loud = subprocess.run([sys.executable, "-m", "kcompat", "pull", "--unpack", img],
+                          capture_output=True, text=True, env=env)  # fmt: skip
+    quiet = subprocess.run([sys.executable, "-m", "kcompat", "-q", "pull", "--unpack", img],
+                           capture_output=True, text=True, env=env)  # fmt: skip
+    assert "warning" in loud.stderr and quiet.stderr == "" and quiet.returncode == 0
+    r = kcompat("-q", "inspect", "oci:/nonexistent")
+    assert r.returncode == 3 and "kcompat: error:" in r.stderr
