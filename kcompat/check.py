@@ -90,7 +90,7 @@ def run_check(
     """The verdict pipeline of `check` and `run`: the image's cached analysis, the rules,
     the report (ci/report.schema.json)."""
     config = opened.image.config
-    if config.platform.os not in ("linux", "unknown"):  # foreign layers: nothing to scan
+    if config.foreign_os:  # foreign layers: nothing to scan
         result = check(_empty_scan(), config, target, command)
         return report(opened, target, result, summary_json(_empty_scan(), []), chosen_because)
     opened.source.check_present(opened.image)  # broken where it lives: never from cache

@@ -108,7 +108,7 @@ def _filters(entry: dict[str, Any], at: str) -> tuple[dict[str, Any], dict[str, 
         if "minKernel" in f:
             mk = f["minKernel"]
             if not isinstance(mk, str) or not re.fullmatch(r"\d+\.\d+(\.\d+)?", mk):
-                raise UsageError(f"{at}: {key}.minKernel must be a version such as \"4.8\"")
+                raise UsageError(f'{at}: {key}.minKernel must be a version such as "4.8"')
         out.append(f)
     return out[0], out[1]
 
@@ -187,19 +187,13 @@ def parse_profile(
 
 
 def load_profile_file(path: Path, caps: frozenset[str], arch: str, kernel: str | None) -> Profile:
-    try:
-        raw = json.loads(path.read_text())
-    except OSError as e:
-        from kcompat.errors import NotFoundError
+    from kcompat.image import read_json_file
 
-        raise NotFoundError(
-            f"seccomp profile {path}: {e.strerror}",
-            hint="give an existing file: --security-opt seccomp=FILE",
-        ) from None
-    except ValueError as e:
-        from kcompat.image import json_problem
-
-        raise UsageError(f"seccomp profile {path} is not JSON ({json_problem(e)})") from None
+    raw = read_json_file(
+        path,
+        "seccomp profile",
+        "give a profile in docker's JSON format: --security-opt seccomp=FILE",
+    )
     return parse_profile(raw, f"seccomp profile {path}", caps, arch, kernel)
 
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Union
 
 from kcompat.errors import BadImageError, IntegrityError, NotFoundError, UnsupportedError
@@ -95,6 +96,11 @@ class ImageConfig:
     labels: tuple[tuple[str, str], ...] = ()
     created: str | None = None
 
+    @property
+    def foreign_os(self) -> bool:
+        """An image for another kernel (windows, darwin...); "unknown" is a dir: rootfs."""
+        return self.platform.os not in ("linux", "unknown")
+
 
 @dataclass(frozen=True)
 class ResolvedImage:
@@ -171,6 +177,23 @@ def json_problem(e: ValueError) -> str:
     if "digits" in str(e):
         return "a number with too many digits"
     return "not valid JSON"
+
+
+def read_json_file(path: Path, what: str, hint: str) -> Any:
+    """A JSON file a user gave: NotFoundError when it is missing, LocalIOError when it
+    cannot be read, UsageError (with the problem in words) when it is not JSON."""
+    from kcompat.errors import LocalIOError, NotFoundError, UsageError
+
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise NotFoundError(f"{what} {path}: no such file", hint=hint) from None
+    except OSError as e:
+        raise LocalIOError(f"cannot read {what} {path}: {e.strerror}") from None
+    except RecursionError:
+        raise UsageError(f"{what} {path} is not JSON (nested too deeply)", hint=hint) from None
+    except ValueError as e:
+        raise UsageError(f"{what} {path} is not JSON ({json_problem(e)})", hint=hint) from None
 
 
 def load_json(data: bytes, what: str) -> dict[str, Any]:

@@ -158,8 +158,9 @@ CORRUPT_ERRORS: tuple[type[BaseException], ...] = (
 _TAR_ERRORS: tuple[type[BaseException], ...] = (*CORRUPT_ERRORS, ValueError)
 
 
-def _reason(e: BaseException) -> str:
-    """What went wrong in a layer stream, in words (no Python class names)."""
+def reason_words(e: BaseException) -> str:
+    """What went wrong reading an image (a layer stream, an archive), in words: never
+    Python's class names."""
     if isinstance(e, EOFError):
         return "the compressed stream ends early"
     if isinstance(e, zlib.error) or type(e).__name__ in ("IsalError", "ZstdError", "BadGzipFile"):
@@ -275,7 +276,7 @@ class _MemberReader(_Wrapper):
         try:
             return self._inner.read(n)
         except CORRUPT_ERRORS as e:
-            raise corrupt(self._what, _reason(e)) from None
+            raise corrupt(self._what, reason_words(e)) from None
 
 
 @dataclass
@@ -324,7 +325,7 @@ class TarMember:
                     offset += len(chunk)
                     length -= len(chunk)
             except CORRUPT_ERRORS as e:
-                raise corrupt(what, _reason(e)) from None
+                raise corrupt(what, reason_words(e)) from None
 
 
 class _Counting(_Wrapper):
@@ -382,7 +383,7 @@ def iter_tar(
         reader.finish()
         check_diff_id(digest or what, f"sha256:{counted.hash.hexdigest()}", diff_id)
     except _TAR_ERRORS as e:
-        raise corrupt(what, _reason(e)) from None
+        raise corrupt(what, reason_words(e)) from None
     finally:
         reader.close()
 
@@ -469,7 +470,7 @@ def decompressed_chunks(
             yield chunk
         reader.finish()
     except CORRUPT_ERRORS as e:
-        raise corrupt(what, _reason(e)) from None
+        raise corrupt(what, reason_words(e)) from None
     finally:
         reader.close()
 

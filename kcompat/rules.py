@@ -20,6 +20,7 @@ from kcompat.execve import Command, container_argv
 from kcompat.formats import Format
 from kcompat.image import ImageConfig
 from kcompat.knowledge import KNOWLEDGE
+from kcompat.layers import FileKind
 from kcompat.needs import SyscallNeed, needs_of
 from kcompat.scan import Scan, ScannedFile
 from kcompat.syscalls import table
@@ -130,7 +131,7 @@ def _link_chain(scan: Scan, path: str) -> list[str]:
     out = [path]
     for _ in range(40):
         node = scan.tree.nodes.get(out[-1])
-        if node is None or node.linkname == "" or node.kind.name != "SYMLINK":
+        if node is None or node.kind is not FileKind.SYMLINK:
             break
         out.append(posixpath.normpath(posixpath.join(posixpath.dirname(out[-1]), node.linkname)))
     return out
@@ -164,7 +165,7 @@ def check(
     """Judge what the image runs (docker's meaning of `command`) on `target`."""
     if not isinstance(command, Command):
         command = Command(args=tuple(command or ()))
-    if config.platform.os not in ("linux", "unknown"):  # the OS decides; no PATH lookup
+    if config.foreign_os:  # the OS decides; no PATH lookup
         entry = Entrypoint(
             container_argv(config.entrypoint, config.cmd, command.args, command.entrypoint),
             (),
@@ -193,7 +194,7 @@ def check(
 
 def _os_rule(scan: Scan, config: ImageConfig, entry: Entrypoint) -> list[Finding]:
     os_ = config.platform.os
-    if os_ not in ("linux", "unknown"):
+    if config.foreign_os:
         kernel = {"windows": "the Windows NT kernel", "darwin": "the XNU (macOS) kernel"}.get(
             os_, f"a {os_} kernel"
         )

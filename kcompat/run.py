@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kcompat import linuxapi as L
 from kcompat.binfmt import BINFMT
 from kcompat.cgroups import Limits, parse_cpus, parse_memory, parse_pids
 from kcompat.confine import DEFAULTS
@@ -276,8 +277,10 @@ _TMPFS_DEFAULT = "rw,noexec,nosuid,size=65536k"  # docker's --tmpfs default opti
 
 
 _TMPFS_FLAGS = {  # mount(8) words -> (MS_* flag, set or clear)
-    "ro": (0x1, True), "rw": (0x1, False), "nosuid": (0x2, True), "suid": (0x2, False),
-    "nodev": (0x4, True), "dev": (0x4, False), "noexec": (0x8, True), "exec": (0x8, False),
+    "ro": (L.MS_RDONLY, True), "rw": (L.MS_RDONLY, False),
+    "nosuid": (L.MS_NOSUID, True), "suid": (L.MS_NOSUID, False),
+    "nodev": (L.MS_NODEV, True), "dev": (L.MS_NODEV, False),
+    "noexec": (L.MS_NOEXEC, True), "exec": (L.MS_NOEXEC, False),
 }  # fmt: skip
 
 
@@ -289,7 +292,7 @@ def _tmpfs(text: str) -> tuple[str, int, str]:
         raise UsageError(f"--tmpfs {text!r}: the path must be absolute, without '..'",
                          hint="e.g. --tmpfs /run:size=64m")  # fmt: skip
     words = [w for w in (opts or _TMPFS_DEFAULT).split(",") if w]
-    flags = 0x2 | 0x4  # MS_NOSUID | MS_NODEV
+    flags = L.MS_NOSUID | L.MS_NODEV
     data = []
     for w in words:
         if w in _TMPFS_FLAGS:
@@ -470,16 +473,12 @@ def prepare(
             hint="give one after the image: kcompat run IMAGE -- CMD",
         )
     host_report = None
-    if (
-        opts.predict
-        or config.platform.architecture not in BINFMT
-        or (config.platform.os not in ("linux", "unknown"))
-    ):
+    if opts.predict or config.platform.architecture not in BINFMT or config.foreign_os:
         host_report = run_check(opened, target, command, chosen_because)
     arch = (host_report and host_report["entrypoint"]["arch"]) or config.platform.architecture
     if arch not in BINFMT:
         arch = target.platform.architecture
-    if config.platform.os not in ("linux", "unknown") and host_report is not None:
+    if config.foreign_os and host_report is not None:
         _refuse(opened.image.reference, Prediction.of(host_report))  # whatever --force says
     emulation = choose_emulation(arch, target)
     judged = target

@@ -40,7 +40,7 @@ from kcompat.image import (
     select_manifest,
     sha256_digest,
 )
-from kcompat.layers import VerifyingReader
+from kcompat.layers import VerifyingReader, reason_words
 from kcompat.platform import Platform
 from kcompat.progress import NoProgress, Progress
 from kcompat.reference import (
@@ -388,12 +388,6 @@ class _Slice(io.RawIOBase):
         super().close()
 
 
-def _words(e: BaseException) -> str:
-    """An exception as words for a message: its text, never Python's class names."""
-    text = getattr(e, "strerror", None) or str(e) or "unreadable"
-    return text[:1].lower() + text[1:]
-
-
 class _Archive:
     """A tar archive read in place (no extraction), members looked up by name."""
 
@@ -405,7 +399,7 @@ class _Archive:
             raise NotFoundError(f"{where}: no such file", hint="check the path") from None
         except (tarfile.TarError, OSError) as e:
             raise BadImageError(
-                f"{where}: not a readable tar archive ({_words(e)})",
+                f"{where}: not a readable tar archive ({reason_words(e)})",
                 hint="give a file written by docker save or skopeo copy",
             ) from None
         self.members: dict[str, tarfile.TarInfo] = {}
@@ -414,7 +408,7 @@ class _Archive:
         except (tarfile.TarError, OSError, EOFError) as e:
             self.tar.close()
             raise BadImageError(
-                f"{where}: the archive is cut short or corrupt ({_words(e)})",
+                f"{where}: the archive is cut short or corrupt ({reason_words(e)})",
                 hint="write it again (docker save, skopeo copy)",
             ) from None
         end = os.path.getsize(path)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kcompat.binfmt import QEMU_NAMES
-from kcompat.errors import LocalIOError, NotFoundError, UsageError
+from kcompat.errors import UsageError
 from kcompat.platform import Platform, host_platform, parse_platform
 from kcompat.probe import probe_syscalls
 from kcompat.syscalls import ABI_OF_ARCH
@@ -425,23 +425,9 @@ def validate_profile(raw: Any, path: Path) -> None:
 
 
 def load_profile(path: Path) -> Target:
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise NotFoundError(
-            f"target profile {path}: no such file",
-            hint="write one with: kcompat host --save FILE",
-        ) from None
-    except OSError as e:
-        raise LocalIOError(f"cannot read target profile {path}: {e.strerror}") from None
-    except (ValueError, RecursionError) as e:
-        from kcompat.image import json_problem
+    from kcompat.image import read_json_file
 
-        why = json_problem(e) if isinstance(e, ValueError) else "nested too deeply"
-        raise UsageError(
-            f"target profile {path} is not JSON ({why})",
-            hint="write one with: kcompat host --save FILE",
-        ) from None
+    raw = read_json_file(path, "target profile", "write one with: kcompat host --save FILE")
     validate_profile(raw, path)
     try:
         binfmt = tuple(BinfmtEntry(**b) for b in raw.get("binfmt", ()))

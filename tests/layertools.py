@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -83,3 +84,37 @@ def sparse_file(path: Path, head: bytes, hole: int, tail: bytes = b"") -> bytes:
     with path.open("ab") as f:
         f.write(tail)
     return head + bytes(hole) + tail
+
+
+GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+def append_layer(
+    layout: Path, ref: str, new_ref: str, blob: bytes, diff_id: str, media_type: str = GZIP_LAYER
+) -> str:
+    """Image `ref` of an OCI layout copied as `new_ref` with `blob` as one more layer
+    (its config names `diff_id`); returns the `oci:` reference."""
+
+    def put(data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        (layout / "blobs" / "sha256" / digest).write_bytes(data)
+        return f"sha256:{digest}"
+
+    def blob_json(digest: str) -> dict:  # type: ignore[type-arg]
+        return json.loads((layout / "blobs" / "sha256" / digest[7:]).read_bytes())  # type: ignore[no-any-return]
+
+    index = json.loads((layout / "index.json").read_text())
+    key = "org.opencontainers.image.ref.name"
+    desc = next(m for m in index["manifests"] if m.get("annotations", {}).get(key) == ref)
+    manifest = blob_json(desc["digest"])
+    config = blob_json(manifest["config"]["digest"])
+    config["rootfs"]["diff_ids"].append(diff_id)
+    config_bytes = json.dumps(config).encode()
+    manifest["config"] = {**manifest["config"], "digest": put(config_bytes),
+                          "size": len(config_bytes)}  # fmt: skip
+    manifest["layers"].append({"mediaType": media_type, "digest": put(blob), "size": len(blob)})
+    manifest_bytes = json.dumps(manifest).encode()
+    index["manifests"].append({**desc, "digest": put(manifest_bytes), "size": len(manifest_bytes),
+                               "annotations": {key: new_ref}})  # fmt: skip
+    (layout / "index.json").write_text(json.dumps(index))
+    return f"oci:{layout}:{new_ref}"

@@ -97,36 +97,28 @@ def assert_cache_sound(
 
 
 @functools.cache
-def _layers(host: str, image: str) -> tuple[str, ...]:
+def _manifest_layers(host: str, image: str) -> tuple[tuple[str, int], ...]:
+    """(digest, size) of each layer, asked of the registry itself (not the proxy)."""
     name, _, tag = image.partition(":")
     accept = "application/vnd.oci.image.manifest.v1+json"
     doc = requests.get(f"http://{host}/v2/{name}/manifests/{tag}", headers={"Accept": accept},
                        timeout=10).json()  # fmt: skip
-    return tuple(layer["digest"] for layer in doc["layers"])
+    return tuple((layer["digest"], int(layer["size"])) for layer in doc["layers"])
 
 
 def layers(registry: RealRegistry, image: str = IMAGE) -> list[str]:
     """The image's layer digests, asked of the registry itself (not through the proxy)."""
-    return list(_layers(registry.host, image))
+    return [digest for digest, _ in _manifest_layers(registry.host, image)]
 
 
 def big_layer(registry: RealRegistry) -> str:
     return layers(registry)[0]
 
 
-@functools.cache
-def _layer_size(host: str, image: str) -> int:
-    name, _, tag = image.partition(":")
-    accept = "application/vnd.oci.image.manifest.v1+json"
-    doc = requests.get(f"http://{host}/v2/{name}/manifests/{tag}", headers={"Accept": accept},
-                       timeout=10).json()  # fmt: skip
-    return int(doc["layers"][0]["size"])
-
-
 def big_layer_size(registry: RealRegistry) -> int:
     """The big layer's size as the manifest declares it (fixtures are rebuilt, so the
     bytes, and the size, differ between machines)."""
-    return _layer_size(registry.host, IMAGE)
+    return _manifest_layers(registry.host, IMAGE)[0][1]
 
 
 # -- retries ---------------------------------------------------------------------------

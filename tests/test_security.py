@@ -171,10 +171,27 @@ def test_escapes_are_refused(images: Fixtures, tmp_path: Path) -> None:
     --network none, nested user namespaces."""
     marker = tmp_path / "host-secret"
     marker.write_text("secret")
+    import threading
+
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
-    server.listen(1)
+    server.listen(4)
+    server.settimeout(30)
     port = server.getsockname()[1]
+
+    def answer() -> None:  # accept and hang up, twice at most: the probe can finish
+        for _ in range(2):
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    # the control: with the host's network the same probe does reach the host
+    reach = f"echo x | nc -w 2 127.0.0.1 {port} >/dev/null 2>&1 && echo REACHED-HOST"
+    control = kc("run", busybox(images), "sh", "-c", reach, timeout=60)
+    assert "REACHED-HOST" in control.stdout, (control.stdout, control.stderr)
     try:
         script = (
             f"cat {marker} 2>/dev/null && echo READ-HOST;"
@@ -183,7 +200,7 @@ def test_escapes_are_refused(images: Fixtures, tmp_path: Path) -> None:
             "ls /proc | grep -c '^[0-9]' ;"
             "mount -t tmpfs none /mnt 2>/dev/null && echo MOUNTED;"
             "mkdir -p /tmp/d && mount --bind /tmp/d /mnt 2>/dev/null && echo BOUND;"
-            f"echo x | nc -w 2 127.0.0.1 {port} 2>/dev/null && echo REACHED-HOST;"
+            f"{reach};"
             "ip link 2>/dev/null | grep -c '^[0-9]';"
             "true"
         )

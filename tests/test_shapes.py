@@ -12,12 +12,10 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 
 from kcompat.execve import resolve, script_limits
@@ -26,24 +24,13 @@ from kcompat.layers import FileEntry, FileKind
 from kcompat.scan import Item, Scan, scan_items
 from kcompat.target import described, parse_release
 from tests.conftest import Fixtures
+from tests.layertools import append_layer
 from tests.registry_server import RealRegistry
-from tests.test_run import needs_userns
+from tests.test_check import check_json
+from tests.test_run import kc, needs_userns
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((REPO / "ci" / "report.schema.json").read_text())
-
-
-def kc(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kcompat", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)  # fmt: skip
-
-
-def check_json(*args: str) -> tuple[int, dict[str, Any]]:
-    r = kc("check", "--format", "json", *args)
-    assert r.stdout, r.stderr
-    rep = json.loads(r.stdout)
-    jsonschema.validate(rep, SCHEMA)
-    return r.returncode, rep
 
 
 def fatal(rep: dict[str, Any]) -> dict[str, Any]:
@@ -378,44 +365,14 @@ def test_static_vsyscall_callers_and_readers(tmp_path: Path) -> None:
     assert (r.returncode == -11) == (mode in ("xonly", "none"))
 
 
-def _add_layer(layout: Path, ref: str, new_ref: str, entries: list[tuple[str, bytes]]) -> None:
-    """Copy image `ref` of an OCI layout as `new_ref` with one more (uncompressed) layer."""
+def _tar(entries: list[tuple[str, bytes]]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, data in entries:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    blob = buf.getvalue()
-
-    def put(data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
-        (layout / "blobs" / "sha256" / digest).write_bytes(data)
-        return f"sha256:{digest}"
-
-    index = json.loads((layout / "index.json").read_text())
-    desc = next(m for m in index["manifests"]
-                if m["annotations"]["org.opencontainers.image.ref.name"] == ref)  # fmt: skip
-    manifest = json.loads((layout / "blobs" / "sha256" / desc["digest"][7:]).read_bytes())
-    config = json.loads((layout / "blobs" / "sha256" / manifest["config"]["digest"][7:])
-                        .read_bytes())  # fmt: skip
-    layer_digest = put(blob)
-    config["rootfs"]["diff_ids"].append(layer_digest)
-    config_bytes = json.dumps(config).encode()
-    manifest["config"] = {**manifest["config"], "digest": put(config_bytes),
-                          "size": len(config_bytes)}  # fmt: skip
-    manifest["layers"].append({"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                               "digest": layer_digest, "size": len(blob)})  # fmt: skip
-    manifest_bytes = json.dumps(manifest).encode()
-    index["manifests"].append(
-        {
-            **desc,
-            "digest": put(manifest_bytes),
-            "size": len(manifest_bytes),
-            "annotations": {"org.opencontainers.image.ref.name": new_ref},
-        }
-    )
-    (layout / "index.json").write_text(json.dumps(index))
+    return buf.getvalue()
 
 
 @pytest.mark.integration
@@ -423,8 +380,10 @@ def _add_layer(layout: Path, ref: str, new_ref: str, entries: list[tuple[str, by
 def test_layer_warnings_are_shown_by_check_and_run(images: Fixtures, tmp_path: Path) -> None:
     layout = tmp_path / "layout"
     shutil.copytree(images.layout, layout)
-    _add_layer(layout, "busybox-amd64", "hostile", [("../escape", b"x"), ("ok", b"y")])
-    img = f"oci:{layout}:hostile"
+    blob = _tar([("../escape", b"x"), ("ok", b"y")])
+    img = append_layer(layout, "busybox-amd64", "hostile", blob,
+                       "sha256:" + hashlib.sha256(blob).hexdigest(),
+                       "application/vnd.oci.image.layer.v1.tar")  # fmt: skip
     code, rep = check_json(img, "--", "true")
     warn = next(f for f in rep["findings"] if f["rule"] == "layer-entries")
     assert warn["severity"] == "warning" and "escape" in " ".join(warn["evidence"])
