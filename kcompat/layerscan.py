@@ -65,7 +65,10 @@ from kcompat.scan import _KEEP_MAX, Node, Scan, ScannedFile, Tree, _keep, scan_f
 from kcompat.tarstream import FILE_TYPES, TarError, TarHeader, TarStream
 
 # The modules whose code decides a LayerScan's content.
-_SCANNER_MODULES = ("scan", "elf", "formats", "disasm", "tarstream", "layers", "layerscan")
+_SCANNER_MODULES = (
+    "scan", "elf", "formats", "disasm", "tarstream", "layers", "layerscan", "families",
+)
+_SCANNER_DATA = ("families.json",)  # the marker strings the scan looks for
 
 
 def code_key(files: Sequence[Path]) -> str:
@@ -84,7 +87,10 @@ _HERE = Path(__file__).resolve().parent
 
 
 def _scanner_key() -> str:
-    return code_key([_HERE / f"{name}.py" for name in _SCANNER_MODULES])
+    return code_key(
+        [_HERE / f"{name}.py" for name in _SCANNER_MODULES]
+        + [_HERE / "data" / name for name in _SCANNER_DATA]
+    )
 
 
 SCANNER_KEY = _scanner_key()

@@ -77,12 +77,23 @@ for _r in WRAPPERS:
 
 
 @dataclass(frozen=True)
+class NeedPath:
+    """One way the program reaches a syscall."""
+
+    kind: str  # "start-up" (glibc's own start-up), "import" (a libc function), "code"
+    obj: str  # the file whose start-up, import or machine code it is
+    symbol: str | None = None  # the imported function, for "import"
+    fallback: str | None = None  # the libc wrapper's own ENOSYS fallback on this path
+
+
+@dataclass(frozen=True)
 class SyscallNeed:
     name: str  # as the ABI's table names it
     nr: int
     since: str | None  # first kernel with it on this ABI
     via: tuple[str, ...]  # evidence, e.g. "imports getrandom@GLIBC_2.25", "machine code"
     fallback: str | None  # glibc's ENOSYS fallback, if this glibc has one
+    paths: tuple[NeedPath, ...] = ()  # every way it is reached (deduplicated)
 
 
 @dataclass(frozen=True)
@@ -148,14 +159,14 @@ def needs_of(
         return None
     t = table(e.arch.abi)
     found: dict[str, list[str]] = {}
-    # per syscall, each path's own ENOSYS fallback (None: the path has none)
-    path_fallbacks: dict[str, list[str | None]] = {}
+    # per syscall, every path that reaches it, with its own ENOSYS fallback (or None)
+    paths: dict[str, dict[NeedPath, None]] = {}
 
-    def add(spec: str, via: str, fallback: str | None = None) -> None:
+    def add(spec: str, via: str, path: NeedPath) -> None:
         name = _pick(t, spec)
         if name is not None:
             vias = found.setdefault(name, [])
-            path_fallbacks.setdefault(name, []).append(fallback)
+            paths.setdefault(name, {})[path] = None
             if via not in vias and len(vias) < 4:
                 vias.append(via)
 
@@ -169,7 +180,7 @@ def needs_of(
         for nr in f.syscalls.numbers:
             row = t.lookup(nr)
             if row is not None:
-                add(row.name, "machine code")
+                add(row.name, "machine code", NeedPath("code", f.path))
         unresolved = f.syscalls.unresolved
         methods.append(f.syscalls.method)
     raw_import = False
@@ -179,7 +190,11 @@ def needs_of(
             for r in STARTUP:
                 if r.applies(t.abi, glibc):
                     for spec in r.syscalls:
-                        add(spec, f"glibc {glibc or ''} start-up".replace("  ", " "), r.fallback)
+                        add(
+                            spec,
+                            f"glibc {glibc or ''} start-up".replace("  ", " "),
+                            NeedPath("start-up", f.path, None, r.fallback),
+                        )
         if libraries is None:
             libraries = scan.library_closure(f)
         memo = {} if memo is None else memo
@@ -194,7 +209,8 @@ def needs_of(
             raw_import = raw_import or raw
             who = "" if obj is f else f" (in {obj.path})"
             for spec, label, fallback in adds:
-                add(spec, f"imports {label}{who}", fallback)
+                symbol = label.split("@", 1)[0]
+                add(spec, f"imports {label}{who}", NeedPath("import", obj.path, symbol, fallback))
         methods.append("imported libc functions (kcompat/data/libc_syscalls.json)")
     needs = []
     for name, via in sorted(found.items()):
@@ -202,10 +218,10 @@ def needs_of(
         assert row is not None
         fb = KNOWLEDGE.fallback_for(name, glibc) if glibc and e.libc == "glibc" else None
         note = f"glibc: {fb.note}" if fb else None
-        paths = path_fallbacks[name]
-        if note is None and all(paths):  # every path that reaches it falls back
-            note = "glibc: " + "; ".join(sorted({p for p in paths if p}))
-        needs.append(SyscallNeed(name, row.nr, row.since, tuple(via), note))
+        reached = tuple(paths[name])
+        if note is None and all(p.fallback for p in reached):  # every path falls back
+            note = "glibc: " + "; ".join(sorted({p.fallback for p in reached if p.fallback}))
+        needs.append(SyscallNeed(name, row.nr, row.since, tuple(via), note, reached))
     return BinaryNeeds(
         t.abi, tuple(needs), unresolved, raw_import, "; ".join(methods), t.floor, complete
     )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, NamedTuple
 
-from kcompat import disasm, elf, formats, vsyscall
+from kcompat import disasm, elf, families, formats, vsyscall
 from kcompat.disasm import SyscallScan
 from kcompat.elf import ElfInfo, Linkage
 from kcompat.formats import Format, MachOInfo, PEInfo, ScriptInfo
@@ -85,6 +85,7 @@ class ScannedFile:
     syscalls: SyscallScan | None = None  # static executables only
     unreadable: str | None = None
     vsyscall: VsyscallUse | None = None  # x86-64 code that calls or reads the vsyscall page
+    markers: tuple[str, ...] = ()  # kcompat.families marker strings found in an ELF file
 
     @property
     def executable(self) -> bool:
@@ -416,7 +417,14 @@ def scan_file(
             legacy = (
                 vsyscall.find(info.code) if info.arch.platform.architecture == "amd64" else None
             )
-            scanned = replace(base, elf=replace(info, code=()), syscalls=syscalls, vsyscall=legacy)
+            found = tuple(m.decode() for m in families.markers() if data.find(m) != -1)
+            scanned = replace(
+                base,
+                elf=replace(info, code=()),
+                syscalls=syscalls,
+                vsyscall=legacy,
+                markers=found,
+            )
             return scanned, banner
         if fmt is Format.SCRIPT:  # kept whatever its mode: exec is judged by the rules
             return replace(base, script=formats.read_script(head)), None
