@@ -25,9 +25,34 @@ class Fallback:
 
 
 @dataclass(frozen=True)
+class SeccompFix:
+    """A C library that tries a new syscall first, and the runtime release whose default
+    seccomp profile stopped answering it with EPERM (knowledge.json runtime_seccomp)."""
+
+    libc: str
+    since: str
+    call: str
+    runtime: str
+    fixed: str
+    symptom: str
+    source: str
+    only_32bit: bool = False
+
+
+@dataclass(frozen=True)
 class Knowledge:
     raw: dict[str, Any]
     fallbacks: tuple[Fallback, ...]
+    seccomp_fixes: tuple[SeccompFix, ...] = ()
+
+    def runtime_eperm(self, runtime: str) -> tuple[SeccompFix, ...]:
+        """The fixes `runtime` ("docker:20.10.7") predates: calls its profile answers EPERM."""
+        name, _, version = runtime.partition(":")
+        return tuple(
+            f
+            for f in self.seccomp_fixes
+            if f.runtime == name and version and vkey(version) < vkey(f.fixed)
+        )
 
     def glibc_default_min_kernel(self, glibc: str, arch: str) -> str:
         """glibc's default --enable-kernel for a release, raised to the arch's own minimum."""
@@ -97,9 +122,17 @@ def _load() -> Knowledge:
         isinstance(v, int) for v in exec_["exit_codes"].values()
     ):
         raise ValueError("kcompat/data/knowledge.json: exec facts must be integers")
+    fixes = tuple(
+        SeccompFix(
+            str(f["libc"]), str(f["since"]), str(f["call"]), str(f["runtime"]),
+            str(f["fixed"]), str(f["symptom"]), str(f["source"]), bool(f.get("only_32bit")),
+        )
+        for f in raw["runtime_seccomp"]["fixes"]
+    )  # fmt: skip
+    versions += [v for f in fixes for v in (f.since, f.fixed)]
     for version in versions:
         vkey(version)  # raises ValueError on a malformed version: caught at import
-    return Knowledge(raw, fallbacks)
+    return Knowledge(raw, fallbacks, fixes)
 
 
 KNOWLEDGE = _load()

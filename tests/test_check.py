@@ -252,20 +252,39 @@ def test_probed_syscalls_decide(tmp_path: Path, binaries: Binaries) -> None:
 
 
 @pytest.mark.integration
-def test_musl_on_old_docker(binaries: Binaries) -> None:
-    """musl 1.2.3 (>= 1.2.2 tries faccessat2) under docker 19.03's profile: uncertain."""
+def test_musl_on_old_docker(tmp_path: Path, binaries: Binaries) -> None:
+    """docker 19.03's profile answers faccessat2 with EPERM, which musl >= 1.2.2 tries in
+    faccessat: judged per binary. A program that never calls faccessat is not hit; one
+    that does is uncertain (the path is named); a newer docker hits neither."""
+    import shutil
+
     from kcompat.image import ImageConfig
     from kcompat.platform import Platform
     from kcompat.scan import scan_path
 
-    scan = scan_path(binaries.root / "musl-root")
-    config = ImageConfig(Platform("linux", "amd64"), None, ("/bin/hello",), (), None, None, ())
-    old = check(scan, config, described("5.10", runtime="docker:19.03.15"), None)
+    if shutil.which("musl-gcc") is None:
+        pytest.skip("needs musl-gcc (musl-tools, installed by ci/setup)")
+    root = tmp_path / "root"
+    shutil.copytree(binaries.root / "musl-root", root, symlinks=True)
+    src = tmp_path / "eaccess.c"
+    src.write_text("#include <fcntl.h>\n#include <unistd.h>\n"
+                   "int main(void) { return faccessat(AT_FDCWD, \"/\", R_OK, AT_EACCESS); }\n")
+    subprocess.run(["musl-gcc", "-O2", "-o", str(root / "bin" / "eaccess"), str(src)], check=True)
+    scan = scan_path(root)
+
+    def judged(program: str, runtime: str) -> Any:
+        config = ImageConfig(Platform("linux", "amd64"), None, (program,), (), None, None, ())
+        return check(scan, config, described("5.10", runtime=runtime), None)
+
+    hello = judged("/bin/hello", "docker:19.03.15")
+    assert hello.verdict is Verdict.NATIVE
+    assert "runtime-seccomp" not in {f.rule for f in hello.findings}
+    old = judged("/bin/eaccess", "docker:19.03.15")
     (f,) = [f for f in old.findings if f.rule == "runtime-seccomp"]
     assert "faccessat2" in f.title and "musl 1.2.3" in f.evidence
+    assert any("faccessat" in e for e in f.evidence)  # the import that reaches it
     assert old.verdict is Verdict.UNCERTAIN
-    new = check(scan, config, described("5.10", runtime="docker:20.10.24"), None)
-    assert new.verdict is Verdict.NATIVE
+    assert judged("/bin/eaccess", "docker:20.10.24").verdict is Verdict.NATIVE
 
 
 @pytest.mark.integration

@@ -123,11 +123,19 @@ def check(
         arch_ok = not any(f.severity is Severity.FATAL for f in arch_findings)
         findings += _loader_rule(scan, binary)
     if arch_ok and target.kernel is not None and binary is not None and binary.elf is not None:
-        findings += kernel_rules(scan, binary, target)
+        findings += kernel_rules(scan, binary, target, run_names(entry))
     findings += vsyscall_rule(scan, binary, target)
-    findings += runtime_rule(scan, binary, target)
+    findings += runtime_rule(scan, binary, target, run_names(entry))
     findings += cgroup_rule(scan, entry, target)
     return Result(verdict_of(findings), findings, entry)
+
+
+def run_names(entry: Entrypoint) -> tuple[str, ...]:
+    """The name the final program is exec'd by: the last hop of the chain (a script's
+    interpreter), else argv[0]."""
+    if entry.chain:
+        return (entry.chain[-1],)
+    return entry.argv[:1]
 
 
 def _os_rule(scan: Scan, config: ImageConfig, entry: Entrypoint) -> list[Finding]:

@@ -1,74 +1,76 @@
-"""Old runtimes' default seccomp profiles, which answer new syscalls with EPERM."""
+"""Old runtimes' default seccomp profiles, which answer new syscalls with EPERM.
+
+Judged per binary and per C library actually used: the program must reach the call
+(kcompat.needs: glibc 2.34+'s pthread_create, posix_spawn, system and popen try clone3;
+a static musl binary never does), and what then happens is decided as for any EPERM
+(kcompat.rules.syscalls.judge): a runtime that starts threads at start-up fails there, a
+program that only may create threads is uncertain with that path named, one that never
+reaches the call is not hit.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from kcompat.knowledge import KNOWLEDGE
+from kcompat.needs import needs_of
+from kcompat.rules.common import glibc_of
 from kcompat.rules.findings import Finding, Severity
+from kcompat.rules.syscalls import Outcome, Program, judge
 from kcompat.scan import Scan, ScannedFile
 from kcompat.target import Target
 from kcompat.versions import version_key
 
 
-# runtime default seccomp profiles that answer new syscalls with EPERM (compat-facts)
-@dataclass(frozen=True)
-class _SeccompFix:
-    """A libc that tries a new syscall first, and the runtime release whose default
-    seccomp profile stopped answering it with EPERM (compat-facts: runtime seccomp)."""
-
-    libc: str
-    since: str
-    call: str
-    runtime: str
-    fixed: str
-    symptom: str
-    source: str
-    only_32bit: bool = False
-
-
-_SECCOMP_FIXES = (
-    _SeccompFix("glibc", "2.34", "clone3", "docker", "20.10.9",
-                "creating threads and spawning fail, e.g. curl: (6) getaddrinfo() thread "
-                "failed to start",
-                "moby/moby#42681, backported to 20.10 by #42836 (released in 20.10.9)"),
-    _SeccompFix("musl", "1.2.2", "faccessat2", "docker", "20.10.0",
-                "access checks fail, e.g. make: /bin/sh: Operation not permitted",
-                "alpinelinux/docker-alpine#182 (also needs libseccomp >= 2.4.4)"),
-    _SeccompFix("glibc", "2.34", "clock_gettime64", "docker", "19.03.9",
-                "time calls fail, e.g. sleep: cannot read realtime clock: Operation not "
-                "permitted", "alpinelinux/docker-alpine#150 (also needs libseccomp >= 2.4.2)",
-                only_32bit=True),
-    _SeccompFix("musl", "1.2.0", "clock_gettime64", "docker", "19.03.9",
-                "time calls fail, e.g. sleep: cannot read realtime clock: Operation not "
-                "permitted", "alpinelinux/docker-alpine#150 (also needs libseccomp >= 2.4.2)",
-                only_32bit=True),
-)  # fmt: skip
-
-
-def runtime_rule(scan: Scan, binary: ScannedFile | None, target: Target) -> list[Finding]:
+def runtime_rule(
+    scan: Scan, binary: ScannedFile | None, target: Target, names: tuple[str, ...] = ()
+) -> list[Finding]:
     if not target.runtime or binary is None or binary.elf is None:
         return []
-    name, _, version = target.runtime.partition(":")
-    libcs = {c.family: c.version for c in scan.libc() if c.version}
+    e = binary.elf
+    libc = e.libc
+    glibc, _, _ = glibc_of(scan)
+    versions = {c.family: c.version for c in scan.libc() if c.version}
+    needs = needs_of(scan, binary, glibc if libc == "glibc" else None)
+    if needs is None or libc is None:
+        return []
+    by_name = {s.name: s for s in needs.syscalls}
+    prog = Program.of(scan, binary, names, glibc)
     out = []
-    for fix in _SECCOMP_FIXES:
-        have = libcs.get(fix.libc)
-        if (
-            have is None
-            or version_key(have) < version_key(fix.since)
-            or name != fix.runtime
-            or version_key(version) >= version_key(fix.fixed)
-            or (fix.only_32bit and binary.elf.arch.bits != 32)
-        ):
+    for fix in KNOWLEDGE.runtime_eperm(target.runtime):
+        have = versions.get(fix.libc)
+        if fix.libc != libc or (fix.only_32bit and e.arch.bits != 32):
             continue
+        need = by_name.get(fix.call)
+        if need is None:
+            continue  # this program never makes the call: not hit
+        if have is not None and version_key(have) < version_key(fix.since):
+            continue  # a C library older than the one that tries the call
+        judged = judge(need, True, prog)
+        if judged.outcome is Outcome.HANDLED:
+            continue
+        fatal = judged.outcome is Outcome.FATAL
+        how = "; ".join(judged.reasons) or (
+            f"reached by {', '.join(need.via[:2])}; what the program does then decides it"
+        )
         out.append(
             Finding(
                 "runtime-seccomp",
-                Severity.UNCERTAIN,
-                f"{target.runtime}'s seccomp profile answers {fix.call} with EPERM",
-                f"{fix.libc} {have} tries {fix.call} first and falls back only on ENOSYS; "
-                f"with EPERM, {fix.symptom}. Programs that never make the call are not hit.",
-                (f"{fix.libc} {have}", f"runtime {target.runtime} < {fix.fixed}", fix.source),
+                Severity.FATAL if fatal else Severity.UNCERTAIN,
+                ("fails at start: " if fatal else "")
+                + f"{target.runtime}'s seccomp profile answers {fix.call} with EPERM",
+                f"{fix.libc} {have or ''} tries {fix.call} first and falls back only on ENOSYS; "
+                f"with EPERM, {fix.symptom}. This program reaches it: {how}."
+                + (
+                    ""
+                    if fatal
+                    else " What decides it: whether the command takes that path; "
+                    "kcompat check --verify --runtime ... runs it under that profile."
+                ),
+                (
+                    f"{fix.libc} {have or '(version unknown)'}",
+                    f"runtime {target.runtime} < {fix.fixed}",
+                    *need.via[:2],
+                    fix.source,
+                ),
                 f"upgrade {fix.runtime} to >= {fix.fixed}, or run with a seccomp profile that "
                 "returns ENOSYS",
                 binary.path,

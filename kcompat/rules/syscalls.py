@@ -5,18 +5,26 @@ program needs that the target lacks, judged by what the program's families do on
 from __future__ import annotations
 
 import posixpath
+import re
+from dataclasses import dataclass
+from enum import Enum
 
+from kcompat.families import CallFact, Family, OnError, families, recognise
 from kcompat.knowledge import KNOWLEDGE
-from kcompat.needs import SyscallNeed, needs_of
+from kcompat.needs import NeedPath, SyscallNeed, needs_of
 from kcompat.rules.common import glibc_of
 from kcompat.rules.findings import Finding, Severity
 from kcompat.scan import Scan, ScannedFile
-from kcompat.syscalls import table
+from kcompat.syscalls import ABI_OF_ARCH, table
 from kcompat.target import Target
 from kcompat.versions import version_key
 
 
-def kernel_rules(scan: Scan, binary: ScannedFile, target: Target) -> list[Finding]:
+def kernel_rules(
+    scan: Scan, binary: ScannedFile, target: Target, names: tuple[str, ...] = ()
+) -> list[Finding]:
+    """`names`: what the program runs as besides its file (the name it is exec'd by:
+    a multi-call binary such as busybox picks its applet by it)."""
     assert binary.elf is not None and target.kernel is not None
     e = binary.elf
     kernel = target.kernel
@@ -90,12 +98,171 @@ def kernel_rules(scan: Scan, binary: ScannedFile, target: Target) -> list[Findin
                     binary.path,
                 )
             )
-    out += _syscall_rule(scan, binary, target, glibc)
+    out += _syscall_rule(scan, binary, target, glibc, names)
     return out
 
 
+class Outcome(str, Enum):
+    """What one missing syscall does to the program, worst last."""
+
+    HANDLED = "handled"  # a fallback, or a path the program never takes
+    PATH = "path"  # fails only on a named code path
+    UNKNOWN = "unknown"  # nothing known decides it
+    FATAL = "fatal"  # required at start-up
+
+
+_ORDER = {o: i for i, o in enumerate(Outcome)}
+
+
+@dataclass(frozen=True)
+class Judged:
+    need: SyscallNeed
+    outcome: Outcome
+    reasons: tuple[str, ...]  # what decided it, each with its source
+
+
+@dataclass
+class Program:
+    """What the family judgement needs to know about the program being judged."""
+
+    scan: Scan
+    binary: ScannedFile
+    libraries: list[ScannedFile]
+    names: tuple[str, ...]  # the names it runs as: its file, argv[0], the chain
+    glibc: str | None
+    imports: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(
+        cls, scan: Scan, binary: ScannedFile, names: tuple[str, ...], glibc: str | None
+    ) -> Program:
+        assert binary.elf is not None
+        libraries = scan.library_closure(binary) if binary.elf.interpreter else []
+        return cls(scan, binary, libraries, tuple(dict.fromkeys((binary.path, *names))), glibc)
+
+    def __post_init__(self) -> None:
+        self.imports = frozenset(
+            sym.name
+            for obj in (self.binary, *self.libraries)
+            if obj.elf is not None
+            for sym in obj.elf.undefined
+        )
+
+    def families_of(self, obj: ScannedFile) -> tuple[tuple[Family, str | None], ...]:
+        """(family, its version if known) for one file of the program."""
+        e = obj.elf
+        if e is None:
+            return ()
+        own = obj is self.binary
+        found = list(
+            recognise(
+                obj.path,
+                e.soname,
+                e.needed if own else (),
+                bool(e.go_version) and own,
+                obj.markers,
+                self.names if own else (),
+            )
+        )
+        if own and e.interpreter is None and e.libc == "glibc":  # static glibc: its own code
+            found += [f for f in families() if "libc.so.6" in f.sonames and f not in found]
+        return tuple((f, self._version(f, obj)) for f in found)
+
+    def _version(self, fam: Family, obj: ScannedFile) -> str | None:
+        e = obj.elf
+        assert e is not None
+        if "libc.so.6" in fam.sonames:
+            return self.glibc
+        if fam.go and e.go_version:
+            return e.go_version.removeprefix("go")
+        for text in (*self.names, *e.needed):  # python3.11, libpython3.11.so.1.0
+            m = re.search(r"python(\d+\.\d+)", text)
+            if m and fam.programs and any("python" in p for p in fam.programs):
+                return m.group(1)
+        return None
+
+
+def _classify(fact: CallFact, eperm: bool, prog: Program) -> tuple[Outcome, str]:
+    on = fact.on_eperm if eperm else fact.on_enosys
+    where = f"{fact.family}: {fact.note} ({fact.source})"
+    if on is OnError.FALLBACK:
+        return Outcome.HANDLED, where
+    if on is OnError.STARTUP:
+        return Outcome.FATAL, where
+    if on is OnError.PATH:
+        applets = {posixpath.basename(n) for n in prog.names}
+        if fact.reached_if_imports and not (fact.reached_if_imports & prog.imports):
+            return Outcome.HANDLED, (
+                f"{fact.family}: only {fact.path} reaches it, and nothing in the program "
+                f"imports {', '.join(sorted(fact.reached_if_imports)[:3])} ({fact.source})"
+            )
+        if fact.reached_if_applets and not (fact.reached_if_applets & applets):
+            return Outcome.HANDLED, (
+                f"{fact.family}: only the applet(s) {', '.join(sorted(fact.reached_if_applets))} "
+                f"reach it; this runs as {', '.join(sorted(applets))} ({fact.source})"
+            )
+        return Outcome.PATH, f"{fact.family}: only when {fact.path}: {fact.note} ({fact.source})"
+    return Outcome.UNKNOWN, where  # ERROR: the caller decides
+
+
+def _judge_path(
+    need: SyscallNeed, path: NeedPath, eperm: bool, prog: Program
+) -> tuple[Outcome, str | None]:
+    if not eperm and path.fallback:  # the libc wrapper's own ENOSYS fallback
+        return Outcome.HANDLED, f"glibc: {path.fallback}"
+    obj = prog.scan.files.get(path.obj, prog.binary)
+    facts: list[CallFact] = []
+    program_level = False
+    for fam, version in prog.families_of(obj):
+        got = fam.facts(need.name, version)
+        facts += got
+        program_level = program_level or (bool(got) and "libc.so.6" not in fam.sonames)
+    if program_level:  # the program's own uses stand for the caller of libc's wrapper
+        facts = [
+            f for f in facts if not (f.on_enosys is OnError.ERROR and f.family == "glibc")
+        ]
+    if not facts:
+        if not eperm and obj is prog.binary:
+            for name in prog.names:
+                fb = KNOWLEDGE.program_fallback(posixpath.basename(name), need.name)
+                if fb:
+                    return Outcome.HANDLED, fb
+        return Outcome.UNKNOWN, None
+    judged = [_classify(f, eperm, prog) for f in facts]
+    worst = max(judged, key=lambda j: _ORDER[j[0]])
+    return worst
+
+
+def judge(need: SyscallNeed, eperm: bool, prog: Program) -> Judged:
+    """The worst of every path that reaches `need` (a fatal start-up call anywhere makes
+    the program fail; an unknown path leaves it uncertain)."""
+    if not eperm:  # glibc's own fallback for the call, on every path (knowledge.json)
+        e = prog.binary.elf
+        static = e is not None and e.interpreter is None
+        if need.fallback and not static:
+            return Judged(need, Outcome.HANDLED, (need.fallback,))
+        fb = _static_glibc_fallback(prog.binary, need.name)
+        if fb:
+            return Judged(need, Outcome.HANDLED, (fb,))
+    paths = need.paths or (NeedPath("code", prog.binary.path),)
+    results = [_judge_path(need, p, eperm, prog) for p in paths]
+    worst = max((o for o, _ in results), key=lambda o: _ORDER[o])
+    reasons = tuple(dict.fromkeys(r for o, r in results if r and o is worst))
+    if worst is Outcome.HANDLED:
+        reasons = tuple(dict.fromkeys(r for _, r in results if r))
+    return Judged(need, worst, reasons)
+
+
+def _line(s: SyscallNeed) -> str:
+    return f"{s.name} (Linux {s.since}) via {', '.join(s.via[:2])}"
+
+
 def _syscall_rule(
-    scan: Scan, binary: ScannedFile, target: Target, glibc: str | None
+    scan: Scan,
+    binary: ScannedFile,
+    target: Target,
+    glibc: str | None,
+    names: tuple[str, ...] = (),
 ) -> list[Finding]:
     assert binary.elf is not None and target.kernel is not None
     needs = needs_of(scan, binary, glibc if binary.elf.libc == "glibc" else None)
@@ -108,96 +275,123 @@ def _syscall_rule(
                 "syscalls-unknown",
                 Severity.UNCERTAIN,
                 f"{binary.path}: syscalls could not be read",
-                needs.method,
+                needs.method + ". What decides it: kcompat check --verify on the target.",
                 (),
                 None,
                 binary.path,
             )
         )
-    t = table(needs.abi)
+    prog = Program.of(scan, binary, names, glibc)
+    own = table(needs.abi)
+    # under emulation qemu-user makes the host's syscalls of the same name: the host's
+    # table decides (an arm64 table dates everything from 3.7, the port's first kernel)
+    native_abi = ABI_OF_ARCH.get(target.platform.architecture)
+    arch = binary.elf.arch.platform.architecture
+    host = table(native_abi) if native_abi and not target.runs_natively(arch) else None
     absent = set(target.absent_syscalls or ())
-    blocked = sorted(s.name for s in needs.syscalls if s.name in set(target.blocked_syscalls or ()))
-    if blocked:
-        out.append(
-            Finding(
-                "syscalls-blocked",
-                Severity.UNCERTAIN,
-                f"{len(blocked)} syscall(s) answered with EPERM on the target",
-                "The target's probe saw EPERM (a seccomp profile or missing capability) for "
-                "calls this program makes; fallbacks run only on ENOSYS, so a call that is "
-                "needed fails with 'Operation not permitted'.",
-                tuple(f"{n}: EPERM on the target" for n in blocked),
-                "allow them in the seccomp profile, or make it answer ENOSYS",
-                binary.path,
-            )
-        )
-    handled: list[tuple[SyscallNeed, str, str]] = []
-    unhandled: list[tuple[SyscallNeed, str, str | None]] = []
-    for s in needs.syscalls:
-        row = t.lookup(s.name)
-        missing = (
-            s.name in absent
-            if target.absent_syscalls is not None
-            else (row is not None and not row.available_on(target.kernel))
-        )
-        if not missing:
-            continue
-        fallback = (
-            s.fallback
-            or _static_glibc_fallback(binary, s.name)
-            or KNOWLEDGE.program_fallback(posixpath.basename(binary.path), s.name)
-        )
-        line = f"{s.name} (Linux {s.since}) via {', '.join(s.via[:2])}"
-        if fallback:
-            handled.append((s, line, fallback))
-        else:
-            unhandled.append((s, line, None))
+    blocked_set = set(target.blocked_syscalls or ())
+
+    def missing(s: SyscallNeed) -> bool:
+        if target.absent_syscalls is not None:
+            return s.name in absent
+        row = (host.lookup(s.name) if host else None) or own.lookup(s.name)
+        return row is not None and not row.available_on(target.kernel or "0")
+
+    blocked = [judge(s, True, prog) for s in needs.syscalls if s.name in blocked_set]
+    gone = [judge(s, False, prog) for s in needs.syscalls if missing(s)]
     probed = target.absent_syscalls is not None and target.source != "simulated"
     missing_words = (
         "absent on the target" if probed else f"newer than {target.kernel}"
     )  # a probe saw ENOSYS: a missing backport, a sandbox or a seccomp filter, not age
-    if handled:
+    out += _report(gone, binary, missing_words, "ENOSYS", probed)
+    out += _report(blocked, binary, "answered with EPERM on the target", "EPERM", probed)
+    return out
+
+
+def _report(
+    judged: list[Judged], binary: ScannedFile, words: str, errno: str, probed: bool
+) -> list[Finding]:
+    out: list[Finding] = []
+    by = {o: [j for j in judged if j.outcome is o] for o in Outcome}
+    verify = "kcompat check --verify on the target runs it and reports what happens"
+    if by[Outcome.FATAL]:
+        first = by[Outcome.FATAL][0]
+        out.append(
+            Finding(
+                "syscall-required-at-start",
+                Severity.FATAL,
+                f"fails at start: {first.need.name} (Linux {first.need.since}) {words}",
+                f"These are made unconditionally at start-up and {errno} ends the program: "
+                + "; ".join(f"{j.need.name}: {'; '.join(j.reasons)}" for j in by[Outcome.FATAL]),
+                tuple(_line(j.need) for j in by[Outcome.FATAL]),
+                "run on a kernel that has them, or use a build of the program that does not "
+                "need them",
+                binary.path,
+            )
+        )
+    if by[Outcome.HANDLED]:
         out.append(
             Finding(
                 "syscalls-with-fallback",
                 Severity.INFO,
-                f"{len(handled)} syscall(s) {missing_words}, handled by fallbacks",
-                "These return ENOSYS on the target and the C library falls back: "
-                + "; ".join(f"{s.name}: {fb}" for s, _, fb in handled),
-                tuple(line for _, line, _ in handled),
+                f"{len(by[Outcome.HANDLED])} syscall(s) {words}, handled",
+                f"These answer {errno} on the target and the program copes (a fallback, or "
+                "a code path this program does not take): "
+                + "; ".join(
+                    f"{j.need.name}: {'; '.join(j.reasons[:2])}" for j in by[Outcome.HANDLED]
+                ),
+                tuple(_line(j.need) for j in by[Outcome.HANDLED]),
                 None,
                 binary.path,
             )
         )
-    if unhandled:
-        newest = max((s.since or "0" for s, _, _ in unhandled), key=version_key)
-        if probed:
-            explanation = (
+    if by[Outcome.PATH]:
+        out.append(
+            Finding(
+                "syscalls-on-a-path",
+                Severity.UNCERTAIN,
+                f"{len(by[Outcome.PATH])} syscall(s) {words}, needed only on some code paths",
+                "The program starts; it fails only if it takes these paths: "
+                + "; ".join(f"{j.need.name}: {'; '.join(j.reasons)}" for j in by[Outcome.PATH])
+                + f". What decides it: whether the command takes that path; {verify}.",
+                tuple(_line(j.need) for j in by[Outcome.PATH]),
+                f"avoid that feature on this target, or run on a newer kernel; {verify}",
+                binary.path,
+            )
+        )
+    if by[Outcome.UNKNOWN]:
+        unknown = by[Outcome.UNKNOWN]
+        newest = max((j.need.since or "0" for j in unknown), key=version_key)
+        if errno == "EPERM":
+            rule, explanation = "syscalls-blocked", (
+                "The target answers these with EPERM (a seccomp profile or a missing "
+                "capability); fallbacks run only on ENOSYS, so a call that is needed fails "
+                "with 'Operation not permitted'."
+            )
+            fix = "allow them in the seccomp profile, or make it answer ENOSYS"
+        elif probed:
+            rule, explanation = "syscalls-absent", (
                 "The target's probe saw these answer ENOSYS although its kernel version "
                 "has them: a backport the distribution kernel lacks, a sandbox (gVisor, "
-                "a VM's shim) or a seccomp filter answering ENOSYS. Programs often handle "
-                "that, so this is not proof of failure; whether it fails depends on the "
-                "code path."
+                "a VM's shim) or a seccomp filter answering ENOSYS."
             )
-            fix = (
-                "allow them in the runtime's seccomp profile (or run where they exist); "
-                "kcompat check --verify shows what happens"
-            )
+            fix = "allow them in the runtime's seccomp profile (or run where they exist)"
         else:
-            explanation = (
+            rule, explanation = "syscalls-newer-than-kernel", (
                 "These return ENOSYS on the target. Programs often handle that (it is how "
-                "new syscalls are probed), so this is not proof of failure; whether it "
-                "fails depends on the code path."
+                "new syscalls are probed), so this is not proof of failure."
             )
             fix = f"run on a newer kernel (the newest needed: {newest})"
         out.append(
             Finding(
-                "syscalls-newer-than-kernel" if not probed else "syscalls-absent",
+                rule,
                 Severity.UNCERTAIN,
-                f"{len(unhandled)} syscall(s) {missing_words} without a known fallback",
-                explanation,
-                tuple(line + (" (probed: ENOSYS)" if probed else "") for _, line, _ in unhandled),
-                fix,
+                f"{len(unknown)} syscall(s) {words} without a known fallback",
+                explanation
+                + " What decides it: what the code that makes each call does with "
+                f"{errno}, which no fact kcompat holds says; {verify}.",
+                tuple(_line(j.need) + (" (probed: ENOSYS)" if probed else "") for j in unknown),
+                f"{fix}; {verify}",
                 binary.path,
             )
         )
