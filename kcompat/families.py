@@ -181,7 +181,7 @@ def recognise(
     """The families a file belongs to. `program_names`: the names it runs as (its own
     basename, and for a multi-call binary the name it was started by)."""
     table = families() if table is None else table
-    names = tuple(program_names) or (path.rsplit("/", 1)[-1],)
+    names = tuple(n.rsplit("/", 1)[-1] for n in program_names) or (path.rsplit("/", 1)[-1],)
     needed = tuple(needed)
     marks = set(found_markers)
     out = []

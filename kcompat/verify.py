@@ -8,11 +8,16 @@ must run; `uncertain` agrees with either outcome and says which happened.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from kcompat.confine import DEFAULTS
+from kcompat.knowledge import KNOWLEDGE
 from kcompat.target import Target
 
 VERIFY_TIMEOUT = 60.0
@@ -58,13 +63,59 @@ def observe(
     timeout: float = VERIFY_TIMEOUT,
 ) -> Observation:
     """Run the image's entrypoint (or argv) the way `kcompat run` does, simulating the
-    target's kernel when it is older than this host's."""
+    target's kernel when it is older than this host's, and an old runtime's seccomp
+    profile (`--runtime docker:X`: the calls it answers EPERM) when the target names one."""
     cmd = [sys.executable, "-m", "kcompat", "run", "--force", *extra]
     simulated = "this host as it is"
     if target.source != "host" and target.kernel:
         cmd += ["--kernel", target.kernel]
         simulated = f"Linux {target.kernel} (seccomp ENOSYS for newer syscalls, faked release)"
-    if platform:
+    profile = _runtime_profile(target)
+    if profile is not None:
+        path, calls = profile
+        cmd += ["--security-opt", f"seccomp={path}"]
+        simulated += f"; {target.runtime}'s seccomp profile (EPERM for {', '.join(calls)})"
+        if "--kernel" in cmd:
+            # an old runtime's allow-list lacks every call newer than itself too: EPERM,
+            # and no release faker (qemu-user -r would itself be hit by clone3's EPERM)
+            cmd.append("--seccomp-eperm")
+            simulated = simulated.replace("ENOSYS for newer syscalls, faked release",
+                                          "EPERM for newer syscalls")
+    try:
+        return _observe(cmd, reference, platform, argv, timeout, simulated)
+    finally:
+        if profile is not None:
+            os.unlink(profile[0])
+
+
+def _runtime_profile(target: Target) -> tuple[str, tuple[str, ...]] | None:
+    """kcompat's default profile with the old runtime's EPERM answers put first (the
+    first matching rule decides), in a temporary file; None without such a runtime."""
+    if not target.runtime:
+        return None
+    calls = tuple(dict.fromkeys(f.call for f in KNOWLEDGE.runtime_eperm(target.runtime)))
+    if not calls:
+        return None
+    doc = dict(DEFAULTS.seccomp)
+    doc["syscalls"] = [
+        {"names": list(calls), "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+        *DEFAULTS.seccomp["syscalls"],
+    ]
+    fd, path = tempfile.mkstemp(prefix="kcompat-runtime-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f)
+    return path, calls
+
+
+def _observe(
+    cmd: list[str],
+    reference: str,
+    platform: str | None,
+    argv: list[str] | None,
+    timeout: float,
+    simulated: str,
+) -> Observation:
+    if platform and not platform.endswith("/unknown"):  # a plain directory has no label
         cmd += ["--platform", platform]
     cmd.append(reference)
     if argv:

@@ -131,9 +131,10 @@ def check(
 
 
 def run_names(entry: Entrypoint) -> tuple[str, ...]:
-    """The name the final program is exec'd by: the last hop of the chain (a script's
-    interpreter), else argv[0]."""
-    if entry.chain:
+    """The name the final program is exec'd by (a multi-call binary picks its applet by
+    it): a script's interpreter as its #! line names it, else argv[0] as given (the
+    chain's first element has its links resolved)."""
+    if len(entry.chain) > 1:
         return (entry.chain[-1],)
     return entry.argv[:1]
 

@@ -1,0 +1,193 @@
+"""The decisive rules (issue 17) on in-memory scans: each path to a missing syscall is
+judged by the facts of the families it passes through (kcompat.families); the old-runtime
+rule is judged per binary. The facts here are a small table made for the tests, so the
+rules are tested, not kcompat/data/families.json (tests/test_knowledge.py checks that)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kcompat import families as fam_mod
+from kcompat.families import load_families
+from kcompat.rules import Severity, Verdict, check
+from kcompat.rules import syscalls as syscall_rules
+from kcompat.target import described
+from tests.memscan import config, elf, libc, scan_of
+
+TABLE = load_families({
+    "schema": 1,
+    "families": [
+        {"id": "libfoo", "recognise": {"sonames": ["libfoo.so.1"]}, "calls": [
+            {"syscall": "getrandom", "on_enosys": "fallback", "note": "reads /dev/urandom",
+             "source": "test"},
+            {"syscall": "pidfd_open", "on_enosys": "path", "path": "datagram I/O",
+             "reached_if_imports": ["foo_dgram_open"], "note": "fails the read",
+             "source": "test"},
+        ]},
+        {"id": "vm", "recognise": {"programs": ["vm*"]}, "calls": [
+            {"syscall": "memfd_create", "on_enosys": "start-up", "on_eperm": "start-up",
+             "note": "aborts: cannot create the code heap", "source": "test"},
+            {"syscall": "clone3", "on_enosys": "fallback", "on_eperm": "start-up",
+             "note": "starts its threads at start-up", "source": "test"},
+        ]},
+        {"id": "box", "recognise": {"programs": ["box"], "markers": ["BoxBox v"]}, "calls": [
+            {"syscall": "setns", "on_enosys": "path", "path": "the nsenter applet",
+             "reached_if_applets": ["nsenter"], "note": "nsenter fails", "source": "test"},
+        ]},
+    ],
+})  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fam_mod, "families", lambda: TABLE)
+    monkeypatch.setattr(syscall_rules, "families", lambda: TABLE)
+
+
+def judged(scan: Any, *cmd: str, kernel: str = "3.2", runtime: str | None = None) -> Any:
+    return check(scan, config(*cmd), described(kernel, "amd64", runtime=runtime), None)
+
+
+def rules(result: Any, severity: Severity | None = None) -> set[str]:
+    return {f.rule for f in result.findings if severity is None or f.severity is severity}
+
+
+def lib(*imports: str) -> Any:
+    return elf("/usr/lib/x86_64-linux-gnu/libfoo.so.1", soname="libfoo.so.1", imports=imports)
+
+
+def test_fallback_in_a_library_family_is_handled() -> None:
+    """getrandom (3.17) reached only through libfoo, which falls back: runs on 3.2."""
+    prog = elf("/usr/bin/app", imports=("puts",), needed=("libfoo.so.1", "libc.so.6"))
+    r = judged(scan_of(prog, lib("getrandom"), *libc()), "/usr/bin/app")
+    assert r.verdict is Verdict.NATIVE, r.findings
+    (f,) = [f for f in r.findings if f.rule == "syscalls-with-fallback"]
+    assert "getrandom" in f.explanation and "libfoo" in f.explanation
+
+
+def test_unknown_caller_stays_uncertain_and_says_what_decides() -> None:
+    """The same call imported by the program itself, a family kcompat knows nothing of."""
+    prog = elf("/usr/bin/app", imports=("getrandom",))
+    r = judged(scan_of(prog, *libc()), "/usr/bin/app")
+    assert r.verdict is Verdict.UNCERTAIN
+    (f,) = [f for f in r.findings if f.rule == "syscalls-newer-than-kernel"]
+    assert "getrandom" in " ".join(f.evidence) and "--verify" in (f.fix or "")
+
+
+def test_path_only_call_is_uncertain_with_the_path_named() -> None:
+    prog = elf("/usr/bin/app", imports=("foo_dgram_open",), needed=("libfoo.so.1", "libc.so.6"))
+    r = judged(scan_of(prog, lib("pidfd_open"), *libc()), "/usr/bin/app", kernel="4.19")
+    (f,) = [f for f in r.findings if f.rule == "syscalls-on-a-path"]
+    assert f.severity is Severity.UNCERTAIN and "datagram I/O" in f.explanation
+    assert r.verdict is Verdict.UNCERTAIN
+
+
+def test_path_not_reached_without_its_imports() -> None:
+    prog = elf("/usr/bin/app", imports=("puts",), needed=("libfoo.so.1", "libc.so.6"))
+    r = judged(scan_of(prog, lib("pidfd_open"), *libc()), "/usr/bin/app", kernel="4.19")
+    assert "syscalls-on-a-path" not in rules(r) and r.verdict is Verdict.NATIVE
+    (f,) = [f for f in r.findings if f.rule == "syscalls-with-fallback"]
+    assert "foo_dgram_open" in f.explanation
+
+
+def test_start_up_call_fails_at_start() -> None:
+    prog = elf("/usr/bin/vm", imports=("memfd_create",))
+    r = judged(scan_of(prog, *libc()), "/usr/bin/vm")
+    (f,) = [f for f in r.findings if f.rule == "syscall-required-at-start"]
+    assert f.severity is Severity.FATAL and f.title.startswith("fails at start: memfd_create")
+    assert r.verdict is Verdict.INCOMPATIBLE
+    assert judged(scan_of(prog, *libc()), "/usr/bin/vm", kernel="3.17").verdict is Verdict.NATIVE
+
+
+def test_multi_call_binary_judged_by_its_applet() -> None:
+    """A static busybox-like binary: setns is only the nsenter applet's."""
+    box = elf("/bin/box", interpreter=None, syscalls=("read", "write", "setns"),
+              markers=("BoxBox v",))  # fmt: skip
+    links = {"/bin/sh": "box", "/usr/bin/nsenter": "/bin/box"}
+    scan = scan_of(box, links=links)
+    sh = judged(scan, "/bin/sh", "-c", "true", kernel="2.6.32")
+    assert "syscalls-on-a-path" not in rules(sh) and "syscalls-newer-than-kernel" not in rules(sh)
+    ns = judged(scan, "/usr/bin/nsenter", kernel="2.6.32")
+    assert "syscalls-on-a-path" in rules(ns, Severity.UNCERTAIN)
+
+
+def test_old_runtime_rule_is_per_binary() -> None:
+    """docker 20.10.7 answers clone3 with EPERM: a program that never creates threads or
+    spawns is not hit, a static musl one never calls clone3, a runtime that starts
+    threads at start-up fails there, and one that may create threads is uncertain."""
+    plain = elf("/usr/bin/plain", imports=("puts",))
+    threads = elf("/usr/bin/app", imports=("pthread_create",))
+    vm = elf("/usr/bin/vm", imports=("pthread_create",))
+    musl = elf("/usr/bin/m", interpreter=None, syscalls=("read", "write", "clone"), glibc="")
+    scan = scan_of(plain, threads, vm, musl, *libc("2.36"))
+    rt = "docker:20.10.7"
+    assert "runtime-seccomp" not in rules(judged(scan, "/usr/bin/plain", kernel="5.10",
+                                                  runtime=rt))  # fmt: skip
+    assert "runtime-seccomp" not in rules(judged(scan, "/usr/bin/m", kernel="5.10", runtime=rt))
+    app = judged(scan, "/usr/bin/app", kernel="5.10", runtime=rt)
+    assert "runtime-seccomp" in rules(app, Severity.UNCERTAIN)
+    vmr = judged(scan, "/usr/bin/vm", kernel="5.10", runtime=rt)
+    (f,) = [f for f in vmr.findings if f.rule == "runtime-seccomp"]
+    assert f.severity is Severity.FATAL and f.title.startswith("fails at start")
+    fixed = judged(scan, "/usr/bin/vm", kernel="5.10", runtime="docker:20.10.9")
+    assert "runtime-seccomp" not in rules(fixed)
+
+
+def test_emulated_binary_judged_by_the_host_table() -> None:
+    """An arm64 program on an amd64 host runs under qemu-user, which makes the host's
+    calls: arm64's table dates every call from 3.7 (the port), the host's does not."""
+    from tests.memscan import ARM64
+
+    prog = elf("/bin/tool", interpreter=None, syscalls=("read", "write", "openat"), arch=ARM64)
+    scan = scan_of(prog)
+    r = check(scan, config("/bin/tool", arch="arm64"), described("3.2", "amd64"), None)
+    assert "syscalls-newer-than-kernel" not in rules(r), r.findings
+
+
+def test_families_table_is_validated() -> None:
+    with pytest.raises(ValueError, match="path"):
+        load_families({"schema": 1, "families": [{"id": "x", "calls": [
+            {"syscall": "a", "on_enosys": "path", "note": "n", "source": "s"}]}]})  # fmt: skip
+    with pytest.raises(ValueError):
+        load_families({"schema": 1, "families": [{"id": "x", "calls": [
+            {"syscall": "a", "on_enosys": "maybe", "note": "n", "source": "s"}]}]})  # fmt: skip
+    with pytest.raises(ValueError, match="schema"):
+        load_families({"schema": 2})
+
+
+@pytest.mark.integration
+def test_verify_runs_under_the_old_runtimes_profile(tmp_path: Any) -> None:
+    """check --verify --runtime docker:20.10.7 runs the program with that profile's EPERM
+    answers (clone3 here): a static glibc program that starts a thread fails there with
+    the error docker users saw (moby#42680), and runs under a fixed docker."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc with static glibc (installed by ci/setup)")
+    repo = Path(__file__).resolve().parents[1]
+    root = tmp_path / "root" / "bin"
+    root.mkdir(parents=True)
+    subprocess.run(["gcc", "-static", "-pthread", "-O2", "-o", str(root / "thread"),
+                    str(repo / "tests" / "fixtures" / "thread.c")], check=True)  # fmt: skip
+
+    def verify(runtime: str) -> dict[str, Any]:
+        r = subprocess.run(
+            [sys.executable, "-m", "kcompat", "check", "--kernel", "6.1", "--runtime", runtime,
+             "--verify", "--format", "json", f"dir:{tmp_path / 'root'}", "--", "/bin/thread"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        doc: dict[str, Any] = json.loads(r.stdout)
+        return doc
+
+    old = verify("docker:20.10.7")["verify"]
+    assert old["observed"]["outcome"] == "fails", old
+    assert "Operation not permitted" in (old["observed"]["first_error"] or "")
+    assert "EPERM for clone3" in old["observed"]["simulated"]
+    new = verify("docker:20.10.24")["verify"]
+    assert new["observed"]["outcome"] == "runs" and new["agreement"] == "agree", new
