@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,17 @@ QEMU_NAMES = {arch: spec.qemu for arch, spec in BINFMT.items()}
 # -- host-wide registration: only through `kcompat binfmt install/remove` (root) ----------
 
 BINFMT_DIR = "/proc/sys/fs/binfmt_misc"
+# binfmt_misc instances of a user namespace's own, since Linux 6.7 (compat-facts:
+# binfmt_misc): a container can register qemu-user without touching the host's table
+PRIVATE_BINFMT_SINCE = "6.7"
+
+
+def private_binfmt_possible(kernel: str | None, userns: bool | None) -> bool:
+    from kcompat.versions import version_key
+
+    return bool(kernel) and version_key(kernel or "0") >= version_key(PRIVATE_BINFMT_SINCE) and (
+        userns is not False
+    )
 
 
 def _ensure_mounted() -> None:
@@ -115,7 +129,6 @@ def install(arches: list[str]) -> list[tuple[str, str]]:
 
     from kcompat.errors import UnsupportedError
     from kcompat.platform import host_platform
-    from kcompat.target import find_qemu
 
     qemu = find_qemu()
     native = host_platform().architecture
@@ -154,3 +167,96 @@ def remove(arches: list[str]) -> list[str]:
             _write(f"{BINFMT_DIR}/{name}", "-1")
             removed.append(name)
     return removed
+
+# -- this host's binfmt_misc entries and static qemu-user interpreters -------------------
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class BinfmtEntry:
+    name: str
+    enabled: bool
+    interpreter: str
+    flags: str
+    magic: str | None
+    mask: str | None
+    interpreter_exists: bool
+    interpreter_static: bool | None
+
+    @property
+    def arch(self) -> str | None:
+        """The OCI arch this entry emulates, from its qemu-<arch> name."""
+        base = self.name.removeprefix("qemu-")
+        for oci, qemu in QEMU_NAMES.items():
+            if base == qemu:
+                return oci
+        return None
+
+    def usable_in_container(self) -> bool:
+        """Enabled, flag F (opened at registration) and a static interpreter (compat-facts)."""
+        return self.enabled and "F" in self.flags and self.interpreter_static is not False
+
+
+def _is_static(path: str) -> bool | None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return None
+    from kcompat.elf import has_interpreter
+
+    dynamic = has_interpreter(head)
+    return None if dynamic is None else not dynamic
+
+
+def probe_binfmt() -> tuple[BinfmtEntry, ...]:
+    entries = []
+    try:
+        names = sorted(
+            p.name for p in Path(BINFMT_DIR).iterdir() if p.name not in ("register", "status")
+        )
+    except OSError:
+        return ()
+    for name in names:
+        text = _read(Path(BINFMT_DIR) / name)
+        if text is None:
+            continue
+        fields: dict[str, str] = {}
+        for line in text.splitlines():
+            if line in ("enabled", "disabled"):
+                fields["state"] = line
+            elif " " in line:
+                k, v = line.split(" ", 1)
+                fields[k.rstrip(":")] = v.strip()
+        interp = fields.get("interpreter", "")
+        entries.append(
+            BinfmtEntry(
+                name=name,
+                enabled=fields.get("state") == "enabled",
+                interpreter=interp,
+                flags=fields.get("flags", ""),
+                magic=fields.get("magic"),
+                mask=fields.get("mask"),
+                interpreter_exists=bool(interp) and os.path.exists(interp),
+                interpreter_static=_is_static(interp) if interp else None,
+            )
+        )
+    return tuple(entries)
+
+
+def find_qemu() -> dict[str, str]:
+    """Static qemu-user interpreters on PATH: qemu-<arch>-static, or a static qemu-<arch>."""
+    found = {}
+    for oci, q in QEMU_NAMES.items():
+        for name in (f"qemu-{q}-static", f"qemu-{q}"):
+            path = shutil.which(name)
+            if path and _is_static(os.path.realpath(path)):
+                found[oci] = path
+                break
+    return found

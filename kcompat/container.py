@@ -42,7 +42,7 @@ from typing import Any
 
 from kcompat import linuxapi as L
 from kcompat.cgroups import CgroupLimits, Limits
-from kcompat.errors import ContainerError, LocalIOError
+from kcompat.errors import ContainerError, ExitCode, LocalIOError
 from kcompat.formats import HEAD_SIZE, ShebangError, parse_shebang
 
 OLD_ROOT = "/.kcompat-oldroot"
@@ -56,9 +56,9 @@ _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
               signal.SIGUSR1, signal.SIGUSR2)  # fmt: skip
 
 # Exit statuses with docker's meanings, for failures after the container was created.
-EXIT_SETUP = 125
-EXIT_CANNOT_INVOKE = 126
-EXIT_NOT_FOUND = 127
+EXIT_SETUP: int = ExitCode.CONTAINER_SETUP
+EXIT_CANNOT_INVOKE: int = ExitCode.CANNOT_INVOKE
+EXIT_NOT_FOUND: int = ExitCode.COMMAND_NOT_FOUND
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ class ExitCode(IntEnum):
     CANNOT_INVOKE = 126
     COMMAND_NOT_FOUND = 127
     INTERRUPTED = 130
+    INTERNAL = 70  # a bug in kcompat (sysexits EX_SOFTWARE): the message asks for a report
 
 
 class KcompatError(Exception):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kcompat import linuxapi as L
-from kcompat.binfmt import BINFMT
+from kcompat.binfmt import BINFMT, private_binfmt_possible, probe_binfmt
 from kcompat.cgroups import Limits, parse_cpus, parse_memory, parse_pids
 from kcompat.confine import DEFAULTS
 from kcompat.container import Emulation, RunSpec, Volume
@@ -33,7 +33,7 @@ from kcompat.image import ImageConfig
 from kcompat.pull import OpenImage, pull, unpack
 from kcompat.scan import DEFAULT_PATH
 from kcompat.store import BlobStore
-from kcompat.target import Target, probe_binfmt, probe_host
+from kcompat.target import Target, probe_host
 from kcompat.users import UnknownUser, resolve_user
 from kcompat.versions import version_key
 
@@ -185,9 +185,7 @@ def choose_emulation(arch: str, target: Target) -> Emulation | None:
         (e.name for e in target.binfmt if e.arch == arch and e.usable_in_container()), None
     )
     interpreter = target.qemu.get(arch)
-    private = bool(
-        target.kernel and version_key(target.kernel) >= (6, 7, 0) and target.userns is not False
-    )
+    private = private_binfmt_possible(target.kernel, target.userns)
     if interpreter and private:
         return Emulation(arch, interpreter, spec.register_line(interpreter), host_entry)
     if host_entry:

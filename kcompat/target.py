@@ -18,7 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from kcompat.binfmt import QEMU_NAMES
+from kcompat import binfmt as _binfmt
+from kcompat.binfmt import BinfmtEntry, find_qemu, private_binfmt_possible
 from kcompat.errors import UsageError
 from kcompat.platform import Platform, host_platform, parse_platform
 from kcompat.probe import probe_syscalls
@@ -26,7 +27,7 @@ from kcompat.syscalls import ABI_OF_ARCH
 from kcompat.versions import version_key
 
 PROFILE_SCHEMA = 1
-BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
+probe_binfmt = _binfmt.probe_binfmt  # its home is kcompat.binfmt; kept for old callers
 # Native compat modes (compat-facts: i386 on x86_64 via IA32_EMULATION, AArch32 on some
 # arm64 CPUs): which foreign arches a host of this arch may run without emulation.
 _COMPAT_CANDIDATES = {"amd64": ("386",), "arm64": ("arm",)}
@@ -34,29 +35,7 @@ _COMPAT_CANDIDATES = {"amd64": ("386",), "arm64": ("arm",)}
 _DEBIAN_ARCH = {"i386": "386", "armhf": "arm", "armel": "arm", "amd64": "amd64", "arm64": "arm64"}
 
 
-@dataclass(frozen=True)
-class BinfmtEntry:
-    name: str
-    enabled: bool
-    interpreter: str
-    flags: str
-    magic: str | None
-    mask: str | None
-    interpreter_exists: bool
-    interpreter_static: bool | None
 
-    @property
-    def arch(self) -> str | None:
-        """The OCI arch this entry emulates, from its qemu-<arch> name."""
-        base = self.name.removeprefix("qemu-")
-        for oci, qemu in QEMU_NAMES.items():
-            if base == qemu:
-                return oci
-        return None
-
-    def usable_in_container(self) -> bool:
-        """Enabled, flag F (opened at registration) and a static interpreter (compat-facts)."""
-        return self.enabled and "F" in self.flags and self.interpreter_static is not False
 
 
 @dataclass(frozen=True)
@@ -151,63 +130,6 @@ def probe_userns() -> bool | None:
     return None
 
 
-def _is_static(path: str) -> bool | None:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(1 << 16)
-    except OSError:
-        return None
-    from kcompat.elf import has_interpreter
-
-    dynamic = has_interpreter(head)
-    return None if dynamic is None else not dynamic
-
-
-def probe_binfmt() -> tuple[BinfmtEntry, ...]:
-    entries = []
-    try:
-        names = sorted(p.name for p in BINFMT_DIR.iterdir() if p.name not in ("register", "status"))
-    except OSError:
-        return ()
-    for name in names:
-        text = _read(BINFMT_DIR / name)
-        if text is None:
-            continue
-        fields: dict[str, str] = {}
-        for line in text.splitlines():
-            if line in ("enabled", "disabled"):
-                fields["state"] = line
-            elif " " in line:
-                k, v = line.split(" ", 1)
-                fields[k.rstrip(":")] = v.strip()
-        interp = fields.get("interpreter", "")
-        entries.append(
-            BinfmtEntry(
-                name=name,
-                enabled=fields.get("state") == "enabled",
-                interpreter=interp,
-                flags=fields.get("flags", ""),
-                magic=fields.get("magic"),
-                mask=fields.get("mask"),
-                interpreter_exists=bool(interp) and os.path.exists(interp),
-                interpreter_static=_is_static(interp) if interp else None,
-            )
-        )
-    return tuple(entries)
-
-
-def find_qemu() -> dict[str, str]:
-    """Static qemu-user interpreters on PATH: qemu-<arch>-static, or a static qemu-<arch>."""
-    found = {}
-    for oci, q in QEMU_NAMES.items():
-        for name in (f"qemu-{q}-static", f"qemu-{q}"):
-            path = shutil.which(name)
-            if path and _is_static(os.path.realpath(path)):
-                found[oci] = path
-                break
-    return found
-
-
 def probe_compat(arch: str) -> tuple[str, ...] | None:
     """Foreign arches this CPU and kernel run natively, by executing a tiny program of
     each (Debian's arch-test does exactly that); None without arch-test."""
@@ -268,7 +190,7 @@ def probe_host(*, syscalls: bool = True, runtimes: bool = True) -> Target:
     private = None
     if kernel is not None:
         userns = probe_userns()
-        private = version_key(kernel) >= (6, 7, 0) and userns is not False
+        private = private_binfmt_possible(kernel, userns)
     absent = blocked = None
     abi = ABI_OF_ARCH.get(plat.architecture)
     probed = probe_syscalls(abi) if abi and syscalls else None

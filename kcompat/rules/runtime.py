@@ -57,7 +57,8 @@ def runtime_rule(
                 Severity.FATAL if fatal else Severity.UNCERTAIN,
                 ("fails at start: " if fatal else "")
                 + f"{target.runtime}'s seccomp profile answers {fix.call} with EPERM",
-                f"{fix.libc} {have or '(version unknown)'} tries {fix.call} first and falls back only on ENOSYS; "
+                f"{fix.libc} {have or '(version unknown)'} tries {fix.call} first and falls "
+                "back only on ENOSYS; "
                 f"with EPERM, {fix.symptom}. This program reaches it: {how}."
                 + (
                     ""
