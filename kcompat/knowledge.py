@@ -1,7 +1,7 @@
 """Facts about C libraries and Go that the rules judge by, loaded and validated at import.
 
 The data (kcompat/data/knowledge.json) cites its sources; they are gathered in
-shared/docs/compat-facts.md.
+docs/compat-facts.md.
 """
 
 from __future__ import annotations

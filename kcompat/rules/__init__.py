@@ -4,7 +4,7 @@ Each finding names its rule, what it rests on (file, note, symbol, syscall), wha
 user will see and how to fix it. Only a certain failure makes the verdict
 `incompatible`; a failure that depends on how a program handles an error (ENOSYS from a
 syscall without a known fallback, say) makes it `uncertain`, with the calls listed.
-The facts and exact messages come from shared/docs/compat-facts.md via knowledge.json.
+The facts and exact messages come from docs/compat-facts.md via knowledge.json.
 """
 
 
