@@ -53,11 +53,14 @@ class CallFact:
     until: str | None = None
 
     def holds_for(self, version: str | None) -> bool:
-        """Whether the fact holds for this family version (unknown: only unversioned facts)."""
+        """Whether the fact holds for this family version. With the version unknown, a
+        fact bounded only below still holds: `since` is the release from which the
+        family makes the call that way, so a program that reaches the call is at least
+        that release; one bounded above cannot be placed and does not hold."""
         if self.since is None and self.until is None:
             return True
         if version is None:
-            return False
+            return self.until is None
         try:
             k = version_key(version)
             if self.since and k < version_key(self.since):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -174,3 +176,252 @@ def test_quiet_drops_warnings_not_errors(images: Fixtures) -> None:
     assert "warning" in loud.stderr and quiet.stderr == "" and quiet.returncode == 0
     r = kcompat("-q", "inspect", "oci:/nonexistent")
     assert r.returncode == 3 and "kcompat: error:" in r.stderr
+
+
+# -- the matrix: many images x many targets ------------------------------------------------
+
+MATRIX_SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[1] / "kcompat" / "data" / "matrix.schema.json").read_text()
+)
+REPORT_SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[1] / "ci" / "report.schema.json").read_text()
+)
+
+
+def _valid_matrix(doc: dict[str, object]) -> None:
+    """The matrix schema, with every cell's report checked by the report schema it
+    refers to (by $id, as a validator with both files finds it)."""
+    import jsonschema
+    from referencing import Registry, Resource
+
+    registry = Registry().with_resource(REPORT_SCHEMA["$id"], Resource.from_contents(REPORT_SCHEMA))
+    jsonschema.Draft202012Validator(MATRIX_SCHEMA, registry=registry).validate(doc)
+
+
+def _matrix(*args: str) -> tuple[int, dict[str, Any]]:
+    r = kcompat("check", "--format", "json", *args)
+    doc = json.loads(r.stdout)
+    _valid_matrix(doc)
+    return r.returncode, doc
+
+
+@pytest.mark.integration
+def test_matrix_each_image_on_each_target(images: Fixtures) -> None:
+    """--image (repeated) x (--target FILE, --kernel K): one document, each cell the very
+    report `check IMAGE` on that one target gives; the worst verdict sets the status."""
+    import copy
+
+    import jsonschema
+
+    amd64, arm64 = images.oci("busybox-amd64"), images.oci("busybox-arm64")
+    profile = str(Path(__file__).resolve().parents[1] / "ci" / "prod-host.json")
+    targets = ["--target", profile, "--kernel", "6.1", "--no-binfmt"]
+    code, doc = _matrix("--image", amd64, "--image", arm64, *targets)
+    assert doc["images"] == [amd64, arm64] and len(doc["targets"]) == 2
+    assert [(c["image"], c["target"]) for c in doc["cells"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for c in doc["cells"]:
+        alone = ["--target", profile] if c["target"] == 0 else ["--kernel", "6.1", "--no-binfmt"]
+        r = kcompat("check", "--format", "json", *alone, doc["images"][c["image"]])
+        single = json.loads(r.stdout)
+        assert c["verdict"] == single["verdict"] == c["report"]["verdict"]
+        assert c["exit_code"] == r.returncode
+        assert c["report"]["findings"] == single["findings"]
+    arm = [c for c in doc["cells"] if c["image"] == 1]
+    assert all(c["verdict"] == "incompatible" and "arm64" in c["reason"] for c in arm)
+    assert doc["verdict"] == "incompatible" and code == doc["exit_code"] == 1
+    broken = copy.deepcopy(doc)
+    del broken["cells"][0]["report"]["verdict"]
+    with pytest.raises(jsonschema.ValidationError):  # the reports are checked too
+        _valid_matrix(broken)
+    text = kcompat("check", "--image", amd64, "--image", arm64, *targets)
+    assert text.returncode == 1
+    lines = text.stdout.splitlines()
+    assert lines[0].startswith("IMAGE") and "prod-host.json" in lines[0] and "6.1" in lines[0]
+    row = next(line for line in lines if line.startswith(arm64))
+    assert row.count("incompatible [") == 2
+    assert any(line.startswith("[1] ") for line in lines) and "Worst: INCOMPATIBLE" in text.stdout
+
+
+@pytest.mark.integration
+def test_matrix_errors_are_cells_and_commands_apply_to_each(images: Fixtures) -> None:
+    amd64, missing = images.oci("busybox-amd64"), images.oci("no-such-ref")
+    code, doc = _matrix("--image", amd64, "--image", missing, "--kernel", "5.10",
+                        "--kernel", "6.1", "--", "/bin/busybox", "true")  # fmt: skip
+    assert code == ExitCode.NOT_FOUND == doc["exit_code"] and doc["verdict"] == "error"
+    for c in doc["cells"]:
+        if c["image"] == 1:
+            assert c["verdict"] == "error" and "no-such-ref" in c["reason"]
+        else:
+            assert c["verdict"] == "native"
+            assert c["report"]["entrypoint"]["argv"] == ["/bin/busybox", "true"]
+    code, doc = _matrix("--image", amd64, "--target", "/nonexistent.json", "--kernel", "5.10")
+    assert code == ExitCode.NOT_FOUND == doc["exit_code"] and doc["cells"] == [] and doc["error"]
+    r = kcompat("check", "--verify", "--image", amd64, "--kernel", "5.10", "--kernel", "6.1")
+    assert r.returncode == ExitCode.USAGE and "--verify" in r.stderr
+
+
+@pytest.mark.integration
+def test_single_image_meaning_is_unchanged(images: Fixtures) -> None:
+    """`check IMAGE [CMD...]`: the words after IMAGE replace Cmd (docker's meaning),
+    with or without `--`; one target gives one report, not a matrix."""
+    img = images.oci("busybox-amd64")
+    for words in (["/bin/busybox", "true"], ["--", "/bin/busybox", "true"]):
+        r = kcompat("check", "--format", "json", img, *words)
+        rep = json.loads(r.stdout)
+        assert rep["entrypoint"]["argv"] == ["/bin/busybox", "true"] and "cells" not in rep
+    r = kcompat("check", "--format", "json", "--image", img)  # one image, one target
+    assert "cells" not in json.loads(r.stdout)
+
+
+@pytest.mark.integration
+def test_matrix_sarif_has_a_run_per_cell(images: Fixtures) -> None:
+    import jsonschema
+
+    schema = json.loads(
+        (Path(__file__).resolve().parents[1] / "tests" / "data" / "sarif-2.1.0.schema.json")
+        .read_text()
+    )
+    pair = ["--image", images.oci("busybox-amd64"), "--image", images.oci("busybox-arm64")]
+    r = kcompat("check", "--format", "sarif", *pair, "--kernel", "6.1", "--no-binfmt")
+    doc = json.loads(r.stdout)
+    jsonschema.Draft4Validator(schema).validate(doc)
+    assert len(doc["runs"]) == 2 and r.returncode == 1
+    assert [run["properties"]["verdict"] for run in doc["runs"]] == ["native", "incompatible"]
+
+
+# -- colour, progress, completion, version, help ----------------------------------------------
+
+SGR = re.compile(rb"\x1b\[[0-9;]*m")  # a colour or style: what NO_COLOR forbids
+
+
+def _on_a_tty(*args: str, env: dict[str, str] | None = None, stdout_tty: bool = True,
+              ) -> tuple[int, bytes, bytes]:  # fmt: skip
+    """Run kcompat with stderr (and stdout, unless told) on a pseudo-terminal."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "kcompat", *args], stdin=subprocess.DEVNULL,
+                         stdout=slave if stdout_tty else subprocess.PIPE, stderr=slave,
+                         env=env)  # fmt: skip
+    os.close(slave)
+    tty = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the other end is closed
+            break
+        if not chunk:
+            break
+        tty += chunk
+    out = p.stdout.read() if p.stdout else b""
+    p.wait(timeout=120)
+    os.close(master)
+    return p.returncode, tty, out
+
+
+@pytest.mark.integration
+def test_colour_only_on_a_terminal_and_never_with_no_color(images: Fixtures) -> None:
+    import os
+
+    img = images.oci("busybox-arm64")
+    args = ("check", "--kernel", "6.1", "--no-binfmt", img)
+    code, tty, _ = _on_a_tty(*args)
+    assert code == 1 and SGR.search(tty) and b"INCOMPATIBLE" in tty
+    for env in ({**os.environ, "NO_COLOR": "1"}, {**os.environ, "TERM": "dumb"}):
+        code, tty, _ = _on_a_tty(*args, env=env)
+        assert code == 1 and not SGR.search(tty) and b"INCOMPATIBLE" in tty
+    code, tty, _ = _on_a_tty("--no-color", *args)
+    assert not SGR.search(tty) and b"INCOMPATIBLE" in tty
+    code, tty, _ = _on_a_tty(*args, env={**os.environ, "NO_COLOR": ""})  # empty: not set
+    assert SGR.search(tty)
+    piped = kcompat(*args)
+    assert b"\x1b" not in piped.stdout.encode() and b"\x1b" not in piped.stderr.encode()
+    code, tty, _ = _on_a_tty("-q", "check", "--format", "json", "--kernel", "6.1", img)
+    assert b"\x1b" not in tty and json.loads(tty)["verdict"]  # JSON is never coloured
+    code, tty, _ = _on_a_tty("inspect", "oci:/nonexistent:x")
+    assert code == 3 and SGR.search(tty) and b"kcompat: error:" in tty
+
+
+@pytest.mark.integration
+def test_progress_on_a_terminal_only(registry: RealRegistry) -> None:
+    """check's downloads (made while it scans, in worker processes) and its scan show on
+    a terminal's stderr; nothing with -q or in a pipe."""
+    ref = f"{registry.host}/busybox:multi"
+    layers = json.loads(kcompat("inspect", "--format", "json", ref).stdout)["layers"]
+    code, tty, out = _on_a_tty("check", ref, stdout_tty=False)
+    assert code == 0 and b"Verdict:" in out, tty
+    assert b"checking " + ref.encode() in tty
+    assert any(layer["digest"].split(":")[1][:12].encode() in tty for layer in layers), tty
+    import os
+
+    fresh = {**os.environ, "KCOMPAT_CACHE": os.environ["KCOMPAT_CACHE"] + "-2"}
+    code, tty, out = _on_a_tty("-q", "check", ref, stdout_tty=False, env=fresh)
+    assert code == 0 and tty == b""
+    assert kcompat("check", ref).stderr == ""
+
+
+def test_version() -> None:
+    from kcompat import __version__
+
+    for args in (["--version"], ["--version", "check"]):
+        r = kcompat(*args)
+        assert r.returncode == 0 and r.stdout == f"{__version__}\n", (args, r.stderr)
+
+
+def test_shell_completion(tmp_path: Path) -> None:
+    """typer's completion: a script for the shell, and answers for a partial line."""
+    import os
+
+    r = kcompat("--show-completion", "bash")
+    assert r.returncode == 0 and "_KCOMPAT_COMPLETE=complete_bash" in r.stdout
+    assert "complete -o default -F _kcompat_completion kcompat" in r.stdout
+
+    def complete(line: str) -> list[str]:
+        words = line.split(" ")
+        env = {**os.environ, "_KCOMPAT_COMPLETE": "complete_bash", "COMP_WORDS": line,
+               "COMP_CWORD": str(len(words) - 1)}  # fmt: skip
+        out = subprocess.run([sys.executable, "-m", "kcompat"], env=env, capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+        return out.split()
+
+    assert complete("kcompat ch") == ["check"]
+    assert complete("kcompat check --format ") == ["text", "json", "sarif"]
+    assert complete("kcompat run --runtime ") == ["docker", "podman"]
+    env = {**os.environ, "HOME": str(tmp_path), "SHELL": "/bin/bash"}
+    r = subprocess.run([sys.executable, "-m", "kcompat", "--install-completion", "bash"],
+                       env=env, capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "kcompat" in (tmp_path / ".bashrc").read_text()
+
+
+def _all_commands() -> list[tuple[list[str], Any]]:
+    import typer.main
+
+    from kcompat.cli import app
+
+    root = typer.main.get_command(app)
+    found: list[tuple[list[str], Any]] = [([], root)]
+    for name, cmd in root.commands.items():  # type: ignore[attr-defined]
+        found.append(([name], cmd))
+        for sub, subcmd in getattr(cmd, "commands", {}).items():
+            found.append(([name, sub], subcmd))
+    return found
+
+
+def test_help_explains_every_option_without_metavar_noise() -> None:
+    """Every option and argument of every command has a help text, and `--help` shows
+    names (IMAGE, FILE, text|json), never the parser's types (<str>, <list[str]>) or
+    braces ({image})."""
+    from typer.testing import CliRunner
+
+    from kcompat.cli import app
+
+    noise = re.compile(r"<[^>\n]*>|\{[^}\n]*\}")
+    for path, cmd in _all_commands():
+        for param in cmd.params:
+            assert (param.help or "").strip(), (path, param.name, "has no help text")
+        out = CliRunner().invoke(app, [*path, "--help"]).output
+        assert "Usage: " in out and not noise.search(out), (path, noise.findall(out))
+        if path[:1] in (["check"], ["run"]):
+            assert "IMAGE" in out.splitlines()[0]

@@ -148,38 +148,73 @@ class Program:
             for sym in obj.elf.undefined
         )
 
+    @property
+    def imports_visible(self) -> bool:
+        """A static binary's calls between its own parts are not imports: which of its
+        functions it uses is not visible, so facts gated on imports cannot rule it out."""
+        e = self.binary.elf
+        return e is not None and e.interpreter is not None
+
     def families_of(self, obj: ScannedFile) -> tuple[tuple[Family, str | None], ...]:
-        """(family, its version if known) for one file of the program."""
+        """(family, its version if known) for one file of the program, glibc aside."""
         e = obj.elf
         if e is None:
             return ()
         own = obj is self.binary
-        found = list(
-            recognise(
-                obj.path,
-                e.soname,
-                e.needed if own else (),
-                bool(e.go_version) and own,
-                obj.markers,
-                self.names if own else (),
-            )
+        found = recognise(
+            obj.path,
+            e.soname,
+            e.needed if own else (),
+            bool(e.go_version) and own,
+            obj.markers,
+            self.names if own else (),
         )
-        if own and e.interpreter is None and e.libc == "glibc":  # static glibc: its own code
-            found += [f for f in families() if "libc.so.6" in f.sonames and f not in found]
-        return tuple((f, self._version(f, obj)) for f in found)
+        return tuple(
+            (f, self._version(f, obj)) for f in found if "libc.so.6" not in f.sonames
+        )
+
+    def glibc_facts(self, syscall: str) -> tuple[CallFact, ...]:
+        """glibc's own facts for `syscall`, for the glibc this program runs with (a static
+        binary's glibc version is only known as far as its own calls prove it)."""
+        e = self.binary.elf
+        if e is None or e.libc != "glibc":
+            return ()
+        version = self.glibc if e.interpreter is not None else _static_glibc_floor(self.binary)
+        glibc = [fam for fam in families() if "libc.so.6" in fam.sonames]
+        return tuple(f for fam in glibc for f in fam.facts(syscall, version))
+
+    def in_play(self, fact: CallFact) -> bool:
+        """Whether a fact about calls made through named API functions concerns this
+        program: one of them is imported (or imports are not visible: a static binary)."""
+        if not fact.reached_if_imports or not self.imports_visible:
+            return True
+        return bool(fact.reached_if_imports & self.imports)
 
     def _version(self, fam: Family, obj: ScannedFile) -> str | None:
         e = obj.elf
         assert e is not None
-        if "libc.so.6" in fam.sonames:
-            return self.glibc
         if fam.go and e.go_version:
             return e.go_version.removeprefix("go")
+        if e.soname == "libsystemd.so.0":  # symbol versions LIBSYSTEMD_209 ... _257
+            found = [int(v[11:]) for v in e.version_defs if re.fullmatch(r"LIBSYSTEMD_\d+", v)]
+            return str(max(found)) if found else None
         for text in (*self.names, *e.needed):  # python3.11, libpython3.11.so.1.0
             m = re.search(r"python(\d+\.\d+)", text)
             if m and fam.programs and any("python" in p for p in fam.programs):
                 return m.group(1)
         return None
+
+
+# syscalls a static glibc makes only from a release on: their presence proves the floor
+_GLIBC_PROOFS = (("rseq", "2.35"), ("clone3", "2.34"), ("faccessat2", "2.33"))
+
+
+def _static_glibc_floor(binary: ScannedFile) -> str | None:
+    if binary.syscalls is None or binary.elf is None or binary.elf.arch.abi is None:
+        return None
+    t = table(binary.elf.arch.abi)
+    names = {row.name for nr in binary.syscalls.numbers if (row := t.lookup(nr)) is not None}
+    return next((v for n, v in _GLIBC_PROOFS if n in names), None)
 
 
 def _classify(fact: CallFact, eperm: bool, prog: Program) -> tuple[Outcome, str]:
@@ -191,7 +226,7 @@ def _classify(fact: CallFact, eperm: bool, prog: Program) -> tuple[Outcome, str]
         return Outcome.FATAL, where
     if on is OnError.PATH:
         applets = {posixpath.basename(n) for n in prog.names}
-        if fact.reached_if_imports and not (fact.reached_if_imports & prog.imports):
+        if not prog.in_play(fact):
             return Outcome.HANDLED, (
                 f"{fact.family}: only {fact.path} reaches it, and nothing in the program "
                 f"imports {', '.join(sorted(fact.reached_if_imports)[:3])} ({fact.source})"
@@ -205,22 +240,64 @@ def _classify(fact: CallFact, eperm: bool, prog: Program) -> tuple[Outcome, str]
     return Outcome.UNKNOWN, where  # ERROR: the caller decides
 
 
+def _decides(fact: CallFact, eperm: bool) -> bool:
+    return (fact.on_eperm if eperm else fact.on_enosys) is not OnError.ERROR
+
+
+def _path_facts(need: SyscallNeed, path: NeedPath, eperm: bool, prog: Program) -> list[CallFact]:
+    """The facts that say what happens on this path.
+
+    - glibc's start-up: glibc's internal facts (those not tied to an API function);
+    - an import of libc function W by object O: glibc's facts for W if they decide it
+      (a fallback inside W), else what O's own families do with W's error;
+    - machine code of a static program: glibc's internal facts plus its program
+      families' facts (its own direct calls), or, without those, glibc's API facts."""
+    g_all = prog.glibc_facts(need.name)
+    internal = [f for f in g_all if not f.reached_if_imports]
+    if path.kind == "start-up":
+        return internal
+    obj = prog.scan.files.get(path.obj, prog.binary)
+    own: list[CallFact] = []
+    for fam, version in prog.families_of(obj):
+        facts = fam.facts(need.name, version)
+        played = [f for f in facts if prog.in_play(f) or _on(f, eperm) is OnError.PATH]
+        if facts and not played:  # all its uses go through APIs this program lacks
+            own.append(_not_reached(fam, facts))
+        own += played
+    if path.kind == "import":
+        api = [f for f in g_all if path.symbol in f.reached_if_imports]
+        decided = [f for f in api if _decides(f, eperm)]
+        return decided or own or api
+    return internal + (own or [f for f in g_all if f.reached_if_imports])
+
+
+def _on(fact: CallFact, eperm: bool) -> OnError:
+    return fact.on_eperm if eperm else fact.on_enosys
+
+
+def _not_reached(fam: Family, facts: tuple[CallFact, ...]) -> CallFact:
+    """A family whose every use of a call goes through API functions the program does
+    not import: it never makes that call here."""
+    apis = sorted({a for f in facts for a in f.reached_if_imports})
+    return CallFact(
+        fam.id,
+        facts[0].syscall,
+        OnError.FALLBACK,
+        OnError.FALLBACK,
+        f"{fam.name} makes it only through {', '.join(apis[:4])}"
+        + (" ..." if len(apis) > 4 else "")
+        + ", which nothing in this program imports",
+        "; ".join(dict.fromkeys(f.source for f in facts)),
+    )
+
+
 def _judge_path(
     need: SyscallNeed, path: NeedPath, eperm: bool, prog: Program
 ) -> tuple[Outcome, str | None]:
     if not eperm and path.fallback:  # the libc wrapper's own ENOSYS fallback
         return Outcome.HANDLED, f"glibc: {path.fallback}"
+    facts = _path_facts(need, path, eperm, prog)
     obj = prog.scan.files.get(path.obj, prog.binary)
-    facts: list[CallFact] = []
-    program_level = False
-    for fam, version in prog.families_of(obj):
-        got = fam.facts(need.name, version)
-        facts += got
-        program_level = program_level or (bool(got) and "libc.so.6" not in fam.sonames)
-    if program_level:  # the program's own uses stand for the caller of libc's wrapper
-        facts = [
-            f for f in facts if not (f.on_enosys is OnError.ERROR and f.family == "glibc")
-        ]
     if not facts:
         if not eperm and obj is prog.binary:
             for name in prog.names:
@@ -229,8 +306,7 @@ def _judge_path(
                     return Outcome.HANDLED, fb
         return Outcome.UNKNOWN, None
     judged = [_classify(f, eperm, prog) for f in facts]
-    worst = max(judged, key=lambda j: _ORDER[j[0]])
-    return worst
+    return max(judged, key=lambda j: _ORDER[j[0]])
 
 
 def judge(need: SyscallNeed, eperm: bool, prog: Program) -> Judged:
