@@ -19,11 +19,12 @@ import os
 import posixpath
 import re
 import stat
+import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from kcompat import disasm, elf, families, formats, vsyscall
 from kcompat.disasm import SyscallScan
@@ -417,7 +418,7 @@ def scan_file(
             legacy = (
                 vsyscall.find(info.code) if info.arch.platform.architecture == "amd64" else None
             )
-            found = tuple(m.decode() for m in families.markers() if data.find(m) != -1)
+            found = _markers(data) if info.type in _PROGRAMS else ()
             scanned = replace(
                 base,
                 elf=replace(info, code=()),
@@ -441,6 +442,25 @@ def scan_file(
             return replace(base, format=Format.OTHER), None  # a DOS stub or "MZ" text
         return replace(base, unreadable=str(e)), None
     return base, None
+
+
+_PROGRAMS = (elf.ElfType.EXEC, elf.ElfType.PIE)  # libraries are known by their soname
+_MARKER_SPAN = 256 << 20
+
+
+def _markers(data: Any) -> tuple[str, ...]:
+    """The families' marker strings present in a program's file, searched up to its
+    section header table (the end of what the linker wrote: a core dump or a sparse
+    tail past it is not read), at most 256 MiB."""
+    head = bytes(data[:64])
+    end = min(len(data), _MARKER_SPAN)
+    if len(head) >= 64:
+        e = "<" if head[5] == 1 else ">"
+        shoff = struct.unpack_from(e + ("Q" if head[4] == 2 else "I"), head,
+                                   0x28 if head[4] == 2 else 0x20)[0]  # fmt: skip
+        if 0 < shoff < end:
+            end = shoff
+    return tuple(m.decode() for m in families.markers() if data.find(m, 0, end) != -1)
 
 
 def _is_musl_libc(path: str) -> bool:
