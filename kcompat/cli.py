@@ -588,7 +588,7 @@ def check_cmd(
         raise
     verification = None
     if verify:
-        from kcompat.verify import compare, observe
+        from kcompat.verify import compare, observe, settle
 
         assert target is not None
         extra = [f"--insecure-registry={h}" for h in insecure_registry or ()]
@@ -601,6 +601,7 @@ def check_cmd(
         obs = observe(ref, target, chosen, list(what.args), extra)
         verification = compare(rep["verdict"], obs)
         rep["verify"] = verification.to_json()
+        settle(rep, verification)
     if format is CheckFormat.json:
         typer.echo(json.dumps(rep, indent=2))
     elif format is CheckFormat.sarif:

@@ -20,7 +20,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from kcompat.platform import Platform
 
@@ -48,6 +48,7 @@ _PT_NAMES = {
 }
 SHT_NULL, SHT_SYMTAB, SHT_DYNAMIC, SHT_NOBITS, SHT_DYNSYM = 0, 2, 6, 8, 11
 SHT_GNU_VERDEF, SHT_GNU_VERNEED, SHT_GNU_VERSYM = 0x6FFFFFFD, 0x6FFFFFFE, 0x6FFFFFFF
+SHF_EXECINSTR = 0x4
 DT_NULL, DT_NEEDED, DT_STRTAB, DT_STRSZ, DT_SONAME, DT_RPATH, DT_RUNPATH = 0, 1, 5, 10, 14, 15, 29
 DT_FLAGS_1 = 0x6FFFFFFB
 _DT_STRINGS = frozenset({DT_NEEDED, DT_SONAME, DT_RPATH, DT_RUNPATH})
@@ -254,6 +255,7 @@ class _Section(NamedTuple):
     link: int
     info: int
     entsize: int
+    flags: int = 0  # sh_flags
 
 
 # (format after e_ident, program header, section header) per ELF class; gABI field order
@@ -308,7 +310,7 @@ class _Reader:
             for f in raw:
                 end = names.find(b"\0", f[0])
                 name = names[f[0] : end].decode("utf-8", "replace") if end >= 0 else ""
-                sec = _Section(name, f[1], f[4], f[5], f[6], f[7], f[9])
+                sec = _Section(name, f[1], f[4], f[5], f[6], f[7], f[9], f[2])
                 if sec.type not in (SHT_NOBITS, SHT_NULL):
                     _check_range(f"section {name or '?'}", sec.offset, sec.size, self.size)
                 self.sections.append(sec)
@@ -535,11 +537,27 @@ def _dynamic(r: _Reader) -> dict[int, list[int | str]]:
     return tags
 
 
+# Machines whose executable PT_LOAD also holds .rodata, .eh_frame and the headers in the
+# binaries seen (Debian's mips64el, ppc64el, riscv64 and s390x packages): there a word of
+# data (12 is MIPS `syscall`, 115 RISC-V `ecall`) reads as a syscall instruction, so their
+# code is the SHF_EXECINSTR sections inside those segments when the file has them.
+_CODE_BY_SECTION = frozenset({EM_MIPS, EM_PPC64, EM_S390, EM_RISCV, EM_LOONGARCH})
+
+
 def _code(r: _Reader) -> tuple[CodeRange, ...]:
+    segments = [p for p in r.segments if p.type == PT_LOAD and p.flags & 1]  # PF_X
+    if r.arch.machine in _CODE_BY_SECTION:
+        sections = []
+        for s in r.sections:
+            if s.flags & SHF_EXECINSTR and s.type != SHT_NOBITS and s.size:
+                p = next((p for p in segments if p.offset <= s.offset
+                          and s.offset + s.size <= p.offset + p.filesz), None)  # fmt: skip
+                if p is not None:
+                    sections.append(CodeRange(p.vaddr + s.offset - p.offset, bytes(r.bytes_of(s))))
+        if sections:
+            return tuple(sections)
     return tuple(
-        CodeRange(p.vaddr, bytes(r.data[p.offset : p.offset + p.filesz]))
-        for p in r.segments
-        if p.type == PT_LOAD and p.flags & 1  # PF_X
+        CodeRange(p.vaddr, bytes(r.data[p.offset : p.offset + p.filesz])) for p in segments
     )
 
 
@@ -717,22 +735,24 @@ def go_functions(data: bytes, wanted: frozenset[str]) -> dict[int, str]:
             return found
         pclntab = r.named(".gopclntab")
         if pclntab is not None:
-            return _pclntab(r.bytes_of(pclntab), wanted)
+            return _pclntab(r.bytes_of(pclntab), wanted, "big" if r.endian == "big" else "little")
     except (UnreadableError, struct.error, ValueError, IndexError):
         pass
     return {}
 
 
-def _pclntab(tab: bytes, wanted: frozenset[str]) -> dict[int, str]:
+def _pclntab(
+    tab: bytes, wanted: frozenset[str], order: Literal["little", "big"] = "little"
+) -> dict[int, str]:
     if len(tab) < 16:
         return {}
-    magic = int.from_bytes(tab[:4], "little")
+    magic = int.from_bytes(tab[:4], order)
     ptr = tab[7]
     if ptr not in (4, 8) or magic not in (0xFFFFFFFA, 0xFFFFFFF0, 0xFFFFFFF1):
         return {}
 
     def word(i: int) -> int:
-        return int.from_bytes(tab[8 + i * ptr : 8 + (i + 1) * ptr], "little")
+        return int.from_bytes(tab[8 + i * ptr : 8 + (i + 1) * ptr], order)
 
     nfunc = word(0)
     if magic == 0xFFFFFFFA:  # Go 1.16/1.17: absolute entry addresses, pointer-sized
@@ -746,10 +766,10 @@ def _pclntab(tab: bytes, wanted: frozenset[str]) -> dict[int, str]:
     found: dict[int, str] = {}
     for i in range(nfunc):
         base = pcln + i * ent
-        funcoff = int.from_bytes(tab[base + field_size : base + 2 * field_size], "little")
+        funcoff = int.from_bytes(tab[base + field_size : base + 2 * field_size], order)
         f = pcln + funcoff
-        entry = int.from_bytes(tab[f : f + field_size], "little")
-        nameoff = int.from_bytes(tab[f + field_size : f + field_size + 4], "little")
+        entry = int.from_bytes(tab[f : f + field_size], order)
+        nameoff = int.from_bytes(tab[f + field_size : f + field_size + 4], order)
         start = funcname + nameoff
         end = tab.find(b"\0", start, start + 256)
         if end < 0:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from kcompat import disasm
 from kcompat.elf import Linkage
 from kcompat.knowledge import KNOWLEDGE
 from kcompat.scan import Scan, ScannedFile
@@ -175,7 +176,7 @@ def needs_of(
     complete = True
     if f.syscalls is None and e.linkage is not Linkage.DYNAMIC:
         complete = False
-        methods.append(f"static syscall recovery is not implemented for {t.abi}: syscalls unknown")
+        methods.append(f"{disasm.unsupported_reason(t.abi)}: syscalls unknown")
     if f.syscalls is not None:
         for nr in f.syscalls.numbers:
             row = t.lookup(nr)

@@ -61,7 +61,14 @@ def check_lines(rep: dict[str, Any]) -> Lines:
         f"Entrypoint: {' '.join(rep['entrypoint']['argv']) or '-'}"
         + (f"  -> {rep['entrypoint']['binary']}" if rep["entrypoint"]["binary"] else "")
     )
-    lines.append((("Verdict: ", ""), (verdict.upper(), VERDICT_STYLE.get(verdict, "bold"))))
+    observed = (
+        (("  (observed by --verify; predicted UNCERTAIN)", "dim"),)
+        if rep.get("verdict_basis") == "observed"
+        else ()
+    )
+    lines.append(
+        (("Verdict: ", ""), (verdict.upper(), VERDICT_STYLE.get(verdict, "bold")), *observed)
+    )
     for f in sorted(rep["findings"], key=lambda f: _SEVERITY_ORDER.index(f["severity"])):
         sev = f["severity"]
         lines.append((("  [", ""), (_MARK[sev], _MARK_STYLE[sev]), (f"] {f['title']}", "")))

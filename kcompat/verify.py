@@ -147,3 +147,17 @@ def compare(verdict: str, obs: Observation) -> Verification:
         + (f" (exit {obs.exit_code}: {obs.first_error})" if obs.first_error else
            f" (exit {obs.exit_code})"),
     )  # fmt: skip
+
+
+def settle(rep: dict[str, Any], verification: Verification) -> None:
+    """An uncertain prediction that `--verify` decided becomes the observed verdict,
+    labelled as such (`verdict_basis: observed`, `predicted_verdict: uncertain`)."""
+    obs = verification.observed
+    if verification.predicted != "uncertain" or obs.outcome not in ("runs", "fails"):
+        return
+    emulated = any(f.get("rule") == "emulated" for f in rep.get("findings", ()))
+    rep["predicted_verdict"] = "uncertain"
+    rep["verdict_basis"] = "observed"
+    rep["verdict"] = (
+        "incompatible" if obs.outcome == "fails" else ("emulated" if emulated else "native")
+    )
