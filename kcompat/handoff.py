@@ -39,10 +39,9 @@ from typing import IO
 from kcompat.auth import Credentials
 from kcompat.binfmt import BINFMT, QEMU_NAMES
 from kcompat.errors import ContainerError, NotFoundError, UnsupportedError, UsageError
-from kcompat.execve import Command, container_argv
 from kcompat.pull import OpenImage
 from kcompat.reference import DOCKER_HUB, LocalRef, RegistryRef, Transport, parse_reference
-from kcompat.run import Checked, Prediction, RunOptions, _refuse
+from kcompat.run import Checked, Prediction, RunOptions, command_of, first_judgement, refuse
 from kcompat.sources import Options
 from kcompat.store import BlobStore
 from kcompat.target import Target
@@ -211,27 +210,8 @@ def judge(
 ) -> tuple[Prediction, str]:
     """The prediction `run` makes (kcompat.run.prepare: the same Command, the same
     refusals, --force and --no-predict unchanged) and the arch the entrypoint runs as."""
-    from kcompat.check import run_check
-
-    config = opened.image.config
-    path_override = None
-    for line in checked.env_lines:  # the container's PATH, as runc will look it up
-        k, sep, v = line.partition("=")
-        if k == "PATH":
-            path_override = v if sep else os.environ.get("PATH", path_override)
-    command = Command(opts.command, opts.entrypoint, opts.user, opts.workdir, path_override,
-                      tuple(v.container for v in checked.volumes))  # fmt: skip
-    if not container_argv(config.entrypoint, config.cmd, opts.command, opts.entrypoint):
-        raise UsageError(
-            "no command: the image has no Entrypoint or Cmd (docker: No command specified)",
-            hint="give one after the image: kcompat run IMAGE -- CMD",
-        )
-    report = None
-    if opts.predict or config.platform.architecture not in BINFMT or config.foreign_os:
-        report = run_check(opened, target, command, chosen_because)
-    arch = (report and report["entrypoint"]["arch"]) or config.platform.architecture
-    if config.foreign_os and report is not None:
-        _refuse(opened.image.reference, Prediction.of(report))  # whatever --force says
+    command = command_of(opened, opts, checked)
+    report, arch = first_judgement(opened, opts, target, command, chosen_because)
     if arch in BINFMT:
         check_emulation(arch, target, remote, engine)
     if not opts.predict or report is None:
@@ -239,7 +219,7 @@ def judge(
     else:
         prediction = Prediction.of(report)
     if prediction.verdict == "incompatible" and not opts.force:
-        _refuse(opened.image.reference, prediction)
+        refuse(opened.image.reference, prediction)
     return prediction, arch
 
 

@@ -424,7 +424,47 @@ def _profile_program(checked: Checked, target: Target) -> bytes | None:
     return assemble(profile, abi)
 
 
-def _refuse(reference: str, prediction: Prediction) -> None:
+def command_of(opened: OpenImage, opts: RunOptions, checked: Checked) -> Command:
+    """What `run` runs, in docker's meaning, with the container's PATH as runc looks it up;
+    a usage error when the image gives nothing to run."""
+    config = opened.image.config
+    path_override = None
+    for line in checked.env_lines:
+        k, sep, v = line.partition("=")
+        if k == "PATH":
+            path_override = v if sep else os.environ.get("PATH", path_override)
+    if not container_argv(config.entrypoint, config.cmd, opts.command, opts.entrypoint):
+        raise UsageError(
+            "no command: the image has no Entrypoint or Cmd (docker: No command specified)",
+            hint="give one after the image: kcompat run IMAGE -- CMD",
+        )
+    return Command(opts.command, opts.entrypoint, opts.user, opts.workdir, path_override,
+                   tuple(v.container for v in checked.volumes))  # fmt: skip
+
+
+def first_judgement(
+    opened: OpenImage,
+    opts: RunOptions,
+    target: Target,
+    command: Command,
+    chosen_because: str | None = None,
+) -> tuple[dict[str, Any] | None, str]:
+    """`check`'s report for this host (None with --no-predict, unless the image's arch
+    or OS must be known) and the arch its entrypoint runs as; an image of another OS is
+    refused here, whatever --force says."""
+    from kcompat.check import run_check
+
+    config = opened.image.config
+    report = None
+    if opts.predict or config.platform.architecture not in BINFMT or config.foreign_os:
+        report = run_check(opened, target, command, chosen_because)
+    arch = (report and report["entrypoint"]["arch"]) or config.platform.architecture
+    if config.foreign_os and report is not None:
+        refuse(opened.image.reference, Prediction.of(report))
+    return report, str(arch)
+
+
+def refuse(reference: str, prediction: Prediction) -> None:
     """Stop before starting: the runtime's own failure (docker's exit status and runc's
     words) for a command that cannot be exec'd, else exit 10 with the finding."""
     fatal = next((f for f in prediction.findings if f["severity"] == "fatal"), None)
@@ -457,27 +497,11 @@ def prepare(
 
     checked = checked or validate(opts)
     config = opened.image.config
-    path_override = None
-    for line in checked.env_lines:  # the container's PATH, as runc will look it up
-        k, sep, v = line.partition("=")
-        if k == "PATH":
-            path_override = v if sep else os.environ.get("PATH", path_override)
-    command = Command(opts.command, opts.entrypoint, opts.user, opts.workdir, path_override,
-                      tuple(v.container for v in checked.volumes))  # fmt: skip
+    command = command_of(opened, opts, checked)
     argv = container_argv(config.entrypoint, config.cmd, opts.command, opts.entrypoint)
-    if not argv:
-        raise UsageError(
-            "no command: the image has no Entrypoint or Cmd (docker: No command specified)",
-            hint="give one after the image: kcompat run IMAGE -- CMD",
-        )
-    host_report = None
-    if opts.predict or config.platform.architecture not in BINFMT or config.foreign_os:
-        host_report = run_check(opened, target, command, chosen_because)
-    arch = (host_report and host_report["entrypoint"]["arch"]) or config.platform.architecture
+    host_report, arch = first_judgement(opened, opts, target, command, chosen_because)
     if arch not in BINFMT:
         arch = target.platform.architecture
-    if config.foreign_os and host_report is not None:
-        _refuse(opened.image.reference, Prediction.of(host_report))  # whatever --force says
     emulation = choose_emulation(arch, target)
     judged = target
     sim = None
@@ -499,7 +523,7 @@ def prepare(
         prediction = Prediction.of(host_report)
     # A simulated kernel is an experiment: it runs whatever the prediction says.
     if prediction.verdict == "incompatible" and not opts.force and not opts.kernel:
-        _refuse(opened.image.reference, prediction)
+        refuse(opened.image.reference, prediction)
     pull(opened, store)
     rootfs, _issues = unpack(opened, store)  # `check` already reported the layer issues
     try:
