@@ -63,6 +63,8 @@ class Case:
     reference: str
     argv: tuple[str, ...]
     kernel: str
+    runtime: str | None = None  # an old runtime's seccomp profile ("docker:20.10.7")
+    family: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,16 @@ class Outcome:
     observed: str  # runs | fails
     exit_code: int | None
     first_error: str | None
+
+
+FAMILIES = {  # the program family of each base image's commands (for the report)
+    "shapes": "scripts", "entry-echo": "static-glibc", "arm64-only": "static-glibc",
+    "windows-only": "windows", "vsyscall": "static-glibc", "bullseye": "glibc-c",
+    "bookworm": "glibc-c", "trixie": "glibc-c", "busybox": "static-glibc", "fzf": "go",
+    "dash-arm64": "glibc-c",
+}  # fmt: skip
+OLD_RUNTIME = "docker:20.10.7"  # before the clone3 fix (moby#42681, 20.10.9)
+RUNTIME_KERNEL = "5.10"
 
 
 def build_corpus(root: Path) -> dict[str, tuple[str, tuple[tuple[str, ...], ...]]]:
@@ -148,6 +160,25 @@ def build_corpus(root: Path) -> dict[str, tuple[str, tuple[tuple[str, ...], ...]
     }
 
 
+def extra_corpus(
+    root: Path, census: bool
+) -> dict[str, tuple[str, tuple[tuple[str, tuple[str, ...]], ...]]]:
+    """name -> (reference, ((family, argv), ...)): the hold-out images (families the
+    census did not tune on) and, with `census`, the census's own amd64 image."""
+    from accuracy_corpus import IMAGES, build
+
+    out = {name: build(root / "holdout", name) for name in IMAGES}
+    if census:
+        from census_corpus import build_image
+
+        image = build_image("bookworm", "amd64", root.parent / "census")
+        out["census-bookworm"] = (
+            image.reference,
+            tuple((p.family, p.judged) for p in image.programs if "amd64" in p.arches),
+        )
+    return out
+
+
 def predict_all(cases: list[Case]) -> dict[Case, tuple[str, str, tuple[str, ...]]]:
     """`check --kernel K` for this machine's arch and vsyscall mode, through the same
     pipeline as the CLI (the image's cached analysis, the rules, the report)."""
@@ -164,7 +195,7 @@ def predict_all(cases: list[Case]) -> dict[Case, tuple[str, str, tuple[str, ...]
     arch = host_platform().architecture
     mode = probe_vsyscall()
     for c in cases:
-        target = described(c.kernel, arch, vsyscall=mode)
+        target = described(c.kernel, arch, vsyscall=mode, runtime=c.runtime)
         best = BestPlatform(target)
         with open_image(c.reference, replace(Options(), choose=best)) as opened:
             rep = run_check(opened, target, Command(c.argv), best.why)
@@ -180,6 +211,17 @@ def predict_all(cases: list[Case]) -> dict[Case, tuple[str, str, tuple[str, ...]
 
 
 def observe(c: Case) -> tuple[str, int | None, str | None]:
+    """`kcompat run --kernel K`; for an old runtime also that release's EPERM answers
+    (kcompat.verify's profile: its missing calls first, newer calls EPERM)."""
+    profile = None
+    extra: list[str] = []
+    if c.runtime:
+        from kcompat.target import described
+        from kcompat.verify import _runtime_profile
+
+        profile = _runtime_profile(described(c.kernel, runtime=c.runtime))
+        if profile is not None:
+            extra = ["--seccomp-eperm", "--security-opt", f"seccomp={profile[0]}"]
     cmd = [
         sys.executable,
         "-m",
@@ -188,15 +230,19 @@ def observe(c: Case) -> tuple[str, int | None, str | None]:
         "--no-predict",
         "--kernel",
         c.kernel,
+        *extra,
         c.reference,
         *(("--", *c.argv) if c.argv else ()),
     ]
     try:
         r = subprocess.run(
-            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120
+            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180
         )
     except subprocess.TimeoutExpired:
-        return "fails", None, "timed out after 120 s"
+        return "fails", None, "timed out after 180 s"
+    finally:
+        if profile is not None:
+            os.unlink(profile[0])
     err = next(
         (
             line.strip()
@@ -219,19 +265,35 @@ def main() -> None:
     ap.add_argument("--kernels", default=",".join(KERNELS))
     ap.add_argument("--images", default="")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--no-extra", action="store_true",
+                    help="only the base corpus (no hold-out or census images)")
+    ap.add_argument("--no-census", action="store_true", help="without the census image")
     args = ap.parse_args()
     corpus_root = Path(os.environ.get("KCOMPAT_FIXTURES", REPO / ".fixtures")) / "corpus"
     corpus_root.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("KCOMPAT_CACHE", str(corpus_root / "cache"))
     t0 = time.monotonic()
     corpus = build_corpus(corpus_root)
-    wanted = [i for i in args.images.split(",") if i] or list(corpus)
+    extra = {} if args.no_extra else extra_corpus(corpus_root.parent / "accuracy",
+                                                  not args.no_census)  # fmt: skip
+    names = [*corpus, *extra]
+    wanted = [i for i in args.images.split(",") if i] or names
+    kernels = args.kernels.split(",")
     cases = [
-        Case(name, corpus[name][0], argv, k)
+        Case(name, corpus[name][0], argv, k, family=FAMILIES.get(name, name))
         for name in wanted
+        if name in corpus
         for argv in corpus[name][1]
-        for k in args.kernels.split(",")
+        for k in kernels
     ]
+    for name in wanted:
+        if name not in extra:
+            continue
+        ref, progs = extra[name]
+        for family, argv in progs:
+            cases += [Case(name, ref, argv, k, family=family) for k in kernels]
+            if name in ("holdout-amd64", "census-bookworm"):  # the old-runtime target
+                cases.append(Case(name, ref, argv, RUNTIME_KERNEL, OLD_RUNTIME, family))
     t1 = time.monotonic()
     predictions = predict_all(cases)
     t2 = time.monotonic()
@@ -240,9 +302,14 @@ def main() -> None:
     t3 = time.monotonic()
     outcomes = [Outcome(c, *predictions[c], *observed[c]) for c in cases]
     matrix = Counter((o.predicted, o.observed) for o in outcomes)
+    families = sorted({c.family for c in cases})
+    arches = sorted({a for c in cases for a in ("arm64", "s390x", "ppc64le") if a in c.image}
+                    | {"amd64"})  # fmt: skip
     print(
-        f"{len(cases)} cases: {len(wanted)} images x commands x {len(args.kernels.split(','))} "
-        f"kernels; corpus {t1 - t0:.0f} s, predictions {t2 - t1:.0f} s, runs {t3 - t2:.0f} s"
+        f"{len(cases)} cases: {len(wanted)} images x commands x {len(kernels)} kernels "
+        f"(+ {OLD_RUNTIME} on {RUNTIME_KERNEL}); {len(families)} families "
+        f"({', '.join(families)}); arches {', '.join(arches)}; "
+        f"corpus {t1 - t0:.0f} s, predictions {t2 - t1:.0f} s, runs {t3 - t2:.0f} s"
     )
     print()
     head = "predicted \\ observed"
@@ -257,7 +324,8 @@ def main() -> None:
     for o in wrong:
         c = o.case
         print(
-            f"  {c.image} at {c.kernel}: {' '.join(c.argv)}: predicted {o.verdict}, observed "
+            f"  {c.image} at {c.kernel}{' ' + c.runtime if c.runtime else ''}: "
+            f"{' '.join(c.argv)}: predicted {o.verdict}, observed "
             f"{o.observed} (exit {o.exit_code}){': ' + o.first_error if o.first_error else ''}"
         )
         for e in o.evidence:
@@ -268,11 +336,26 @@ def main() -> None:
         + ", ".join(f"{image}@{kernel} x{n}" for (image, kernel), n in sorted(failing.items()))
     )
     unsure = [o for o in outcomes if o.predicted == "uncertain"]
+    fails = [o for o in outcomes if o.observed == "fails"]
+    caught = [o for o in fails if o.predicted == "fails"]
+    share = len(unsure) / len(outcomes) if outcomes else 0.0
+    recall = len(caught) / len(fails) if fails else 1.0
+    print()
+    print("targets (issue: Decisive verdicts):")
+    print(f"  disagreements {len(wrong)} (target 0): {'met' if not wrong else 'NOT met'}")
+    print(f"  uncertain {len(unsure)}/{len(outcomes)} = {share:.1%} (target <= 10%): "
+          f"{'met' if share <= 0.10 else 'NOT met'}")  # fmt: skip
+    print(f"  real failures predicted incompatible {len(caught)}/{len(fails)} = {recall:.1%} "
+          f"(target >= 80%): {'met' if recall >= 0.80 else 'NOT met'}")  # fmt: skip
+    print(f"  families {len(families)} (target >= 12), arches {len(arches)} (target 3)")
+    by_family = Counter(o.case.family for o in unsure)
+    print("uncertain by family: " + ", ".join(f"{f} {n}" for f, n in by_family.most_common()))
     print(f"uncertain: {len(unsure)} of {len(outcomes)}")
     for o in unsure:
         c = o.case
         print(
-            f"  {c.image} at {c.kernel}: {' '.join(c.argv)}: observed {o.observed}"
+            f"  {c.image} at {c.kernel}{' ' + c.runtime if c.runtime else ''}: "
+            f"{' '.join(c.argv)}: observed {o.observed}"
             f"{' (' + o.first_error + ')' if o.first_error else ''}; "
             f"{'; '.join(o.evidence)[:200]}"
         )
