@@ -12,10 +12,14 @@ goes on after it in a new child.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
 import sys
-from dataclasses import dataclass
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from kcompat.syscalls import table
 
@@ -63,6 +67,50 @@ class ProbeResult:
     present: tuple[str, ...]
     skipped: tuple[str, ...]
     crashed: tuple[str, ...]  # the child died on these
+
+
+def _state_key(abi: str) -> str | None:
+    """What the probe's answer depends on: this boot (a new kernel, a changed sysctl or
+    module needs a reboot or shows in boot_id), this process's seccomp state and
+    capabilities (EPERM comes from them), and the probe's own code. None if unknown."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        status = Path("/proc/self/status").read_text().splitlines()
+        release = os.uname().release
+    except OSError:
+        return None
+    state = [line for line in status if line.startswith(("Seccomp", "CapEff", "NoNewPrivs"))]
+    h = hashlib.sha256(json.dumps([boot, release, abi, state, os.geteuid()]).encode())
+    h.update(Path(__file__).read_bytes())
+    return h.hexdigest()[:24]
+
+
+def cached_probe(abi: str, cache: Path | None) -> ProbeResult | None:
+    """`probe_syscalls`, remembered per boot and per seccomp state under `cache`/probe:
+    a second `check --host` on the same boot does not probe again (about 2 s)."""
+    key = _state_key(abi) if cache is not None else None
+    if cache is None or key is None:
+        return probe_syscalls(abi)
+    path = cache / "probe" / f"{key}.json"
+    try:
+        raw = json.loads(path.read_text())
+        return ProbeResult(
+            str(raw["abi"]), *(tuple(map(str, raw[k])) for k in
+                               ("absent", "blocked", "present", "skipped", "crashed")),
+        )  # fmt: skip
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    result = probe_syscalls(abi)
+    if result is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial")
+            with os.fdopen(fd, "w") as f:
+                json.dump(asdict(result), f)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only cache: probe again next time
+    return result
 
 
 def probe_syscalls(abi: str, timeout: float = 60.0) -> ProbeResult | None:

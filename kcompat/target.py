@@ -22,7 +22,8 @@ from kcompat import binfmt as _binfmt
 from kcompat.binfmt import BinfmtEntry, find_qemu, private_binfmt_possible
 from kcompat.errors import UsageError
 from kcompat.platform import Platform, host_platform, parse_platform
-from kcompat.probe import probe_syscalls
+from kcompat.probe import cached_probe
+from kcompat.store import default_cache_dir
 from kcompat.syscalls import ABI_OF_ARCH
 from kcompat.versions import version_key
 
@@ -193,7 +194,7 @@ def probe_host(*, syscalls: bool = True, runtimes: bool = True) -> Target:
         private = private_binfmt_possible(kernel, userns)
     absent = blocked = None
     abi = ABI_OF_ARCH.get(plat.architecture)
-    probed = probe_syscalls(abi) if abi and syscalls else None
+    probed = cached_probe(abi, default_cache_dir()) if abi and syscalls else None
     if probed is not None:
         absent, blocked = probed.absent, probed.blocked
         notes.append(

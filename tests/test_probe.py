@@ -8,6 +8,8 @@ import json
 import platform
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,3 +62,26 @@ def test_probe_tells_enosys_from_eperm() -> None:
     assert "statx" in r["absent"] and "statx" not in r["present"]
     assert "memfd_create" in r["blocked"] and "memfd_create" not in r["present"]
     assert "openat" in r["present"]
+
+
+def test_probe_is_cached_per_boot_and_seccomp_state(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second probe on the same boot and seccomp state reads the first one's answer;
+    a damaged cache file is probed again, never trusted."""
+    from kcompat import probe
+
+    calls = []
+    real = probe.probe_syscalls
+
+    def counting(abi: str, timeout: float = 60.0) -> Any:
+        calls.append(abi)
+        return real(abi, timeout)
+
+    monkeypatch.setattr(probe, "probe_syscalls", counting)
+    first = probe.cached_probe("x86_64", tmp_path)
+    assert first is not None and calls == ["x86_64"]
+    again = probe.cached_probe("x86_64", tmp_path)
+    assert again == first and calls == ["x86_64"]  # from the cache
+    (cached,) = (tmp_path / "probe").glob("*.json")
+    cached.write_text("{not json")
+    assert probe.cached_probe("x86_64", tmp_path) == first and len(calls) == 2
