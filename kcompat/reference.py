@@ -9,6 +9,18 @@ the first component is a registry host when it contains ``.`` or ``:`` or is
 Local sources: ``oci:DIR[:REF]``, ``oci-archive:FILE[:REF]``,
 ``docker-archive:FILE[:NAME:TAG|@INDEX]`` and ``dir:PATH`` (a plain root filesystem).
 As in skopeo, the path ends at the first ``:``.
+
+Engines' stores (containers-transports(5)): ``docker-daemon:NAME[:TAG]``,
+``docker-daemon:NAME@DIGEST`` or ``docker-daemon:ID`` (``sha256:HEX``, or a short id
+that the daemon resolves as docker does: a name first, then an id prefix), and
+``containers-storage:[[DRIVER@]ROOT[+RUNROOT][:OPTIONS]]{ID|NAME[@ID]}`` (podman's,
+buildah's and skopeo's store; an ID may be truncated to 3 or more hex digits).
+
+Order, as skopeo's (containers/image transports/alltransports ParseImageName): the
+text before the first ``:`` is looked up as a transport name; only when it names none
+is the whole text a docker reference (``centos:6``, on Docker Hub). So
+``docker-daemon:app:dev`` is the daemon's ``app:dev``, never a Docker Hub repository
+``docker-daemon`` tagged ``app:dev``.
 """
 
 from __future__ import annotations
@@ -40,6 +52,8 @@ class Transport(str, Enum):
     OCI_ARCHIVE = "oci-archive"
     DOCKER_ARCHIVE = "docker-archive"
     DIR = "dir"
+    DOCKER_DAEMON = "docker-daemon"
+    CONTAINERS_STORAGE = "containers-storage"
 
 
 @dataclass(frozen=True)
@@ -96,14 +110,89 @@ class LocalRef:
         return s
 
 
-ImageReference = Union[RegistryRef, LocalRef]
+@dataclass(frozen=True)
+class DaemonRef:
+    """An image in a Docker Engine's store: by name (a tag or a digest), or by id.
+
+    `image_id` is ``sha256:HEX`` (full, or a prefix) or bare hex; bare hex is sent to the
+    daemon as given, which looks it up as docker does (moby daemon/images GetImage: a
+    name with ``:latest`` first, then an image id prefix)."""
+
+    name: RegistryRef | None
+    image_id: str | None = None
+
+    transport = Transport.DOCKER_DAEMON
+
+    @property
+    def query(self) -> str:
+        """What the Engine API is asked for (`/images/{query}/json`)."""
+        if self.image_id is not None:
+            return self.image_id
+        assert self.name is not None
+        return str(self.name)
+
+    def __str__(self) -> str:
+        return f"{self.transport.value}:{self.query}"
+
+
+@dataclass(frozen=True)
+class StorageRef:
+    """An image in a containers-storage store (podman, buildah, CRI-O, skopeo).
+
+    The store specifier's parts are None when not given (the defaults of
+    containers-storage.conf(5) apply). `image_id` is a full id or a prefix of at least
+    3 hex digits; `maybe_name` marks bare hex that may instead be a name: as in
+    containers/image (storage_transport.go ParseStoreReference), an image whose id
+    starts with it wins, else it is the name."""
+
+    driver: str | None
+    root: str | None
+    runroot: str | None
+    options: tuple[str, ...]
+    name: RegistryRef | None
+    image_id: str | None = None
+    maybe_name: bool = False
+
+    transport = Transport.CONTAINERS_STORAGE
+
+    @property
+    def has_spec(self) -> bool:
+        return any((self.driver, self.root, self.runroot, self.options))
+
+    def spec(self) -> str:
+        """The ``[DRIVER@ROOT+RUNROOT:OPTIONS]`` part as given ('' when none was)."""
+        if not self.has_spec:
+            return ""
+        s = f"{self.driver}@" if self.driver else ""
+        s += self.root or ""
+        if self.runroot:
+            s += f"+{self.runroot}"
+        if self.options:
+            s += ":" + ",".join(self.options)
+        return f"[{s}]"
+
+    def __str__(self) -> str:
+        if self.maybe_name:
+            body = self.image_id or ""
+        else:  # as containers/image's StringWithinTransport: NAME, NAME@ID or @ID
+            body = str(self.name) if self.name is not None else ""
+            if self.image_id is not None:
+                body += f"@{self.image_id}"
+        return f"{self.transport.value}:{self.spec()}{body}"
+
+
+ImageReference = Union[RegistryRef, LocalRef, DaemonRef, StorageRef]
 
 
 def _bad(text: str, why: str) -> UsageError:
-    return UsageError(
-        f"invalid image reference {text!r}: {why}",
-        hint="expected e.g. 'debian:12', 'docker://host:5000/repo:tag' or 'oci:DIR:REF'",
-    )
+    if text.startswith(f"{Transport.DOCKER_DAEMON.value}:"):
+        hint = "expected e.g. 'docker-daemon:app:dev' or 'docker-daemon:sha256:ID'"
+    elif text.startswith(f"{Transport.CONTAINERS_STORAGE.value}:"):
+        hint = ("expected e.g. 'containers-storage:localhost/app:dev' or "
+                "'containers-storage:[overlay@/var/lib/containers/storage]ID'")  # fmt: skip
+    else:
+        hint = "expected e.g. 'debian:12', 'docker://host:5000/repo:tag' or 'oci:DIR:REF'"
+    return UsageError(f"invalid image reference {text!r}: {why}", hint=hint)
 
 
 def parse_docker_reference(text: str, *, original: str | None = None) -> RegistryRef:
@@ -182,9 +271,79 @@ def parse_reference(text: str) -> ImageReference:
             transport = None
         if transport is Transport.DOCKER:
             raise _bad(text, "the docker transport is written 'docker://'")
+        if transport is Transport.DOCKER_DAEMON:
+            return _parse_daemon(text, rest)
+        if transport is Transport.CONTAINERS_STORAGE:
+            return _parse_storage(text, rest)
         if transport is not None:
             return _parse_local(text, transport, rest)
     return parse_docker_reference(text)
+
+
+_HEX_RE = re.compile(r"^[a-f0-9]{1,64}$")
+_ID_PREFIX_RE = re.compile(r"^(?:sha256:)?[a-f0-9]{1,64}$")
+MIN_STORAGE_ID_PREFIX = 3  # containers/image storage_transport.go minimumTruncatedIDLength
+
+
+def _parse_daemon(text: str, rest: str) -> DaemonRef:
+    """containers/image docker/daemon ParseReference, with docker's own conveniences: a
+    name without a tag means ``:latest`` and a short (bare hex) id is accepted."""
+    if not rest:
+        raise _bad(text, "docker-daemon: needs NAME[:TAG], NAME@DIGEST or an image ID")
+    if _ID_PREFIX_RE.match(rest):
+        return DaemonRef(None, rest)
+    if rest.startswith("sha256:"):
+        raise _bad(text, "an image ID is 'sha256:' and hex digits (as 'docker images -q' shows)")
+    named = parse_docker_reference(rest, original=text)
+    if named.tag and named.digest:
+        # As containers/image: the daemon's reference store has no tag+digest lookup.
+        raise _bad(text, "docker-daemon: takes NAME:TAG or NAME@DIGEST, not both")
+    return DaemonRef(named)
+
+
+def _parse_storage(text: str, rest: str) -> StorageRef:
+    """containers/image storage ParseReference and ParseStoreReference, except that a
+    truncated id is checked against the store only when the store is opened."""
+    driver = root = runroot = None
+    options: tuple[str, ...] = ()
+    if rest.startswith("["):
+        close = rest.find("]")
+        if close < 1:
+            raise _bad(text, "the store specifier '[...' has no closing ']'")
+        spec, rest = rest[1:close], rest[close + 1 :]
+        head, has_driver, tail = spec.partition("@")
+        if has_driver:
+            if not head or not tail:
+                raise _bad(text, "the store specifier is [DRIVER@ROOT+RUNROOT:OPTIONS]")
+            driver, spec = head, tail
+        elif not spec:
+            raise _bad(text, "the store specifier '[]' is empty")
+        spec, colon, opts = spec.partition(":")
+        if colon:
+            options = tuple(opts.split(","))
+        spec, _, run = spec.partition("+")
+        root, runroot = spec or None, run or None
+        for what, path in (("root", root), ("run root", runroot)):
+            if path is not None and not path.startswith("/"):
+                raise _bad(text, f"the store's {what} {path!r} is not an absolute path")
+    if not rest:
+        raise _bad(text, "containers-storage: needs an image NAME[:TAG] or ID")
+    image_id: str | None = None
+    at = rest.rfind("@")
+    if at != -1:
+        possible = rest[at + 1 :]
+        if not possible:
+            raise _bad(text, "the ID or digest after '@' is empty")
+        if ":" not in possible:  # not a digest: an image id, full or truncated
+            if not _HEX_RE.match(possible) or len(possible) < MIN_STORAGE_ID_PREFIX:
+                raise _bad(text, f"{possible!r} does not look like an image ID or digest")
+            image_id, rest = possible, rest[:at]
+    if image_id is None and _HEX_RE.match(rest) and len(rest) >= MIN_STORAGE_ID_PREFIX:
+        # A truncated (or full) id, or a one-word name: the store decides.
+        return StorageRef(driver, root, runroot, options, parse_docker_reference(rest), rest,
+                          maybe_name=True)  # fmt: skip
+    named = parse_docker_reference(rest, original=text) if rest else None
+    return StorageRef(driver, root, runroot, options, named, image_id)
 
 
 def _parse_local(text: str, transport: Transport, rest: str) -> LocalRef:

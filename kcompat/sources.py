@@ -674,6 +674,10 @@ def open_source(ref: ImageReference, options: Options | None = None) -> Source:
     options = options or Options()
     if isinstance(ref, RegistryRef):
         return RegistrySource(ref, options)
+    if not isinstance(ref, LocalRef):  # docker-daemon:, containers-storage:
+        from kcompat.stores import open_store_source
+
+        return open_store_source(ref, options)
     classes: dict[Transport, type[Source]] = {
         Transport.OCI: OCILayoutSource,
         Transport.OCI_ARCHIVE: OCIArchiveSource,
