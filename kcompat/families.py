@@ -158,10 +158,17 @@ def families() -> tuple[Family, ...]:
     return load_families(json.loads(res.read_text()))
 
 
+# strings the rules read besides the families' own: a static glibc before 2.36 carries
+# its kernel-version check and this message (knowledge.json glibc.kernel_too_old_*)
+KERNEL_TOO_OLD = "FATAL: kernel too old"
+SCAN_MARKERS = (KERNEL_TOO_OLD,)
+
+
 @cache
 def markers() -> tuple[bytes, ...]:
-    """The marker strings the scan looks for in ELF files (sorted, unique)."""
-    return tuple(sorted({m.encode() for f in families() for m in f.markers}))
+    """The marker strings the scan looks for in programs (sorted, unique)."""
+    names = {m for f in families() for m in f.markers} | set(SCAN_MARKERS)
+    return tuple(sorted(m.encode() for m in names))
 
 
 @dataclass(frozen=True)

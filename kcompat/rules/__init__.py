@@ -134,9 +134,10 @@ def run_names(entry: Entrypoint) -> tuple[str, ...]:
     """The name the final program is exec'd by (a multi-call binary picks its applet by
     it): a script's interpreter as its #! line names it, else argv[0] as given (the
     chain's first element has its links resolved)."""
-    if len(entry.chain) > 1:
-        return (entry.chain[-1],)
-    return entry.argv[:1]
+    names = (entry.chain[-1],) if len(entry.chain) > 1 else entry.argv[:1]
+    if names and posixpath.basename(names[0]) == "busybox" and len(entry.argv) > 1:
+        names = (*names, entry.argv[1])  # `busybox APPLET ...`
+    return names
 
 
 def _os_rule(scan: Scan, config: ImageConfig, entry: Entrypoint) -> list[Finding]:

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from kcompat.families import CallFact, Family, OnError, families, recognise
+from kcompat.families import KERNEL_TOO_OLD, CallFact, Family, OnError, families, recognise
 from kcompat.knowledge import KNOWLEDGE
 from kcompat.needs import NeedPath, SyscallNeed, needs_of
 from kcompat.rules.common import glibc_of
@@ -65,17 +65,38 @@ def kernel_rules(
             )
         )
     elif static and e.abi_tag and version_key(kernel) < version_key(e.abi_tag) and not e.go_version:
+        facts = KNOWLEDGE.raw["glibc"]
+        if KERNEL_TOO_OLD in binary.markers:
+            out.append(
+                Finding(
+                    "kernel-too-old",
+                    Severity.FATAL,
+                    f"{binary.path} (static glibc < 2.36) needs Linux {e.abi_tag}; "
+                    f"the target has {kernel}",
+                    "A static glibc before 2.36 compares the running kernel with its ABI tag "
+                    f"at start-up and aborts: '{KERNEL_TOO_OLD}' (exit "
+                    f"{facts['kernel_too_old_static_exit']}). The check and its message are in "
+                    "the file.",
+                    (f"{binary.path}: .note.ABI-tag {e.abi_tag}",
+                     f"{binary.path}: contains '{KERNEL_TOO_OLD}'",
+                     facts["kernel_too_old_static_source"]),
+                    f"run on Linux >= {e.abi_tag}, or rebuild against glibc >= 2.36",
+                    binary.path,
+                    int(facts["kernel_too_old_static_exit"]),
+                )
+            )
+            return out
         out.append(
             Finding(
-                "kernel-too-old",
-                Severity.UNCERTAIN,
-                f"{binary.path} is built for Linux {e.abi_tag}; the target has {kernel}",
-                "A statically linked glibc program: glibc before 2.36 aborts with "
-                "'FATAL: kernel too "
-                "old', 2.36 and later go on; the glibc version inside a static binary is not "
-                "recorded, so the outcome is uncertain.",
-                (f"{binary.path}: .note.ABI-tag {e.abi_tag}",),
-                f"run on Linux >= {e.abi_tag}",
+                "abi-tag",
+                Severity.INFO,
+                f"{binary.path} is built for Linux {e.abi_tag}, the target has {kernel}",
+                "A static glibc program without glibc's kernel check (its message, present "
+                "in every static glibc before 2.36, is not in the file): 2.36 and later go "
+                "on; what decides is whether the syscalls it uses exist (below).",
+                (f"{binary.path}: .note.ABI-tag {e.abi_tag}",
+                 f"{binary.path}: no '{KERNEL_TOO_OLD}'", facts["kernel_too_old_static_source"]),
+                None,
                 binary.path,
             )
         )
