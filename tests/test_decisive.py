@@ -191,3 +191,82 @@ def test_verify_runs_under_the_old_runtimes_profile(tmp_path: Any) -> None:
     assert "EPERM for clone3" in old["observed"]["simulated"]
     new = verify("docker:20.10.24")["verify"]
     assert new["observed"]["outcome"] == "runs" and new["agreement"] == "agree", new
+
+
+# -- on real binaries from Debian packages -------------------------------------------------
+
+
+def _kc_json(*args: str) -> dict[str, Any]:
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "kcompat", "check", "--format", "json", *args],
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    doc: dict[str, Any] = json.loads(r.stdout)
+    return doc
+
+
+@pytest.mark.integration
+def test_start_up_check_fails_and_verify_agrees(tmp_path: Any, binaries: Any,
+                                                images: Any) -> None:
+    """Debian 11's busybox-static (glibc 2.31) carries glibc's kernel check: below its
+    ABI tag it fails at start (observed: exit 134); Debian 12's (2.36) does not."""
+    import shutil
+
+    old = binaries.bin("busybox-bullseye-amd64")
+    if not old.exists():
+        pytest.skip(f"no bullseye busybox-static: {old.with_suffix('.missing')}")
+    (tmp_path / "bin").mkdir()
+    shutil.copy(old, tmp_path / "bin" / "busybox")
+    rep = _kc_json("--kernel", "2.6.32", "--verify", f"dir:{tmp_path}", "--", "/bin/busybox",
+                   "true")  # fmt: skip
+    (f,) = [f for f in rep["findings"] if f["rule"] == "kernel-too-old"]
+    assert f["severity"] == "fatal" and rep["verdict"] == "incompatible"
+    assert rep["verify"]["agreement"] == "agree" and rep["verify"]["observed"]["exit_code"] == 134
+    new = _kc_json("--kernel", "2.6.32", images.oci("busybox-amd64"), "--", "sh", "-c", "true")
+    assert "kernel-too-old" not in {f["rule"] for f in new["findings"]}
+
+
+@pytest.mark.integration
+def test_fallback_runs_and_verify_agrees(binaries: Any) -> None:
+    """bullseye's ls on Linux 4.4: statx (4.11) is missing, glibc falls back."""
+    rep = _kc_json("--kernel", "4.4", "--verify", binaries.bullseye, "--", "ls", "-l", "/")
+    assert rep["verdict"] == "native", rep["findings"]
+    (f,) = [f for f in rep["findings"] if f["rule"] == "syscalls-with-fallback"]
+    assert "statx" in f["explanation"]
+    assert rep["verify"]["agreement"] == "agree"
+
+
+@pytest.mark.integration
+def test_path_only_call_is_uncertain_and_names_the_path(images: Any) -> None:
+    """busybox's setns (Linux 3.0) is only its nsenter applet's: `busybox nsenter` is
+    uncertain with that path named; `sh` never reaches it."""
+    ns = _kc_json("--kernel", "2.6.32", images.oci("busybox-amd64"), "--", "busybox",
+                  "nsenter", "--help")  # fmt: skip
+    paths = [f for f in ns["findings"] if f["rule"] == "syscalls-on-a-path"]
+    assert paths and "nsenter" in paths[0]["explanation"] and paths[0]["severity"] == "uncertain"
+    sh = _kc_json("--kernel", "2.6.32", images.oci("busybox-amd64"), "--", "sh", "-c", "true")
+    assert not any("setns" in " ".join(f["evidence"]) for f in sh["findings"]
+                   if f["severity"] == "uncertain")  # fmt: skip
+
+
+@pytest.mark.integration
+def test_static_musl_is_not_hit_by_old_runtimes_clone3(tmp_path: Any) -> None:
+    """A static musl program that starts a thread never calls clone3: docker 20.10.7's
+    profile does not touch it (not flagged, and it runs under that profile)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("musl-gcc") is None:
+        pytest.skip("needs musl-gcc (musl-tools, installed by ci/setup)")
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "bin").mkdir()
+    source = repo / "tests" / "fixtures" / "thread.c"
+    subprocess.run(["musl-gcc", "-static", "-O2", "-o", str(tmp_path / "bin" / "thread"),
+                    str(source), "-lpthread"], check=True)  # fmt: skip
+    rep = _kc_json("--kernel", "5.10", "--runtime", "docker:20.10.7", "--verify",
+                   f"dir:{tmp_path}", "--", "/bin/thread")  # fmt: skip
+    assert "runtime-seccomp" not in {f["rule"] for f in rep["findings"]}
+    assert rep["verify"]["observed"]["outcome"] == "runs", rep["verify"]
