@@ -60,7 +60,7 @@ FOREIGN = (
 IMAGES = {"holdout-amd64": ("amd64", AMD64), "holdout-arm64": ("arm64", FOREIGN),
           "holdout-s390x": ("s390x", FOREIGN)}  # fmt: skip
 INPUTS = {"hello.tcl": "puts [expr {6*7}]\n", "doc.json": '{"a": [1, 2, {"b": "c"}]}\n'}
-_BUILD = "accuracy-holdout-1"
+_BUILD = "accuracy-holdout-2"
 
 
 def _run(*cmd: str) -> None:
@@ -98,7 +98,8 @@ def build(root: Path, name: str) -> tuple[str, tuple[tuple[str, tuple[str, ...]]
                '--aptopt=APT::Install-Recommends "false"',
                "--dpkgopt=path-exclude=/usr/share/man/*",
                "--dpkgopt=path-exclude=/usr/share/doc/*",
-               f"--customize-hook=sync-in {stage} /srv/acc",
+               '--customize-hook=mkdir -p "$1/srv/acc"',
+               f"--customize-hook=sync-in {stage.resolve()} /srv/acc",
                "bookworm", str(tar), MIRROR]  # fmt: skip
         if arch == "amd64":
             _run(*cmd)
