@@ -1,22 +1,29 @@
 """`kcompat check`: scan an image, judge it against a target, and report.
 
-The JSON report follows ci/report.schema.json (checked by the tests); SARIF output is
-for code-scanning dashboards.
+The image is opened once, its best index entry for the target chosen (`open_for`,
+`check_image`); many images on many targets are a matrix (`check_matrix`), each image
+opened once for all its targets. The JSON report follows ci/report.schema.json (checked
+by the tests); SARIF output is for code-scanning dashboards.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from typing import Any, Protocol
 
 from kcompat import __version__
 from kcompat.analysis import analyse
 from kcompat.binaries import summary_json
 from kcompat.errors import KcompatError
 from kcompat.execve import Command
-from kcompat.platform import Platform
-from kcompat.pull import OpenImage
+from kcompat.platform import Platform, host_platform
+from kcompat.pull import OpenImage, open_image
+from kcompat.reference import parse_reference
 from kcompat.rules import Finding, Result, Severity, check
 from kcompat.scan import Scan, Tree
+from kcompat.sources import Options, open_source
 from kcompat.target import Target
 
 REPORT_SCHEMA = 1
@@ -75,6 +82,84 @@ class BestPlatform:
             self.why = f"the index has no linux entry, only {oses}"
             return others[0]
         return None
+
+
+@contextlib.contextmanager
+def open_for(
+    reference: str, target: Target, options: Options
+) -> Iterator[tuple[OpenImage, str | None]]:
+    """The image opened once, the entry of an index judged for `target` chosen by
+    BestPlatform unless `options.platform` names one; with why it was chosen (None when
+    --platform chose it), for the report."""
+    best = BestPlatform(target)
+    with open_image(reference, replace(options, choose=best)) as opened:
+        yield opened, None if options.platform else best.why
+
+
+def check_image(
+    reference: str, target: Target, command: Command, options: Options
+) -> dict[str, Any]:
+    """`kcompat check IMAGE`: the report (ci/report.schema.json) of one image on one target."""
+    with open_for(reference, target, options) as (opened, why):
+        return run_check(opened, target, command, why)
+
+
+class Spinners(Protocol):
+    """What shows the cells of a matrix while they are judged (the CLI's spinners)."""
+
+    def status(self, key: str, description: str) -> None: ...
+    def finish(self, key: str) -> None: ...
+
+
+def check_matrix(
+    references: Sequence[str],
+    targets: Sequence[tuple[str | None, Target]],
+    command: Command,
+    options: Options,
+    spinners: Spinners | None = None,
+) -> dict[tuple[int, int], dict[str, Any]]:
+    """Every image on every target (each with the name the user gave it, or None): each
+    image opened once (one source: one registry session, one archive index) and judged
+    against each target (its best index entry for that target); an image or a cell that
+    cannot be judged is an error report, the others go on. Keyed by (image, target)."""
+    reports: dict[tuple[int, int], dict[str, Any]] = {}
+    for i, ref in enumerate(references):
+        reports.update(_judge_each(i, ref, targets, command, options, spinners))
+    return reports
+
+
+def _judge_each(
+    i: int,
+    ref: str,
+    targets: Sequence[tuple[str | None, Target]],
+    what: Command,
+    options: Options,
+    bars: Spinners | None,
+) -> dict[tuple[int, int], dict[str, Any]]:
+    out: dict[tuple[int, int], dict[str, Any]] = {}
+    try:
+        source = open_source(parse_reference(ref), options)
+    except KcompatError as e:
+        return {(i, t): error_report(ref, target, e) for t, (_, target) in enumerate(targets)}
+    try:
+        for t, (given, target) in enumerate(targets):
+            key = f"check {i} {t}"
+            if bars is not None:
+                where = given or ("this host" if target.source == "host" else target.source)
+                bars.status(key, f"checking {ref} for {where}")
+            try:
+                best = BestPlatform(target)
+                image = source.resolve(options.platform, host_platform(), best)
+                out[(i, t)] = run_check(OpenImage(source, image), target, what,
+                                        None if options.platform else best.why)  # fmt: skip
+            except KcompatError as e:
+                out[(i, t)] = error_report(ref, target, e)
+            finally:
+                if bars is not None:
+                    bars.finish(key)
+    finally:
+        source.close()
+    return out
 
 
 def _empty_scan() -> Scan:

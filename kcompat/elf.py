@@ -1,12 +1,13 @@
 """ELF files read into kcompat's own types.
 
 Decoded by hand with struct, reading only what kcompat uses: the ELF header, program
-headers, section headers and names, the dynamic section, the GNU version tables, the
-dynamic symbols, the ABI-tag note, Go's build info (System V gABI; GNU extensions as in
-glibc's elf.h). A general ELF library (pyelftools, which this module used before) spent
-about 4 ms a file building objects for all of it; this costs about 0.3 ms (1,589 files
-of a Debian /usr: 6.5 s before, 0.52 s now), which is what scanning an image's
-thousands of ELF files at the speed of reading them needs.
+headers, section headers and names (through kcompat.elffile's bounds-checked reader),
+the dynamic section, the GNU version tables, the dynamic symbols, the ABI-tag note, Go's
+build info (kcompat.goinfo) (System V gABI; GNU extensions as in glibc's elf.h). A
+general ELF library (pyelftools, which this module used before) spent about 4 ms a file
+building objects for all of it; this costs about 0.3 ms (1,589 files of a Debian /usr:
+6.5 s before, 0.52 s now), which is what scanning an image's thousands of ELF files at
+the speed of reading them needs.
 Every count and offset is checked against the file's size before it is followed, so a
 hostile file ends in `UnreadableError`, never in a hang or a crash. The golden tests
 compare machine, interpreter, DT_NEEDED, version needs and the ABI tag with binutils'
@@ -20,46 +21,61 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
+from kcompat.elffile import ELF_MAGIC as ELF_MAGIC
+from kcompat.elffile import EM_386 as EM_386
+from kcompat.elffile import EM_AARCH64 as EM_AARCH64
+from kcompat.elffile import (
+    EM_ARM,
+    EM_LOONGARCH,
+    EM_MIPS,
+    EM_PPC64,
+    EM_RISCV,
+    EM_S390,
+    LAYOUT,
+    PT_DYNAMIC,
+    PT_INTERP,
+    PT_LOAD,
+    PT_NOTE,
+    SHF_EXECINSTR,
+    SHT_DYNAMIC,
+    SHT_DYNSYM,
+    SHT_GNU_VERDEF,
+    SHT_GNU_VERNEED,
+    SHT_GNU_VERSYM,
+    SHT_NOBITS,
+    SHT_SYMTAB,
+    Reader,
+    Section,
+    cstr,
+    symbols,
+    uleb128,
+)
+from kcompat.elffile import EM_X86_64 as EM_X86_64
+from kcompat.elffile import SHT_NULL as SHT_NULL
+from kcompat.elffile import ElfArch as ElfArch
+from kcompat.elffile import UnreadableError as UnreadableError
+from kcompat.goinfo import go_functions as go_functions
+from kcompat.goinfo import go_version
 from kcompat.platform import Platform
 
-ELF_MAGIC = b"\x7fELF"
+# Names read from kcompat.elf since before the file format (kcompat.elffile) and Go's
+# function table (kcompat.goinfo) had modules of their own: the `X as X` imports above
+# and these two (kcompat.vmkernel, bench/fuzz.py).
+_Reader = Reader
+_LAYOUT = LAYOUT
 
-# e_machine numbers (System V gABI, glibc elf.h) -> OCI architecture
-EM_NONE, EM_386, EM_MIPS, EM_PPC64, EM_S390, EM_ARM = 0, 3, 8, 21, 22, 40
-EM_X86_64, EM_AARCH64, EM_RISCV, EM_LOONGARCH = 62, 183, 243, 258
-# The gABI assigns numbers up to EM_LOONGARCH (glibc's EM_NUM is 259); Alpha's was
-# never assigned and is the one unofficial number Linux programs carry.
-EM_LAST, EM_ALPHA = EM_LOONGARCH, 0x9026
 PATH_MAX = 4096  # the kernel refuses a longer PT_INTERP (fs/binfmt_elf.c)
-EF_ARM_ABI_FLOAT_HARD = 0x400  # glibc elf.h; set by the armhf toolchain
-EF_ARM_ABI_FLOAT_SOFT = 0x200
-EF_MIPS_ABI2 = 0x20  # n32
 DF_1_PIE = 0x08000000
 NT_GNU_ABI_TAG = 1
-# p_type, sh_type and d_tag values (System V gABI; GNU extensions from glibc elf.h)
-PT_LOAD, PT_DYNAMIC, PT_INTERP, PT_NOTE = 1, 2, 3, 4
-_PT_NAMES = {
-    PT_LOAD: "PT_LOAD",
-    PT_DYNAMIC: "PT_DYNAMIC",
-    PT_INTERP: "PT_INTERP",
-    PT_NOTE: "PT_NOTE",
-}
-SHT_NULL, SHT_SYMTAB, SHT_DYNAMIC, SHT_NOBITS, SHT_DYNSYM = 0, 2, 6, 8, 11
-SHT_GNU_VERDEF, SHT_GNU_VERNEED, SHT_GNU_VERSYM = 0x6FFFFFFD, 0x6FFFFFFE, 0x6FFFFFFF
-SHF_EXECINSTR = 0x4
+# d_tag values (System V gABI; GNU extensions from glibc elf.h)
 DT_NULL, DT_NEEDED, DT_STRTAB, DT_STRSZ, DT_SONAME, DT_RPATH, DT_RUNPATH = 0, 1, 5, 10, 14, 15, 29
 DT_FLAGS_1 = 0x6FFFFFFB
 _DT_STRINGS = frozenset({DT_NEEDED, DT_SONAME, DT_RPATH, DT_RUNPATH})
-GO_BUILDINFO_MAGIC = b"\xff Go buildinf:"
 # .ARM.attributes Tag_CPU_arch values (ARM IHI 0045) -> OCI variant
 _ARM_CPU_ARCH_VARIANT = {1: "v5", 2: "v5", 3: "v5", 4: "v5", 5: "v5", 6: "v6", 7: "v6", 8: "v6"}
 _ARM_CPU_ARCH_VARIANT.update({9: "v6", 10: "v7", 11: "v6", 12: "v6", 13: "v7", 14: "v8"})
-
-
-class UnreadableError(Exception):
-    """The file claims to be ELF but cannot be read: the reason is the message."""
 
 
 class ElfType(str, Enum):
@@ -80,21 +96,6 @@ class Linkage(str, Enum):
     STATIC = "static"
     STATIC_PIE = "static-pie"
     NONE = "none"  # libraries and objects: not run directly
-
-
-@dataclass(frozen=True)
-class ElfArch:
-    """The architecture an ELF file needs, with the syscall ABI it uses."""
-
-    platform: Platform
-    bits: int
-    endian: str  # "little" | "big"
-    machine: int  # e_machine
-    abi: str | None  # syscall table ABI (kcompat.syscalls.ABIS), None if kcompat has none
-    detail: str | None = None  # "hard-float", "soft-float", "o32", "n32", "n64"
-
-    def __str__(self) -> str:
-        return f"{self.platform}" + (f" ({self.detail})" if self.detail else "")
 
 
 @dataclass(frozen=True)
@@ -148,60 +149,6 @@ class ElfInfo:
         return None
 
 
-def elf_arch(head: bytes) -> ElfArch:
-    """The architecture from the first 52 bytes (the ELF header up to e_flags)."""
-    if len(head) < 52 or not head.startswith(ELF_MAGIC):
-        raise UnreadableError("truncated ELF header")
-    cls, data = head[4], head[5]
-    if cls not in (1, 2) or data not in (1, 2):
-        raise UnreadableError(f"bad ELF class {cls} or byte order {data}")
-    bits = 32 if cls == 1 else 64
-    endian = "little" if data == 1 else "big"
-    e = "<" if data == 1 else ">"
-    (machine,) = struct.unpack_from(e + "H", head, 18)
-    if machine == EM_NONE or (machine > EM_LAST and machine != EM_ALPHA):
-        raise UnreadableError(f"bad e_machine {machine}: no machine has that number")
-    flags_off = 36 if bits == 32 else 48
-    if len(head) < flags_off + 4:
-        raise UnreadableError("truncated ELF header")
-    (flags,) = struct.unpack_from(e + "I", head, flags_off)
-
-    def arch(
-        name: str, abi: str | None, variant: str | None = None, detail: str | None = None
-    ) -> ElfArch:
-        return ElfArch(Platform("linux", name, variant), bits, endian, machine, abi, detail)
-
-    if machine == EM_X86_64:
-        return arch("amd64", "x86_64" if bits == 64 else None, None, None if bits == 64 else "x32")
-    if machine == EM_386:
-        return arch("386", "i386")
-    if machine == EM_AARCH64:
-        return arch("arm64" if endian == "little" else "arm64be", "arm64", "v8")
-    if machine == EM_ARM:
-        detail = "hard-float" if flags & EF_ARM_ABI_FLOAT_HARD else "soft-float"
-        return arch("arm", "arm", None, detail)
-    if machine == EM_PPC64:
-        return arch("ppc64le" if endian == "little" else "ppc64", "ppc64le" if data == 1 else None)
-    if machine == EM_S390:
-        return arch("s390x" if bits == 64 else "s390", "s390x" if bits == 64 else None)
-    if machine == EM_RISCV:
-        return arch("riscv64" if bits == 64 else "riscv32", "riscv64" if bits == 64 else None)
-    if machine == EM_LOONGARCH:
-        return arch("loong64" if bits == 64 else "loong32", "loong64" if bits == 64 else None)
-    if machine == EM_MIPS:
-        le = endian == "little"
-        if bits == 64:
-            return arch("mips64le" if le else "mips64", "mips64le" if le else None, None, "n64")
-        detail = "n32" if flags & EF_MIPS_ABI2 else "o32"
-        return arch("mipsle" if le else "mips", None, None, detail)
-    return arch(f"unknown-e_machine-{machine}", None)
-
-
-def _check_range(what: str, offset: int, size: int, total: int) -> None:
-    if offset < 0 or size < 0 or offset + size > total:
-        raise UnreadableError(f"{what} lies outside the file (offset {offset}, size {size})")
-
-
 def _abi_tag(note_data: bytes, endian: str, what: str) -> str | None:
     """The GNU ABI tag from raw note bytes: type 1, name "GNU", desc = os, major, minor, patch.
 
@@ -226,172 +173,8 @@ def _abi_tag(note_data: bytes, endian: str, what: str) -> str | None:
     return None
 
 
-def _uvarint(data: bytes, off: int) -> tuple[int, int]:
-    value = shift = 0
-    while off < len(data) and shift < 64:
-        b = data[off]
-        off += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, off
-        shift += 7
-    raise UnreadableError("bad varint in Go build info")
-
-
-class _Segment(NamedTuple):
-    type: int  # p_type
-    flags: int
-    offset: int
-    vaddr: int
-    filesz: int
-    memsz: int
-
-
-class _Section(NamedTuple):
-    name: str
-    type: int  # sh_type
-    offset: int
-    size: int
-    link: int
-    info: int
-    entsize: int
-    flags: int = 0  # sh_flags
-
-
-# (format after e_ident, program header, section header) per ELF class; gABI field order
-_LAYOUT = {
-    64: ("HHIQQQIHHHHHH", "IIQQQQQQ", "IIQQQQIIQQ"),
-    32: ("HHIIIIIHHHHHH", "IIIIIIII", "IIIIIIIIII"),
-}
-
-
-class _Reader:
-    """The headers of an ELF file held in memory, every offset checked against its size."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.size = len(data)
-        self.arch = elf_arch(data[:64])
-        self.endian = self.arch.endian
-        e = "<" if self.endian == "little" else ">"
-        self.e = e
-        bits = self.arch.bits
-        ehdr, phdr, shdr = _LAYOUT[bits]
-        if self.size < (64 if bits == 64 else 52):
-            raise UnreadableError("truncated ELF header")
-        (self.e_type, _, _, self.entry, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum,
-         shstrndx) = struct.unpack_from(e + ehdr, data, 16)  # fmt: skip
-        self.segments: list[_Segment] = []
-        if phnum:
-            if phentsize < struct.calcsize(phdr):
-                raise UnreadableError(f"program header entry size {phentsize} is too small")
-            _check_range("program headers", phoff, phnum * phentsize, self.size)
-            for i in range(phnum):
-                f = struct.unpack_from(e + phdr, data, phoff + i * phentsize)
-                if bits == 64:  # type, flags, offset, vaddr, paddr, filesz, memsz, align
-                    seg = _Segment(f[0], f[1], f[2], f[3], f[5], f[6])
-                else:  # type, offset, vaddr, paddr, filesz, memsz, flags, align
-                    seg = _Segment(f[0], f[6], f[1], f[2], f[4], f[5])
-                _check_range(f"segment {_PT_NAMES.get(seg.type, seg.type)}", seg.offset,
-                             seg.filesz, self.size)  # fmt: skip
-                self.segments.append(seg)
-        self.sections: list[_Section] = []
-        if shnum and shstrndx < shnum:
-            if shentsize < struct.calcsize(shdr):
-                raise UnreadableError(f"section header entry size {shentsize} is too small")
-            _check_range("section headers", shoff, shnum * shentsize, self.size)
-            raw = [struct.unpack_from(e + shdr, data, shoff + i * shentsize) for i in range(shnum)]
-            # name, type, flags, addr, offset, size, link, info, addralign, entsize
-            strtab = raw[shstrndx]
-            names = b""
-            if strtab[1] != SHT_NOBITS:
-                _check_range("section name table", strtab[4], strtab[5], self.size)
-                names = data[strtab[4] : strtab[4] + strtab[5]]
-            for f in raw:
-                end = names.find(b"\0", f[0])
-                name = names[f[0] : end].decode("utf-8", "replace") if end >= 0 else ""
-                sec = _Section(name, f[1], f[4], f[5], f[6], f[7], f[9], f[2])
-                if sec.type not in (SHT_NOBITS, SHT_NULL):
-                    _check_range(f"section {name or '?'}", sec.offset, sec.size, self.size)
-                self.sections.append(sec)
-
-    def section_of_type(self, sh_type: int, name: str | None = None) -> _Section | None:
-        return next(
-            (s for s in self.sections if s.type == sh_type and (name is None or s.name == name)),
-            None,
-        )
-
-    def named(self, name: str) -> _Section | None:
-        return next((s for s in self.sections if s.name == name), None)
-
-    def bytes_of(self, s: _Section) -> bytes:
-        return self.data[s.offset : s.offset + s.size] if s.type != SHT_NOBITS else b""
-
-    def linked(self, s: _Section) -> bytes:
-        """The string table a section links to (sh_link)."""
-        if not 0 < s.link < len(self.sections):
-            raise UnreadableError(f"{s.name or 'a section'} links to no string table")
-        return self.bytes_of(self.sections[s.link])
-
-    def vaddr_offset(self, vaddr: int) -> int | None:
-        for p in self.segments:
-            if p.type == PT_LOAD and p.vaddr <= vaddr < p.vaddr + p.filesz:
-                return p.offset + vaddr - p.vaddr
-        return None
-
-    def vaddr_bytes(self, vaddr: int, size: int) -> bytes | None:
-        off = self.vaddr_offset(vaddr)
-        return None if off is None else self.data[off : off + size]
-
-
-def _cstr(table: bytes, off: int, what: str) -> str:
-    end = table.find(b"\0", off)
-    if off >= len(table) or end < 0:
-        raise UnreadableError(f"{what} names a string outside its string table")
-    return table[off:end].decode("utf-8", "replace")
-
-
-def _go_version(r: _Reader) -> str | None:
-    """Go's build info (src/debug/buildinfo/buildinfo.go): the toolchain version string."""
-    blob: bytes | None = None
-    s = r.named(".go.buildinfo")
-    if s is not None:
-        blob = r.bytes_of(s)
-    elif not r.sections:  # stripped section headers: the first writable PT_LOAD
-        for p in r.segments:
-            if p.type == PT_LOAD and p.flags & 2:
-                blob = r.data[p.offset : p.offset + min(p.filesz, 1 << 20)]
-                break
-    if not blob:
-        return None
-    at = blob.find(GO_BUILDINFO_MAGIC)
-    while at >= 0 and at % 16:  # the header is 16-byte aligned
-        at = blob.find(GO_BUILDINFO_MAGIC, at + 1)
-    if at < 0 or at > len(blob) - 32:
-        return None
-    ptr_size, flags = blob[at + 14], blob[at + 15]
-    if flags & 2:  # Go 1.18+: inline varint-prefixed strings after the 32-byte header
-        n, off = _uvarint(blob, at + 32)
-        version = blob[off : off + n]
-        return version.decode("utf-8", "replace") if len(version) == n else None
-    # before Go 1.18: a pointer to a Go string header (data pointer, length)
-    if ptr_size not in (4, 8):
-        return None
-    e = "<" if not flags & 1 else ">"
-    fmt = e + ("Q" if ptr_size == 8 else "I")
-    (ptr,) = struct.unpack_from(fmt, blob, at + 16)
-    header = r.vaddr_bytes(ptr, 2 * ptr_size)
-    if header is None or len(header) < 2 * ptr_size:
-        return None
-    data_ptr, length = struct.unpack_from(e + fmt[1] * 2, header)
-    if length > 128:
-        return None
-    text = r.vaddr_bytes(data_ptr, length)
-    return text.decode("utf-8", "replace") if text and len(text) == length else None
-
-
 def _chain(
-    r: _Reader, s: _Section, what: str, count: int, first: int, size: int, next_at: int
+    r: Reader, s: Section, what: str, count: int, first: int, size: int, next_at: int
 ) -> Iterator[int]:
     """The offsets of a chain of version entries inside section `s`: `count` at most,
     from `first` (an offset in the file), each `size` bytes with its `next` offset (from
@@ -411,7 +194,7 @@ def _chain(
         off += step
 
 
-def _versions(r: _Reader) -> tuple[tuple[VersionNeed, ...], tuple[str, ...], dict[int, str]]:
+def _versions(r: Reader) -> tuple[tuple[VersionNeed, ...], tuple[str, ...], dict[int, str]]:
     """.gnu.version_r and .gnu.version_d (sh_info entries each, chained by their `next`
     offsets, the last `next` 0, as glibc's loader walks them), and the symbol-version
     index -> name map. The auxiliary entries of all of a section's entries together
@@ -434,10 +217,10 @@ def _versions(r: _Reader) -> tuple[tuple[VersionNeed, ...], tuple[str, ...], dic
                 if budget < 0:
                     raise UnreadableError(f"{what} entries share their version names")
                 _, _, other, name_off, _ = struct.unpack_from(e + "IHHII", data, aoff)
-                name = _cstr(strings, name_off, what)
+                name = cstr(strings, name_off, what)
                 names.append(name)
                 index[other & 0x7FFF] = name
-            needs.append(VersionNeed(_cstr(strings, file_, what), tuple(names)))
+            needs.append(VersionNeed(cstr(strings, file_, what), tuple(names)))
     vd = r.section_of_type(SHT_GNU_VERDEF)
     if vd is not None and vd.type != SHT_NOBITS:
         what = ".gnu.version_d"
@@ -447,30 +230,14 @@ def _versions(r: _Reader) -> tuple[tuple[VersionNeed, ...], tuple[str, ...], dic
             if cnt:
                 aoff = next(_chain(r, vd, what, 1, off + aux, 8, 4))
                 (name_off,) = struct.unpack_from(e + "I", data, aoff)
-                first = _cstr(strings, name_off, what)
+                first = cstr(strings, name_off, what)
                 index[ndx] = first
                 if not flags & 1:  # VER_FLG_BASE names the file itself
                     defs.append(first)
     return tuple(needs), tuple(defs), index
 
 
-def _symbols(r: _Reader, table: _Section) -> Iterator[tuple[int, int, int, int]]:
-    """(index, st_name, st_shndx, st_value) of every symbol of a symbol table but the
-    first (the null symbol); st_name is an offset into the table's strings."""
-    entsize = 24 if r.arch.bits == 64 else 16
-    if table.entsize != entsize:
-        raise UnreadableError(f"{table.name} has entry size {table.entsize}, not {entsize}")
-    raw = r.bytes_of(table)
-    # Elf64_Sym name,info,other,shndx,value,size; Elf32_Sym name,value,size,info,other,shndx
-    fmt = r.e + ("IBBHQQ" if entsize == 24 else "IIIBBH")
-    shndx_i, value_i = (3, 4) if entsize == 24 else (5, 1)
-    usable = len(raw) - len(raw) % entsize
-    for i, fields in enumerate(struct.iter_unpack(fmt, raw[:usable])):
-        if i:
-            yield i, fields[0], fields[shndx_i], fields[value_i]
-
-
-def _undefined(r: _Reader, version_index: dict[int, str]) -> tuple[Symbol, ...]:
+def _undefined(r: Reader, version_index: dict[int, str]) -> tuple[Symbol, ...]:
     """Undefined .dynsym entries with their versions (.gnu.version, one half-word each)."""
     dynsym = r.section_of_type(SHT_DYNSYM, ".dynsym") or r.section_of_type(SHT_SYMTAB, ".dynsym")
     if dynsym is None:
@@ -479,10 +246,10 @@ def _undefined(r: _Reader, version_index: dict[int, str]) -> tuple[Symbol, ...]:
     versym = r.section_of_type(SHT_GNU_VERSYM)
     versions = r.bytes_of(versym) if versym is not None else b""
     out: list[Symbol] = []
-    for i, name_off, shndx, _ in _symbols(r, dynsym):
+    for i, name_off, shndx, _ in symbols(r, dynsym):
         if shndx != 0 or not name_off:  # SHN_UNDEF == 0
             continue
-        name = _cstr(strings, name_off, ".dynsym")
+        name = cstr(strings, name_off, ".dynsym")
         if not name:
             continue
         version = None
@@ -493,7 +260,7 @@ def _undefined(r: _Reader, version_index: dict[int, str]) -> tuple[Symbol, ...]:
     return tuple(out)
 
 
-def _dynamic(r: _Reader) -> dict[int, list[int | str]]:
+def _dynamic(r: Reader) -> dict[int, list[int | str]]:
     """DT_NEEDED, DT_SONAME, DT_RPATH, DT_RUNPATH (as strings) and DT_FLAGS_1, in file
     order, up to DT_NULL: from the .dynamic section, or from PT_DYNAMIC and the string
     table DT_STRTAB points to when the file has no section headers."""
@@ -531,7 +298,7 @@ def _dynamic(r: _Reader) -> dict[int, list[int | str]]:
             strings = r.data[off : off + size]
     for tag, val in entries:
         if tag in _DT_STRINGS:
-            tags.setdefault(tag, []).append(_cstr(strings, val, ".dynamic"))
+            tags.setdefault(tag, []).append(cstr(strings, val, ".dynamic"))
         elif tag == DT_FLAGS_1:
             tags.setdefault(tag, []).append(val)
     return tags
@@ -544,7 +311,7 @@ def _dynamic(r: _Reader) -> dict[int, list[int | str]]:
 _CODE_BY_SECTION = frozenset({EM_MIPS, EM_PPC64, EM_S390, EM_RISCV, EM_LOONGARCH})
 
 
-def _code(r: _Reader) -> tuple[CodeRange, ...]:
+def _code(r: Reader) -> tuple[CodeRange, ...]:
     segments = [p for p in r.segments if p.type == PT_LOAD and p.flags & 1]  # PF_X
     if r.arch.machine in _CODE_BY_SECTION:
         sections = []
@@ -610,7 +377,7 @@ def _interpreter(raw: bytes) -> str:
 
 
 def _read(data: bytes, with_code: bool) -> ElfInfo:
-    r = _Reader(data)
+    r = Reader(data)
     interp: str | None = None
     abi_tag: str | None = None
     for p in r.segments:
@@ -661,13 +428,13 @@ def _read(data: bytes, with_code: bool) -> ElfInfo:
         version_needs=needs,
         version_defs=defs,
         undefined=_undefined(r, index),
-        go_version=_go_version(r),
+        go_version=go_version(r),
         entry=int(r.entry),
         code=_code(r) if with_code else (),
     )
 
 
-def _refine_arm(r: _Reader) -> ElfArch:
+def _refine_arm(r: Reader) -> ElfArch:
     """ARM variant from .ARM.attributes Tag_CPU_arch, when the file has it."""
     variant = None
     for s in r.sections:
@@ -698,83 +465,7 @@ def _arm_cpu_arch(blob: bytes) -> str | None:
                 return None
             i = end + 1
             continue
-        value, i = _uleb(attrs, i)
+        value, i, _ = uleb128(attrs, i)  # one cut short: read as far as it goes
         if tag == 6:
             return _ARM_CPU_ARCH_VARIANT.get(value)
     return None
-
-
-def _uleb(data: bytes, off: int) -> tuple[int, int]:
-    """An unsigned LEB128 of at most 64 bits (a longer run of continuation bytes would
-    build an ever larger integer: a hang on a hostile file)."""
-    value = shift = 0
-    while off < len(data) and shift < 64:
-        b = data[off]
-        off += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            break
-        shift += 7
-    return value, off
-
-
-def go_functions(data: bytes, wanted: frozenset[str]) -> dict[int, str]:
-    """Entry address -> name of the `wanted` Go functions, from .symtab or, in a stripped
-    binary, from Go's own function table `.gopclntab` (layouts of Go 1.16 and 1.18+,
-    src/debug/gosym/pclntab.go). Empty when neither can be read."""
-    try:
-        r = _Reader(data)
-        found: dict[int, str] = {}
-        symtab = r.section_of_type(SHT_SYMTAB, ".symtab")
-        if symtab is not None and symtab.entsize:
-            strings = r.linked(symtab)
-            for _, name_off, _, value in _symbols(r, symtab):
-                if name_off and (name := _cstr(strings, name_off, ".symtab")) in wanted:
-                    found[value] = name
-        if found:
-            return found
-        pclntab = r.named(".gopclntab")
-        if pclntab is not None:
-            return _pclntab(r.bytes_of(pclntab), wanted, "big" if r.endian == "big" else "little")
-    except (UnreadableError, struct.error, ValueError, IndexError):
-        pass
-    return {}
-
-
-def _pclntab(
-    tab: bytes, wanted: frozenset[str], order: Literal["little", "big"] = "little"
-) -> dict[int, str]:
-    if len(tab) < 16:
-        return {}
-    magic = int.from_bytes(tab[:4], order)
-    ptr = tab[7]
-    if ptr not in (4, 8) or magic not in (0xFFFFFFFA, 0xFFFFFFF0, 0xFFFFFFF1):
-        return {}
-
-    def word(i: int) -> int:
-        return int.from_bytes(tab[8 + i * ptr : 8 + (i + 1) * ptr], order)
-
-    nfunc = word(0)
-    if magic == 0xFFFFFFFA:  # Go 1.16/1.17: absolute entry addresses, pointer-sized
-        text_start, funcname, pcln = 0, word(2), word(6)
-        ent, field_size = 2 * ptr, ptr
-    else:  # Go 1.18+: 32-bit offsets from textStart
-        text_start, funcname, pcln = word(2), word(3), word(7)
-        ent, field_size = 8, 4
-    if nfunc > len(tab) // ent:
-        return {}
-    found: dict[int, str] = {}
-    for i in range(nfunc):
-        base = pcln + i * ent
-        funcoff = int.from_bytes(tab[base + field_size : base + 2 * field_size], order)
-        f = pcln + funcoff
-        entry = int.from_bytes(tab[f : f + field_size], order)
-        nameoff = int.from_bytes(tab[f + field_size : f + field_size + 4], order)
-        start = funcname + nameoff
-        end = tab.find(b"\0", start, start + 256)
-        if end < 0:
-            continue
-        name = tab[start:end].decode("utf-8", "replace")
-        if name in wanted:
-            found[text_start + entry] = name
-    return found

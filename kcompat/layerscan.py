@@ -66,8 +66,8 @@ from kcompat.tarstream import FILE_TYPES, TarError, TarHeader, TarStream
 
 # The modules whose code decides a LayerScan's content.
 _SCANNER_MODULES = (
-    "scan", "elf", "formats", "disasm", "disasm_isas", "tarstream", "layers", "layerscan",
-    "families",
+    "scan", "elf", "elffile", "goinfo", "formats", "disasm", "disasm_isas", "tarstream",
+    "layers", "layerscan", "families",
 )
 _SCANNER_DATA = ("families.json",)  # the marker strings the scan looks for
 

@@ -4,7 +4,8 @@ Each function turns a report (the JSON-able dicts of kcompat.check, kcompat.pull
 kcompat.binaries, kcompat.target) into `Lines`; the CLI prints them plain, or styled
 through rich on a terminal that wants colour. Nothing here prints or imports rich.
 The matrix of `check` (images x targets) is built here too: its JSON document
-(kcompat/data/matrix.schema.json), its SARIF, its table and its exit status.
+(kcompat/data/matrix.schema.json), its SARIF, its table and its exit status (each
+cell's by kcompat.failon).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, Union
 
 from kcompat import __version__
+from kcompat.failon import FailOn
 from kcompat.versions import version_key
 
 Span = tuple[str, str]  # (text, rich style; "" for none)
@@ -266,21 +268,6 @@ def first_reason(rep: dict[str, Any]) -> str | None:
     return str(f["title"])
 
 
-def cell_exit(rep: dict[str, Any], fail_on: str) -> int:
-    """The exit status `check` gives one report: an error's own, 1 for a --fail-on."""
-    verdict = rep["verdict"]
-    if verdict == "error":
-        return int(rep["error"]["exit_code"])
-    failing = {
-        "fatal": verdict == "incompatible",
-        "error": verdict in ("incompatible", "uncertain"),
-        "warning": verdict in ("incompatible", "uncertain")
-        or any(f["severity"] == "warning" for f in rep["findings"]),
-        "never": False,
-    }[fail_on]
-    return 1 if failing else 0
-
-
 def worst(verdicts: Sequence[str]) -> str:
     return max(verdicts, key=VERDICT_ORDER.index) if verdicts else "error"
 
@@ -289,7 +276,7 @@ def matrix_document(
     images: Sequence[str],
     targets: Sequence[tuple[str, dict[str, Any]]],
     reports: dict[tuple[int, int], dict[str, Any]],
-    fail_on: str,
+    fail_on: FailOn,
     error: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`check --format json` for many images or targets (kcompat/data/matrix.schema.json):
@@ -299,14 +286,14 @@ def matrix_document(
     for (i, t), rep in sorted(reports.items()):
         cells.append({
             "image": i, "target": t, "verdict": rep["verdict"], "reason": first_reason(rep),
-            "exit_code": cell_exit(rep, fail_on), "report": rep,
+            "exit_code": fail_on.exit_code(rep), "report": rep,
         })  # fmt: skip
     doc: dict[str, Any] = {
         "schema": MATRIX_SCHEMA,
         "kcompat": __version__,
         "verdict": worst([c["verdict"] for c in cells]) if error is None else "error",
         "exit_code": matrix_exit(cells) if error is None else int(error["exit_code"]),
-        "fail_on": fail_on,
+        "fail_on": fail_on.value,
         "images": list(images),
         "targets": [{"name": name, "target": t} for name, t in targets],
         "cells": cells,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from kcompat import disasm, elf, families, formats, vsyscall
+from kcompat import disasm, elf, families, formats, goinfo, vsyscall
 from kcompat.disasm import SyscallScan
 from kcompat.elf import ElfInfo, Linkage
 from kcompat.formats import Format, MachOInfo, PEInfo, ScriptInfo
@@ -407,7 +407,7 @@ def scan_file(
             info = elf.read_elf(data, with_code=True)
             syscalls = None
             if info.linkage in (Linkage.STATIC, Linkage.STATIC_PIE) or info.go_version:
-                funcs = elf.go_functions(data, GO_SYSCALL_FUNCS) if info.go_version else None
+                funcs = goinfo.go_functions(data, GO_SYSCALL_FUNCS) if info.go_version else None
                 syscalls = disasm.scan_code(info.arch.abi or "", info.code, funcs)
             if info.soname == "libc.so.6":
                 m = _GLIBC_BANNER.search(data)

@@ -2,7 +2,7 @@
 
 docker-daemon: the Docker Engine API (kcompat.engine). `GET /images/{name}/json` tells
 whether the image is there, its id and RepoDigests; `GET /images/{name}/get` is the
-`docker save` tar, read by the docker-archive reader (kcompat.sources).
+`docker save` tar, read by the docker-archive reader (kcompat.archives).
 
 containers-storage: podman's, buildah's and skopeo's store, read in place from its own
 metadata, read-only (nothing is written, no podman process is needed), as
@@ -47,6 +47,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any, cast
 
+from kcompat.archives import DOCKER_LAYER_TAR, DockerArchiveSource
 from kcompat.engine import EngineClient
 from kcompat.errors import (
     AuthError,
@@ -76,14 +77,7 @@ from kcompat.reference import (
     Transport,
     parse_docker_reference,
 )
-from kcompat.sources import (
-    DOCKER_LAYER_TAR,
-    MAX_SMALL_BLOB,
-    Chooser,
-    DockerArchiveSource,
-    Options,
-    Source,
-)
+from kcompat.source import MAX_SMALL_BLOB, Chooser, Options, Source
 from kcompat.store import default_cache_dir
 
 OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
@@ -225,7 +219,8 @@ class DockerDaemonSource(Source):
         from kcompat.layerscan import ResultCache, code_key
 
         here = Path(__file__).resolve().parent
-        key = code_key([here / "stores.py", here / "sources.py", here / "image.py"])
+        key = code_key([here / "stores.py", here / "sources.py", here / "source.py",
+                        here / "archives.py", here / "image.py"])
         return ResultCache(default_cache_dir(), "docker-daemon", key)
 
     def _recorded(self) -> ResolvedImage | None:

@@ -13,14 +13,19 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from kcompat.confine import DEFAULTS
+from kcompat.errors import UsageError
+from kcompat.execve import Command
 from kcompat.knowledge import KNOWLEDGE
+from kcompat.platform import host_platform
 from kcompat.target import Target
 
 VERIFY_TIMEOUT = 60.0
+VM_VERIFY_TIMEOUT = 600.0  # a VM run boots a kernel first (TCG: tens of seconds)
 _SETUP_CODES = (125,)
 
 
@@ -46,6 +51,41 @@ class Verification:
         return d
 
 
+def require_host_arch(target: Target) -> None:
+    """`--verify` runs the image on this host: a target of another arch cannot be it."""
+    if target.platform.architecture != host_platform().architecture:
+        raise UsageError(
+            f"--verify runs the image on this host: the target's arch "
+            f"({target.platform.architecture}) must be this host's"
+        )
+
+
+def verify_report(
+    rep: dict[str, Any],
+    reference: str,
+    target: Target,
+    command: Command,
+    insecure_hosts: Sequence[str] = (),
+    run_args: Sequence[str] = (),
+) -> Verification:
+    """`check --verify`: run what `rep` judged (the same image, platform and command)
+    under the simulated target, compare, and record it in `rep`: its "verify", and an
+    uncertain verdict the run decided (`settle`)."""
+    extra = [f"--insecure-registry={h}" for h in insecure_hosts]
+    if command.entrypoint is not None:
+        extra.append(f"--entrypoint={command.entrypoint}")
+    if command.user is not None:
+        extra.append(f"--user={command.user}")
+    if command.workdir is not None:
+        extra.append(f"--workdir={command.workdir}")
+    extra += run_args  # --vm-kernel K --vm-append A: run where it was judged
+    obs = observe(reference, target, rep["image"]["platform"], list(command.args), extra)
+    verification = compare(rep["verdict"], obs)
+    rep["verify"] = verification.to_json()
+    settle(rep, verification)
+    return verification
+
+
 def _first_error(stderr: str) -> str | None:
     for line in stderr.splitlines():
         line = line.strip()
@@ -60,14 +100,16 @@ def observe(
     platform: str | None,
     argv: list[str] | None,
     extra: list[str],
-    timeout: float = VERIFY_TIMEOUT,
+    timeout: float | None = None,
 ) -> Observation:
     """Run the image's entrypoint (or argv) the way `kcompat run` does, simulating the
     target's kernel when it is older than this host's, and an old runtime's seccomp
     profile (`--runtime docker:X`: the calls it answers EPERM) when the target names one."""
     cmd = [sys.executable, "-m", "kcompat", "run", "--force", *extra]
     simulated = "this host as it is"
-    if target.source != "host" and target.kernel:
+    if target.source.startswith("vm:"):  # extra has --vm-kernel: the real kernel, booted
+        simulated = f"a VM booting {target.source[3:]}"
+    elif target.source != "host" and target.kernel:
         cmd += ["--kernel", target.kernel]
         simulated = f"Linux {target.kernel} (seccomp ENOSYS for newer syscalls, faked release)"
     profile = _runtime_profile(target)
@@ -81,6 +123,8 @@ def observe(
             cmd.append("--seccomp-eperm")
             simulated = simulated.replace("ENOSYS for newer syscalls, faked release",
                                           "EPERM for newer syscalls")
+    if timeout is None:
+        timeout = VM_VERIFY_TIMEOUT if target.source.startswith("vm:") else VERIFY_TIMEOUT
     try:
         return _observe(cmd, reference, platform, argv, timeout, simulated)
     finally:
