@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import traceback
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -72,6 +72,24 @@ app.command("run", cls=Command, context_settings={"allow_interspersed_args": Fal
 app.add_typer(binfmt_app, name="binfmt")
 
 
+def _interrupted() -> NoReturn:
+    """Say so and end with 130 at once: an interpreter shutdown would join the scan's
+    worker processes and could meet a second SIGINT with the default handler back."""
+    import os
+
+    signal_ignore()
+    sys.stdout.flush()
+    typer.echo("kcompat: interrupted", err=True)
+    sys.stderr.flush()
+    os._exit(int(ExitCode.INTERRUPTED))
+
+
+def signal_ignore() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _on_sigint(_sig: int, _frame: object) -> None:
     state["interrupted"] = True
     raise KeyboardInterrupt
@@ -85,8 +103,7 @@ def main() -> None:
     try:
         rc = app(standalone_mode=False, prog_name="kcompat")
         if state.get("interrupted"):  # typer turns ^C into a silent exit 130
-            typer.echo("kcompat: interrupted", err=True)
-            sys.exit(int(ExitCode.INTERRUPTED))
+            _interrupted()
         if isinstance(rc, int) and rc:
             sys.exit(rc)  # typer.Exit(code) comes back as the return value here
     except KcompatError as e:
@@ -95,8 +112,7 @@ def main() -> None:
         stderr_line("error: ", "bold red", str(e))
         sys.exit(int(e.exit_code))
     except KeyboardInterrupt:
-        typer.echo("kcompat: interrupted", err=True)
-        sys.exit(int(ExitCode.INTERRUPTED))
+        _interrupted()
     except BrokenPipeError:
         # the reader went away (`kcompat inspect ... | head -1`): end quietly, as other
         # CLIs do when SIGPIPE ends them; stdout is pointed at /dev/null so the final
