@@ -50,6 +50,8 @@ GO_RUNTIME = {
     "sched_yield", "mincore", "read", "write", "close",
 }  # fmt: skip
 _STRACE = re.compile(r"^\d+ (?:(\w+)\(|Unknown syscall (\d+))")
+# another thread's line written into the middle of an unfinished one: "nanosleep(...)16251 ioctl(0,..."
+_MERGED = re.compile(r"\)(\d+) (\w+)\(")
 # made by the signal trampoline the kernel (vDSO, signal frame) or qemu-user provides, not
 # by the program: Debian's glibc sets no SA_RESTORER on these arches
 TRAMPOLINE = {"sigreturn", "rt_sigreturn"}
@@ -85,6 +87,9 @@ def _observed(argv: list[str], abi: str, cwd: Path, stdin: Path | None = None) -
             seen.add(row.nr)
         elif m:
             unknown.add(m.group(1))
+        for merged in _MERGED.finditer(line):
+            if (row := t.lookup(merged.group(2))) is not None:
+                seen.add(row.nr)
     assert unknown == set(), f"qemu names no {abi} table row has: {unknown}"
     return seen - {r.nr for n in ("execve", *TRAMPOLINE) if (r := t.lookup(n)) is not None}
 
