@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -373,8 +374,11 @@ def test_shell_completion(tmp_path: Path) -> None:
     """typer's completion: a script for the shell, and answers for a partial line."""
     import os
 
-    r = kcompat("--show-completion", "bash")
-    assert r.returncode == 0 and "_KCOMPAT_COMPLETE=complete_bash" in r.stdout
+    # typer (with shellingham installed) takes the shell from the parent process, not from
+    # an argument: so bash runs it, and stays its parent (the `; exit` keeps bash from exec)
+    shown = f"{shlex.quote(sys.executable)} -m kcompat --show-completion; exit $?"
+    r = subprocess.run(["bash", "-c", shown], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "_KCOMPAT_COMPLETE=complete_bash" in r.stdout, r.stderr
     assert "complete -o default -F _kcompat_completion kcompat" in r.stdout
 
     def complete(line: str) -> list[str]:
