@@ -11,7 +11,9 @@ the speed of reading them needs.
 Every count and offset is checked against the file's size before it is followed, so a
 hostile file ends in `UnreadableError`, never in a hang or a crash. The golden tests
 compare machine, interpreter, DT_NEEDED, version needs and the ABI tag with binutils'
-readelf.
+readelf; tests/test_elf_differential.py holds every fact read here against pyelftools
+over every ELF file of the fixture images, and tests/test_elf_tiny.py cuts and corrupts
+tiny real files (tests/fixtures/tiny_elf/) field by field.
 """
 
 from __future__ import annotations
@@ -149,20 +151,26 @@ class ElfInfo:
         return None
 
 
-def _abi_tag(note_data: bytes, endian: str, what: str) -> str | None:
+def _abi_tag(note_data: bytes, endian: str, what: str, align: int) -> str | None:
     """The GNU ABI tag from raw note bytes: type 1, name "GNU", desc = os, major, minor, patch.
 
+    The name and the description are each padded to the alignment of their segment
+    (p_align) or section (sh_addralign): 8 bytes when that is 8 (the gABI's alignment
+    for notes in 64-bit objects), else 4 (Linux's, also in 64-bit objects), as glibc's
+    loader walks them (elf/dl-load.c open_verify: ELF_NOTE_NEXT_OFFSET with p_align) and
+    binutils' readelf does.
     A note whose name or description runs past the end of its segment (or section)
     makes the file unreadable: the linker writes whole notes, so the bytes there are
     not notes. Fewer than 12 bytes left over (padding) are not a note and are passed."""
     e = "<" if endian == "little" else ">"
+    pad = 7 if align == 8 else 3
     off = 0
     while off + 12 <= len(note_data):
         namesz, descsz, ntype = struct.unpack_from(e + "III", note_data, off)
         name_off = off + 12
-        desc_off = name_off + ((namesz + 3) & ~3)
-        end = desc_off + ((descsz + 3) & ~3)
-        if end > len(note_data):
+        desc_off = off + ((12 + namesz + pad) & ~pad)
+        end = desc_off + ((descsz + pad) & ~pad)
+        if desc_off + descsz > len(note_data):  # the last one's padding may be left out
             raise UnreadableError(f"{what}: a note at byte {off} runs past its end "
                                   f"(name size {namesz}, description size {descsz})")  # fmt: skip
         name = note_data[name_off : name_off + namesz].rstrip(b"\0")
@@ -387,11 +395,12 @@ def _read(data: bytes, with_code: bool) -> ElfInfo:
             else:
                 interp = _interpreter(data[p.offset : p.offset + p.filesz])
         elif p.type == PT_NOTE and abi_tag is None:
-            abi_tag = _abi_tag(data[p.offset : p.offset + p.filesz], r.endian, "PT_NOTE")
+            notes = data[p.offset : p.offset + p.filesz]
+            abi_tag = _abi_tag(notes, r.endian, "PT_NOTE", p.align)
     if abi_tag is None:
         s = r.named(".note.ABI-tag")
         if s is not None:
-            abi_tag = _abi_tag(r.bytes_of(s), r.endian, ".note.ABI-tag")
+            abi_tag = _abi_tag(r.bytes_of(s), r.endian, ".note.ABI-tag", s.addralign)
     tags = _dynamic(r)
     needs, defs, index = _versions(r)
     flags_1 = int(tags.get(DT_FLAGS_1, [0])[0])

@@ -121,6 +121,7 @@ class Segment(NamedTuple):
     vaddr: int
     filesz: int
     memsz: int
+    align: int = 0  # p_align
 
 
 class Section(NamedTuple):
@@ -132,6 +133,7 @@ class Section(NamedTuple):
     info: int
     entsize: int
     flags: int = 0  # sh_flags
+    addralign: int = 0  # sh_addralign
 
 
 # (format after e_ident, program header, section header) per ELF class; gABI field order
@@ -165,9 +167,9 @@ class Reader:
             for i in range(phnum):
                 f = struct.unpack_from(e + phdr, data, phoff + i * phentsize)
                 if bits == 64:  # type, flags, offset, vaddr, paddr, filesz, memsz, align
-                    seg = Segment(f[0], f[1], f[2], f[3], f[5], f[6])
+                    seg = Segment(f[0], f[1], f[2], f[3], f[5], f[6], f[7])
                 else:  # type, offset, vaddr, paddr, filesz, memsz, flags, align
-                    seg = Segment(f[0], f[6], f[1], f[2], f[4], f[5])
+                    seg = Segment(f[0], f[6], f[1], f[2], f[4], f[5], f[7])
                 _check_range(f"segment {_PT_NAMES.get(seg.type, seg.type)}", seg.offset,
                              seg.filesz, self.size)  # fmt: skip
                 self.segments.append(seg)
@@ -186,7 +188,7 @@ class Reader:
             for f in raw:
                 end = names.find(b"\0", f[0])
                 name = names[f[0] : end].decode("utf-8", "replace") if end >= 0 else ""
-                sec = Section(name, f[1], f[4], f[5], f[6], f[7], f[9], f[2])
+                sec = Section(name, f[1], f[4], f[5], f[6], f[7], f[9], f[2], f[8])
                 if sec.type not in (SHT_NOBITS, SHT_NULL):
                     _check_range(f"section {name or '?'}", sec.offset, sec.size, self.size)
                 self.sections.append(sec)
