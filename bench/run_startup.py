@@ -55,8 +55,9 @@ def cmd(*argv: str, env: dict[str, str] | None = None) -> Callable[[], object]:
     return go
 
 
-def main() -> None:
-    repeat = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+def measure(repeat: int) -> dict[str, float]:
+    """Every timing, by name (the rows main prints; "native" and "base" for the ratio
+    bench/speed.py reports)."""
     out = subprocess.run(
         [sys.executable, str(REPO / "tests" / "fixtures" / "build_images.py")],
         check=True,
@@ -123,20 +124,27 @@ def main() -> None:
             rows.append(("qemu-aarch64-static ROOTFS/bin/busybox true (baseline)", emu_base))
             emu = timed(cmd(*kc, "run", img_arm, "true", env=env), repeat)
             rows.append(("kcompat run IMAGE-arm64 true", emu))
-        print(
-            f"median of {repeat} runs each, after one warm-up; machine: {os.uname().release} "
-            f"{os.uname().machine}, {os.cpu_count()} CPUs"
-        )
-        for name, secs in rows:
-            shown = "-" if secs != secs else f"{secs * 1000:8.1f} ms"
-            print(f"  {name:58s} {shown}")
-        print("ratios:")
-        print(f"  launcher / unshare+chroot                    {launcher / base:6.2f}")
-        print(f"  kcompat run / unshare+chroot                 {native / base:6.2f}")
-        if qemu:
-            print(f"  kcompat run (arm64) / qemu-aarch64-static     {emu / emu_base:6.2f}")
+        return {**dict(rows), "base": base, "launcher": launcher, "native": native,
+                "emu_base": emu_base, "emu": emu}  # fmt: skip
     finally:
         subprocess.run(["rm", "-rf", str(cache)], check=False)
+
+
+def main() -> None:
+    repeat = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    t = measure(repeat)
+    print(f"median of {repeat} runs each, after one warm-up; machine: {os.uname().release} "
+          f"{os.uname().machine}, {os.cpu_count()} CPUs")  # fmt: skip
+    for name, secs in t.items():
+        if name in ("base", "launcher", "native", "emu_base", "emu"):
+            continue
+        shown = "-" if secs != secs else f"{secs * 1000:8.1f} ms"
+        print(f"  {name:58s} {shown}")
+    print("ratios:")
+    print(f"  launcher / unshare+chroot                    {t['launcher'] / t['base']:6.2f}")
+    print(f"  kcompat run / unshare+chroot                 {t['native'] / t['base']:6.2f}")
+    if t["emu"] == t["emu"]:
+        print(f"  kcompat run (arm64) / qemu-aarch64-static     {t['emu'] / t['emu_base']:6.2f}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,13 @@ would give.
   speed:3  + python3, python3-dev
   speed:4  + openjdk-17-jdk-headless, clang                  (over 1 GB, thousands of ELF files)
 
+and, on its own, a multi-runtime image of one layer (as `docker export | docker import`
+or a squashed build gives), trixie minbase with:
+
+  speed:runtimes  nodejs (Node, libuv), openjdk-21-jre-headless (a JVM), fzf (Go),
+                  ripgrep and fd-find (Rust, glibc), and a static musl program compiled
+                  here with musl-gcc (musl-tools) from bench/data/hello-musl.c
+
 Downloaded .deb files are kept in OUT/debs, so rebuilding a stage downloads nothing.
 Needs root (mmdebstrap keeps owners and device nodes), mmdebstrap, umoci, tar.
 
@@ -39,6 +46,9 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("4", ("openjdk-17-jdk-headless", "clang")),
 )
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+RUNTIMES_SUITE = "trixie"
+RUNTIMES = ("nodejs", "openjdk-21-jre-headless", "fzf", "ripgrep", "fd-find")
+MUSL_SOURCE = REPO / "bench" / "data" / "hello-musl.c"
 
 
 def run(*argv: str) -> None:
@@ -50,7 +60,8 @@ def default_out() -> Path:
     return Path(os.environ.get("KCOMPAT_FIXTURES", REPO / ".fixtures")) / "speed"
 
 
-def rootfs_tar(packages: list[str], debs: Path, out: Path) -> None:
+def rootfs_tar(packages: list[str], debs: Path, out: Path, suite: str = SUITE,
+               hooks: tuple[str, ...] = ()) -> None:
     """A minbase root file system with `packages`, as a tar, the .debs cached in `debs`
     (the recipe in mmdebstrap(1), EXAMPLES, for a local package cache)."""
     debs.mkdir(parents=True, exist_ok=True)
@@ -60,10 +71,11 @@ def rootfs_tar(packages: list[str], debs: Path, out: Path) -> None:
             f"--setup-hook=sync-in {debs} /var/cache/apt/archives/",
             f"--customize-hook=sync-out /var/cache/apt/archives {debs}",
             '--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb',
+            *(f"--customize-hook={h}" for h in hooks),
             ]  # fmt: skip
     if packages:
         argv.append("--include=" + ",".join(packages))
-    run(*argv, SUITE, str(out), MIRROR)
+    run(*argv, suite, str(out), MIRROR)
 
 
 def build(out: Path) -> Path:
@@ -93,7 +105,32 @@ def build(out: Path) -> Path:
             run("umoci", "gc", "--layout", str(layout))
             done.write_text(" ".join(packages) + "\n")
         previous = tag
+    _build_runtimes(out, layout)
     return layout
+
+
+def _build_runtimes(out: Path, layout: Path) -> None:
+    """speed:runtimes, one layer: a trixie minbase with RUNTIMES and a static musl program."""
+    done = out / "runtimes.done"
+    if done.exists():
+        return
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        musl = Path(tmp) / "hello-musl"
+        run("musl-gcc", "-static", "-O2", "-o", str(musl), str(MUSL_SOURCE))
+        tar = Path(tmp) / "rootfs.tar"
+        rootfs_tar(list(RUNTIMES), out / f"debs-{RUNTIMES_SUITE}", tar, RUNTIMES_SUITE,
+                   (f"upload {musl} /usr/local/bin/hello-musl",
+                    'chmod 0755 "$1"/usr/local/bin/hello-musl'))  # fmt: skip
+        bundle = Path(tmp) / "bundle"
+        run("umoci", "unpack", "--image", f"{layout}:0", str(bundle))
+        shutil.rmtree(bundle / "rootfs")
+        (bundle / "rootfs").mkdir()
+        run("tar", "-xpf", str(tar), "--numeric-owner", "-C", str(bundle / "rootfs"))
+        run("umoci", "repack", "--image", f"{layout}:runtimes", str(bundle))
+    run("umoci", "config", "--image", f"{layout}:runtimes", "--os", "linux", "--architecture",
+        "amd64", "--config.cmd", "node", "--config.env", PATH_ENV)  # fmt: skip
+    run("umoci", "gc", "--layout", str(layout))
+    done.write_text(" ".join(RUNTIMES) + " hello-musl\n")
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ capstone 5 has no LoongArch (UNSUPPORTED).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -180,6 +181,14 @@ def _recover(insns: list[Insn], dests: frozenset[str], x86: bool) -> int | None:
 Insn = tuple[int, int, str, str]  # capstone lite: address, size, mnemonic, operands
 
 
+@functools.cache
+def decoder(arch: int, mode: int) -> capstone.Cs:
+    """One capstone handle per (arch, mode) and process: opening one costs about 1 ms,
+    which per file was a tenth of a layer's scan. Used with disasm_lite only (no options
+    set), so sharing it is safe."""
+    return capstone.Cs(arch, mode)
+
+
 def _window(md: capstone.Cs, code: CodeRange, pos: int, isa: _Isa) -> list[Insn] | None:
     """Decoded instructions ending exactly with the one at offset `pos`."""
     if isa.fixed:
@@ -237,7 +246,7 @@ def scan_code(
     unresolved_at: list[int] = []
     code = list(code)
     for isa in isas:
-        md = capstone.Cs(isa.cs_arch, isa.cs_mode)
+        md = decoder(isa.cs_arch, isa.cs_mode)
         x86 = isa.cs_arch == capstone.CS_ARCH_X86
 
         def site(
@@ -396,7 +405,7 @@ def _scan_isa(
     that start is then read the same way (three calls deep at most); the site counts as
     resolved when every such call gives a number, and its numbers count in any case."""
     isa = disasm_isas.ISAS[abi]
-    md = capstone.Cs(isa.cs_arch, isa.cs_mode)
+    md = decoder(isa.cs_arch, isa.cs_mode)
     ranges = list(code)
     calls: dict[int, list[tuple[CodeRange, int]]] = {}  # target -> direct calls, when needed
 

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from kcompat import render as R
 from kcompat.cli.common import (
     CredsOpt,
     InsecureOpt,
@@ -27,10 +26,10 @@ from kcompat.cli.common import (
 )
 from kcompat.errors import KcompatError, UsageError
 from kcompat.failon import FailOn
-from kcompat.target import Target, described, load_profile, probe_host
 
 if TYPE_CHECKING:
     from kcompat.execve import Command
+    from kcompat.target import Target
 
 
 class CheckFormat(str, Enum):
@@ -52,6 +51,8 @@ def _targets(
     """The targets to judge against, each with the name the user gave it: --host, each
     --target FILE, each --kernel K (described with the shared --arch, --vsyscall, ...);
     this host when none is given."""
+    from kcompat.target import described, load_profile, probe_host
+
     described_opts = [arch, vsyscall, cgroup, runtime] + ([True] if no_binfmt else [])
     if any(described_opts) and not kernels:
         raise UsageError(
@@ -178,6 +179,7 @@ def check_cmd(
     repeatable) make a matrix: every image is judged on every target, printed as one
     table (or one JSON document, --format json), and the exit status is the worst
     cell's."""
+    from kcompat import render as R
     from kcompat.execve import Command
 
     words = ([image] if image is not None else []) + list(command or ())
@@ -262,6 +264,7 @@ def _check_matrix(
 ) -> None:
     """Every image on every target (kcompat.check.check_matrix), as one table, one JSON
     document (kcompat/data/matrix.schema.json) or one SARIF log."""
+    from kcompat import render as R
     from kcompat.check import check_matrix, error_report, sarif
 
     try:

@@ -11,15 +11,15 @@ import os
 import sys
 from collections.abc import Iterator
 from enum import Enum
-from typing import IO, Annotated, Any, Optional
+from typing import IO, TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from kcompat import render as R
-from kcompat.auth import parse_creds
-from kcompat.platform import Platform, parse_platform
-from kcompat.sources import Options
+if TYPE_CHECKING:  # the core is imported by the commands that use it: --help stays fast
+    from kcompat import render as R
+    from kcompat.platform import Platform
+    from kcompat.sources import Options
 
 
 def param_name(param: Any) -> str:
@@ -85,6 +85,8 @@ def colour(stream: IO[str]) -> bool:
 
 
 def print_lines(lines: R.Lines, err: bool = False) -> None:
+    from kcompat import render as R
+
     stream = sys.stderr if err else sys.stdout
     if not colour(stream):
         typer.echo(R.text(lines), err=err)
@@ -168,7 +170,10 @@ FormatOpt = Annotated[
 
 
 def image_options(platform: str | None, creds: str | None, insecure: list[str] | None) -> Options:
+    from kcompat.auth import parse_creds
+    from kcompat.platform import parse_platform
     from kcompat.reference import check_registry_host
+    from kcompat.sources import Options
 
     wanted: Platform | None = parse_platform(platform) if platform is not None else None
     for host in insecure or ():

@@ -9,10 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from kcompat import render as R
 from kcompat.cli.common import Format, FormatOpt, print_lines
 from kcompat.errors import LocalIOError
-from kcompat.target import probe_host
 
 SaveOpt = Annotated[
     Optional[Path],
@@ -25,6 +23,9 @@ def host_cmd(
     save: SaveOpt = None,
 ) -> None:
     """Probe this machine: kernel, arch, compat modes, binfmt_misc, vsyscall, cgroups..."""
+    from kcompat import render as R
+    from kcompat.target import probe_host
+
     profile = probe_host().to_json()
     if save is not None:
         _save(profile, save)

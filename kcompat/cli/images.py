@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from kcompat import render as R
 from kcompat.cli.common import (
     CredsOpt,
     Format,
@@ -22,8 +21,6 @@ from kcompat.cli.common import (
     warn,
 )
 from kcompat.errors import NotFoundError, UsageError
-from kcompat.pull import inspect_report, open_image, pull, scan_image, unpack
-from kcompat.store import BlobStore
 
 
 def pull_cmd(
@@ -36,6 +33,9 @@ def pull_cmd(
     ] = False,
 ) -> None:
     """Download an image's layers into the cache (digest-checked, resumable)."""
+    from kcompat.pull import open_image, pull, unpack
+    from kcompat.store import BlobStore
+
     store = BlobStore()
     with open_image(image, image_options(platform, creds, insecure_registry)) as opened:
         with progress() as bars:
@@ -72,6 +72,9 @@ def inspect_cmd(
     ] = False,
 ) -> None:
     """Show what a reference resolves to: digest, platforms, config, layers."""
+    from kcompat import render as R
+    from kcompat.pull import inspect_report, open_image, scan_image
+
     if raw and config_only:
         raise UsageError("--raw and --config each print one document: give one")
     with open_image(image, image_options(platform, creds, insecure_registry)) as opened:
@@ -112,6 +115,8 @@ def scan_cmd(
 
     Without --root only the files themselves are described; with it, the directory is
     judged as an image's root: missing loaders, libraries and interpreters are named."""
+    from kcompat import render as R
+
     if not target:
         raise UsageError("scan needs a path", hint="e.g. kcompat scan /usr/bin")
     path = Path(target)

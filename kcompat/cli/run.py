@@ -25,7 +25,6 @@ from kcompat.cli.common import (
     warn,
 )
 from kcompat.errors import UsageError
-from kcompat.store import BlobStore
 
 
 class Engine(str, Enum):  # kcompat.handoff.Engine, without importing it for every command
@@ -267,6 +266,8 @@ def run_cmd(
         prepare = vm.prepare  # the same run, checked for what a VM run can honour
     else:
         target = host_target(profile)
+    from kcompat.store import BlobStore
+
     store = BlobStore()
     options = image_options(platform, creds, insecure_registry)
     with open_for(image, target, options) as (opened, why):
