@@ -16,6 +16,7 @@ from kcompat.pull import open_image, scan_image
 from kcompat.rules import Severity, Verdict, check
 from kcompat.scan import Scan
 from kcompat.target import described, probe_host
+from tests import inproc
 from tests.conftest import Binaries, Fixtures
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +30,9 @@ def kcompat(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def check_json(*args: str) -> tuple[int, dict[str, Any]]:
-    r = kcompat("check", "--format", "json", *args)
+    """`kcompat check --format json ARGS` (in this process: tests/inproc.py), its status
+    and its report, validated against the checked-in schema."""
+    r = inproc.kcompat("check", "--format", "json", *args)
     assert r.stdout, r.stderr
     rep = json.loads(r.stdout)
     jsonschema.validate(rep, SCHEMA)

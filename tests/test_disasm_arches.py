@@ -50,7 +50,7 @@ GO_RUNTIME = {
     "sched_yield", "mincore", "read", "write", "close",
 }  # fmt: skip
 _STRACE = re.compile(r"^\d+ (?:(\w+)\(|Unknown syscall (\d+))")
-# another thread's line written into the middle of an unfinished one: "nanosleep(...)16251 ioctl(0,..."
+# another thread's line written into an unfinished one: "nanosleep(...)16251 ioctl(0,..."
 _MERGED = re.compile(r"\)(\d+) (\w+)\(")
 # made by the signal trampoline the kernel (vDSO, signal frame) or qemu-user provides, not
 # by the program: Debian's glibc sets no SA_RESTORER on these arches
