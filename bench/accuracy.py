@@ -24,12 +24,19 @@ re-evaluates):
 Predictions go through `check`'s pipeline (kcompat.check.run_check), with docker's
 meaning of the command: the words after the image replace Cmd.
 
+Observations are cached under .fixtures/corpus/observed, keyed by the image's manifest
+digest, the command, kernel and runtime, and a hash of kcompat's code minus the modules
+that only predict (rules, families, needs, check, render, the CLI): changing the rules
+re-predicts in seconds and re-runs nothing; changing how `run` works re-runs everything.
+
 Run: .venv/bin/python bench/accuracy.py [--kernels 3.2,4.4] [--images bullseye,fzf]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -210,6 +217,61 @@ def predict_all(cases: list[Case]) -> dict[Case, tuple[str, str, tuple[str, ...]
     return out
 
 
+PREDICTION_ONLY = ("rules", "families.py", "families.json", "needs.py", "check.py", "render.py",
+                   "binaries.py", "failon.py", "cli")  # fmt: skip
+
+
+def run_code_hash() -> str:
+    """What an observation depends on: kcompat's code and data but the prediction's."""
+    h = hashlib.sha256()
+    for p in sorted((REPO / "kcompat").rglob("*")):
+        rel = p.relative_to(REPO / "kcompat")
+        if not p.is_file() or p.suffix not in (".py", ".json", ".c") or "__pycache__" in rel.parts:
+            continue
+        if rel.parts[0] in PREDICTION_ONLY or rel.name in PREDICTION_ONLY:
+            continue
+        h.update(str(rel).encode() + b"\0" + p.read_bytes())
+    for p in sorted((REPO / "syscall_tables").rglob("*.json")):
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+class ObservedCache:
+    """One JSON file per observation, written by rename (a killed run leaves no half)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.code = run_code_hash()
+        self._digests: dict[str, str] = {}
+
+    def _digest(self, ref: str) -> str:
+        if ref not in self._digests:
+            from kcompat.pull import open_image
+
+            with open_image(ref) as opened:
+                self._digests[ref] = opened.image.manifest_digest or ref
+        return self._digests[ref]
+
+    def _path(self, c: Case) -> Path:
+        key = json.dumps([self._digest(c.reference), c.argv, c.kernel, c.runtime, self.code])
+        h = hashlib.sha256(key.encode()).hexdigest()
+        return self.root / h[:2] / f"{h}.json"
+
+    def observe(self, c: Case) -> tuple[str, int | None, str | None]:
+        path = self._path(c)
+        try:
+            got = json.loads(path.read_text())
+            return got[0], got[1], got[2]
+        except (OSError, ValueError, IndexError):
+            pass
+        result = observe(c)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{os.getpid()}.partial")
+        tmp.write_text(json.dumps(list(result)))
+        tmp.replace(path)
+        return result
+
+
 def observe(c: Case) -> tuple[str, int | None, str | None]:
     """`kcompat run --kernel K`; for an old runtime also that release's EPERM answers
     (kcompat.verify's profile: its missing calls first, newer calls EPERM)."""
@@ -297,8 +359,11 @@ def main() -> None:
     t1 = time.monotonic()
     predictions = predict_all(cases)
     t2 = time.monotonic()
+    store = ObservedCache(corpus_root / "observed")
+    for c in cases:  # the digests first, in this thread
+        store._digest(c.reference)
     with ThreadPoolExecutor(args.jobs) as pool:
-        observed = dict(zip(cases, pool.map(observe, cases)))
+        observed = dict(zip(cases, pool.map(store.observe, cases)))
     t3 = time.monotonic()
     outcomes = [Outcome(c, *predictions[c], *observed[c]) for c in cases]
     matrix = Counter((o.predicted, o.observed) for o in outcomes)
