@@ -51,6 +51,10 @@ class CallFact:
     reached_if_applets: frozenset[str] = frozenset()
     since: str | None = None
     until: str | None = None
+    # the family's program makes the call itself at start-up through whichever library
+    # reaches it (node checks OpenSSL's CSPRNG, the JVM starts its threads): the fact
+    # decides every path of a program of this family, not only the paths from its file
+    program: bool = False
 
     def holds_for(self, version: str | None) -> bool:
         """Whether the fact holds for this family version. With the version unknown, a
@@ -116,7 +120,15 @@ def _fact(family: str, raw: Mapping[str, Any], where: str) -> CallFact:
         frozenset(_strings(raw, "reached_if_applets", where)),
         raw.get("since"),
         raw.get("until"),
+        _flag(raw, "program", where),
     )
+
+
+def _flag(raw: Mapping[str, Any], key: str, where: str) -> bool:
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{where}: {key} is true or false")
+    return value
 
 
 def load_families(doc: Mapping[str, Any], where: str = "families.json") -> tuple[Family, ...]:

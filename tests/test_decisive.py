@@ -32,6 +32,11 @@ TABLE = load_families({
             {"syscall": "clone3", "on_enosys": "fallback", "on_eperm": "start-up",
              "note": "starts its threads at start-up", "source": "test"},
         ]},
+        {"id": "jvm", "recognise": {"programs": ["jvm"]}, "calls": [
+            {"syscall": "clone3", "on_enosys": "fallback", "on_eperm": "start-up",
+             "program": True, "note": "its library starts the threads at start-up",
+             "source": "test"},
+        ]},
         {"id": "box", "recognise": {"programs": ["box"], "markers": ["BoxBox v"]}, "calls": [
             {"syscall": "setns", "on_enosys": "path", "path": "the nsenter applet",
              "reached_if_applets": ["nsenter"], "note": "nsenter fails", "source": "test"},
@@ -133,6 +138,28 @@ def test_old_runtime_rule_is_per_binary() -> None:
     assert f.severity is Severity.FATAL and f.title.startswith("fails at start")
     fixed = judged(scan, "/usr/bin/vm", kernel="5.10", runtime="docker:20.10.9")
     assert "runtime-seccomp" not in rules(fixed)
+
+
+def test_program_fact_decides_the_paths_through_its_libraries() -> None:
+    """A `program` fact (the JVM, node) holds for every path of a program of its family:
+    the threads its library starts at start-up fail there; the same library under
+    another program leaves it uncertain, and ENOSYS is glibc's own fallback."""
+    libjli = elf("/usr/lib/x86_64-linux-gnu/libjli.so", soname="libjli.so",
+                 imports=("pthread_create",))
+    java = elf("/usr/bin/jvm", imports=("puts",), needed=("libjli.so", "libc.so.6"))
+    other = elf("/usr/bin/other", imports=("puts",), needed=("libjli.so", "libc.so.6"))
+    scan = scan_of(libjli, java, other, *libc("2.36"))
+    rt = "docker:20.10.7"
+    (f,) = [f for f in judged(scan, "/usr/bin/jvm", kernel="5.10", runtime=rt).findings
+            if f.rule == "runtime-seccomp"]  # fmt: skip
+    assert f.severity is Severity.FATAL and "its library starts the threads" in f.explanation
+    assert "runtime-seccomp" in rules(judged(scan, "/usr/bin/other", kernel="5.10", runtime=rt),
+                                      Severity.UNCERTAIN)  # fmt: skip
+    assert "syscall-required-at-start" not in rules(judged(scan, "/usr/bin/jvm", kernel="4.19"))
+    with pytest.raises(ValueError, match="program is true or false"):
+        fam_mod.load_families({"schema": 1, "families": [{"id": "x", "calls": [
+            {"syscall": "clone3", "on_enosys": "fallback", "note": "n", "source": "s",
+             "program": "yes"}]}]})  # fmt: skip
 
 
 def test_emulated_binary_judged_by_the_host_table() -> None:

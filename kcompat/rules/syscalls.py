@@ -285,11 +285,17 @@ def _path_facts(need: SyscallNeed, path: NeedPath, eperm: bool, prog: Program) -
         if facts and not played:  # all its uses go through APIs this program lacks
             own.append(_not_reached(fam, facts))
         own += played
+    # what the program's own family does with the call through any library (its
+    # start-up drives it): decides beside the library's facts, the worst wins
+    driven = [] if obj is prog.binary else [
+        f for fam, version in prog.families_of(prog.binary)
+        for f in fam.facts(need.name, version) if f.program
+    ]  # fmt: skip
     if path.kind == "import":
         api = [f for f in g_all if path.symbol in f.reached_if_imports]
         decided = [f for f in api if _decides(f, eperm)]
-        return decided or own or api
-    return internal + (own or [f for f in g_all if f.reached_if_imports])
+        return decided or (own + driven) or api  # glibc's own fallback hides the error
+    return internal + (own or [f for f in g_all if f.reached_if_imports]) + driven
 
 
 def _on(fact: CallFact, eperm: bool) -> OnError:
