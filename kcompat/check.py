@@ -9,21 +9,26 @@ by the tests); SARIF output is for code-scanning dashboards.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
 from kcompat import __version__
-from kcompat.analysis import analyse
+from kcompat.analysis import analyse, analysis_key
 from kcompat.binaries import summary_json
 from kcompat.errors import KcompatError
 from kcompat.execve import Command
+from kcompat.layerscan import ResultCache
+from kcompat.merged import max_file_size
 from kcompat.platform import Platform, host_platform
 from kcompat.pull import OpenImage, open_image
 from kcompat.reference import parse_reference
 from kcompat.rules import Finding, Result, Severity, check
 from kcompat.scan import Scan, Tree
 from kcompat.sources import Options, open_source
+from kcompat.store import BlobStore
 from kcompat.target import Target
 
 REPORT_SCHEMA = 1
@@ -179,6 +184,46 @@ def run_check(
         result = check(_empty_scan(), config, target, command)
         return report(opened, target, result, summary_json(_empty_scan(), []), chosen_because)
     opened.source.check_present(opened.image)  # broken where it lives: never from cache
+    reports = _report_cache(opened)
+    key = _report_key(opened, target, command, chosen_because)
+    if reports is not None and isinstance(hit := reports.read(key), dict):
+        return hit
+    rep = _judged(opened, target, command, chosen_because)
+    if reports is not None:
+        reports.write(key, rep)
+    return rep
+
+
+def _report_cache(opened: OpenImage) -> ResultCache | None:
+    """Reports of images known by their digests (a directory's content may change), under
+    kcompat's code key: a warm `check` reads its report, not the image's analysis."""
+    if opened.source.rootfs_dir() is not None or not opened.image.layers:
+        return None
+    return ResultCache(BlobStore().root, "reports", analysis_key())
+
+
+def _report_key(
+    opened: OpenImage, target: Target, command: object, chosen_because: str | None
+) -> str:
+    """Everything a report depends on besides kcompat's code: the image as resolved (its
+    reference, manifest, config, index), the target, the command, why the entry was chosen."""
+    img = opened.image
+    what = json.dumps(
+        [img.reference, img.manifest_digest, repr(img.config), [d.digest for d in img.layers],
+         [str(p) for p in img.index_platforms], target.to_json(), repr(command), chosen_because,
+         max_file_size()],
+        sort_keys=True, default=str,
+    )  # fmt: skip
+    return "sha256:" + hashlib.sha256(what.encode()).hexdigest()
+
+
+def _judged(
+    opened: OpenImage,
+    target: Target,
+    command: Command | list[str] | None,
+    chosen_because: str | None,
+) -> dict[str, Any]:
+    config = opened.image.config
     analysis = analyse(opened)
     scan = analysis.scan
     result = check(scan, config, target, command)

@@ -18,8 +18,10 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from kcompat.syscalls import table
 
@@ -83,6 +85,49 @@ def _state_key(abi: str) -> str | None:
     h = hashlib.sha256(json.dumps([boot, release, abi, state, os.geteuid()]).encode())
     h.update(Path(__file__).read_bytes())
     return h.hexdigest()[:24]
+
+
+def tools_state(*names: str) -> list[list[object]]:
+    """Which of these programs PATH finds, and their files' identity (a new version of
+    one is a new file): what a cached answer about them depends on."""
+    import shutil
+
+    out: list[list[object]] = []
+    for name in names:
+        path = shutil.which(name)
+        if path is None:
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        out.append([name, os.path.realpath(path), st.st_mtime_ns, st.st_size, st.st_ino])
+    return out
+
+
+def remembered(cache: Path | None, name: str, depends: object, compute: Callable[[], Any]) -> Any:
+    """compute()'s JSON answer, remembered under `cache`/probe for this boot, seccomp
+    state and user (as cached_probe) and `depends`: the host probe's other parts (arch-test,
+    the runtimes' versions) cost a few subprocesses on every `check --host`."""
+    key = _state_key(name) if cache is not None else None
+    if cache is None or key is None:
+        return compute()
+    digest = hashlib.sha256(json.dumps([key, depends], default=str).encode()).hexdigest()[:24]
+    path = cache / "probe" / f"{name}-{digest}.json"
+    try:
+        return json.loads(path.read_text())["value"]
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    value = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"value": value}, f)
+        os.replace(tmp, path)
+    except (OSError, TypeError):
+        pass  # a read-only cache, or an answer JSON cannot hold: computed again next time
+    return value
 
 
 def cached_probe(abi: str, cache: Path | None) -> ProbeResult | None:

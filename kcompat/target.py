@@ -22,7 +22,7 @@ from kcompat import binfmt as _binfmt
 from kcompat.binfmt import BinfmtEntry, find_qemu, private_binfmt_possible
 from kcompat.errors import UsageError
 from kcompat.platform import Platform, host_platform, parse_platform
-from kcompat.probe import cached_probe
+from kcompat.probe import cached_probe, remembered, tools_state
 from kcompat.store import default_cache_dir
 from kcompat.syscalls import ABI_OF_ARCH
 from kcompat.versions import version_key
@@ -179,12 +179,23 @@ def probe_runtimes() -> dict[str, str]:
     return found
 
 
+def _runtimes(cache: Path) -> dict[str, str]:
+    """probe_runtimes, remembered until one of the runtimes or libseccomp changes."""
+    seccomp = sorted(str(p) for p in Path("/usr/lib").glob("*/libseccomp.so.2.*"))
+    engines = tools_state("docker", "podman", "crun", "runc")
+    found = remembered(cache, "runtimes", [engines, seccomp], probe_runtimes)
+    return {str(k): str(v) for k, v in dict(found).items()}
+
+
 def probe_host(*, syscalls: bool = True, runtimes: bool = True) -> Target:
     """This machine as a target. `run` leaves out the slow parts it does not need: the
     per-syscall probe (the tables stand in) and the container runtimes' versions."""
     kernel = probe_kernel()
     plat = host_platform()
-    compat = probe_compat(plat.architecture)
+    cache = default_cache_dir()
+    found = remembered(cache, "compat", [plat.architecture, tools_state("arch-test")],
+                       lambda: probe_compat(plat.architecture))  # fmt: skip
+    compat = tuple(found) if found is not None else None
     notes = []
     if compat is None:
         notes.append("native compat modes unknown: arch-test is not installed")
@@ -194,7 +205,7 @@ def probe_host(*, syscalls: bool = True, runtimes: bool = True) -> Target:
         private = private_binfmt_possible(kernel, userns)
     absent = blocked = None
     abi = ABI_OF_ARCH.get(plat.architecture)
-    probed = cached_probe(abi, default_cache_dir()) if abi and syscalls else None
+    probed = cached_probe(abi, cache) if abi and syscalls else None
     if probed is not None:
         absent, blocked = probed.absent, probed.blocked
         notes.append(
@@ -216,7 +227,7 @@ def probe_host(*, syscalls: bool = True, runtimes: bool = True) -> Target:
         cgroup=probe_cgroup(),
         seccomp=probe_seccomp(),
         userns=probe_userns(),
-        runtimes=probe_runtimes() if runtimes else {},
+        runtimes=_runtimes(cache) if runtimes else {},
         absent_syscalls=absent,
         blocked_syscalls=blocked,
         notes=tuple(notes),
