@@ -236,6 +236,19 @@ def run_code_hash() -> str:
     return h.hexdigest()[:16]
 
 
+def _top_digest(ref: str) -> str:
+    if ref.startswith("oci:"):
+        layout, _, tag = ref[4:].rpartition(":")
+        index = json.loads((Path(layout) / "index.json").read_text())
+        for m in index.get("manifests", ()):
+            if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
+                return str(m["digest"])
+    from kcompat.pull import open_image
+
+    with open_image(ref) as opened:
+        return opened.image.manifest_digest or ref
+
+
 class ObservedCache:
     """One JSON file per observation, written by rename (a killed run leaves no half)."""
 
@@ -245,11 +258,9 @@ class ObservedCache:
         self._digests: dict[str, str] = {}
 
     def _digest(self, ref: str) -> str:
+        """The digest the reference names (an index's own, not one of its entries')."""
         if ref not in self._digests:
-            from kcompat.pull import open_image
-
-            with open_image(ref) as opened:
-                self._digests[ref] = opened.image.manifest_digest or ref
+            self._digests[ref] = _top_digest(ref)
         return self._digests[ref]
 
     def _path(self, c: Case) -> Path:
