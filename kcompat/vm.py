@@ -98,7 +98,7 @@ _ARITY = {"vol": 3, "tmpfs": 3}  # values per record key; every other key has on
 
 @dataclass(frozen=True)
 class VmOptions:
-    kernel: str  # --vm-kernel: debian:SUITE[/ARCH], a kernel .deb, an image file, a root dir
+    kernel: str  # --vm-kernel: debian:/ubuntu:SUITE[/ARCH], a .deb, an image file, a root dir
     initrd: Path | None = None  # --vm-initrd: put before kcompat's initramfs
     append: str = ""  # --vm-append: more kernel command line
     memory: int | None = None  # bytes (--memory); DEFAULT_MEMORY when None

@@ -1,6 +1,12 @@
-"""The kernel a VM run boots: fetched from Debian's archive, or the fleet's own files.
+"""The kernel a VM run boots: fetched from Debian's or Ubuntu's archive, or the fleet's own files.
 
 `--vm-kernel` takes:
+- `ubuntu:SUITE[/ARCH]` (`ubuntu:jammy`, `ubuntu:noble-updates`): the same from Ubuntu's
+  archive (archive.ubuntu.com; ports.ubuntu.com for arm64): `linux-image-generic` followed
+  to `linux-image-REL-generic` and the `linux-modules-REL-generic` it depends on (Ubuntu
+  ships the modules apart). Its InRelease is checked against Ubuntu's archive keyring,
+  which kcompat takes from Debian's `ubuntu-keyring` package, fetched through
+  Debian's own checked chain (so trust still starts at Debian's keyring);
 - `debian:SUITE[/ARCH]` (`debian:bullseye`, `debian:bookworm/arm64`): the suite's
   `linux-image-ARCH` meta package is looked up in the suite's Packages index on
   deb.debian.org (the InRelease file checked with gpgv against Debian's archive keyring
@@ -53,6 +59,12 @@ from kcompat.errors import (
 
 MIRROR = os.environ.get("KCOMPAT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+UBUNTU_MIRROR = os.environ.get("KCOMPAT_UBUNTU_MIRROR", "http://archive.ubuntu.com/ubuntu")
+UBUNTU_PORTS = os.environ.get("KCOMPAT_UBUNTU_PORTS_MIRROR", "http://ports.ubuntu.com/ubuntu-ports")
+# where Debian keeps Ubuntu's archive keyring (binary-all of main; trixie and later)
+UBUNTU_KEYRING_SUITE = "stable"
+UBUNTU_KEYRING_PACKAGE = "ubuntu-keyring"
+UBUNTU_KEYRING_FILE = "usr/share/keyrings/ubuntu-archive-keyring.gpg"
 INDEX_MAX_AGE = 24 * 3600.0  # a suite's resolved kernel package is looked up again after this
 _TIMEOUT = 60.0
 _DEBIAN_ARCH = {"amd64": "amd64", "arm64": "arm64"}  # OCI -> Debian (the VM arches supported)
@@ -68,6 +80,29 @@ NEEDED = {
 # Modules 9p may depend on, looked for in the first pass so one pass usually suffices.
 _LIKELY_DEPS = ("fscache", "netfs", "virtio_ring", "virtio", "virtio_pci")
 _MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A distribution's package archive, as far as fetching its kernel goes."""
+
+    name: str  # debian | ubuntu: the SPEC's prefix
+    mirrors: dict[str, str]  # Debian arch -> mirror URL
+    meta: str  # the meta package that follows the current kernel ({arch} filled in)
+    image: str  # a regex: the versioned kernel package the meta package depends on
+    extra: str | None  # a regex: packages of the versioned one's Depends unpacked with it
+
+    def mirror(self, arch: str) -> str:
+        return self.mirrors[arch]
+
+
+ARCHIVES = {
+    "debian": Archive("debian", {"amd64": MIRROR, "arm64": MIRROR}, "linux-image-{arch}",
+                      r"linux-image-\d[\w.+-]*-{arch}(?:-unsigned)?", None),
+    "ubuntu": Archive("ubuntu", {"amd64": UBUNTU_MIRROR, "arm64": UBUNTU_PORTS},
+                      "linux-image-generic", r"linux-image-(?:unsigned-)?\d[\w.+-]*-generic",
+                      r"linux-modules-\d[\w.+-]*-generic"),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -289,22 +324,83 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _verified_release(suite: str) -> tuple[str, str]:
+def _verified_release(
+    suite: str, mirror: str = MIRROR, keyring: Path | None = KEYRING
+) -> tuple[str, str]:
     """The suite's InRelease text, and how it was checked, in words."""
-    raw = _fetch(f"{MIRROR}/dists/{suite}/InRelease")
+    raw = _fetch(f"{mirror}/dists/{suite}/InRelease")
     gpgv = shutil.which("gpgv")
-    if gpgv and KEYRING.is_file():
-        r = subprocess.run([gpgv, "--keyring", str(KEYRING), "-"], input=raw,
+    if gpgv and keyring is not None and keyring.is_file():
+        r = subprocess.run([gpgv, "--keyring", str(keyring), "-"], input=raw,
                            capture_output=True, check=False)  # fmt: skip
         if r.returncode != 0:
             raise IntegrityError(
-                f"{MIRROR}/dists/{suite}/InRelease: its signature does not verify against "
-                f"{KEYRING}",
-                hint="check the mirror (KCOMPAT_DEBIAN_MIRROR) and retry")  # fmt: skip
-        how = f"InRelease signature verified by gpgv with {KEYRING}"
+                f"{mirror}/dists/{suite}/InRelease: its signature does not verify against "
+                f"{keyring}",
+                hint="check the mirror (KCOMPAT_DEBIAN_MIRROR, KCOMPAT_UBUNTU_MIRROR) and "
+                "retry")  # fmt: skip
+        how = f"InRelease signature verified by gpgv with {keyring}"
     else:
-        how = "InRelease NOT signature-checked (gpgv or debian-archive-keyring missing)"
+        how = ("InRelease NOT signature-checked (gpgv or the archive keyring missing: "
+               "gpgv and debian-archive-keyring)")  # fmt: skip
     return raw.decode("utf-8", "replace"), how
+
+
+def _packages(suite: str, component_arch: str, mirror: str = MIRROR,
+              keyring: Path | None = KEYRING) -> tuple[dict[str, dict[str, str]], str]:
+    """The suite's Packages index for `main/binary-ARCH`, checked against its InRelease."""
+    release, how = _verified_release(suite, mirror, keyring)
+    name = f"main/binary-{component_arch}/Packages.xz"
+    digest, size = _sha256_of(release, name)
+    raw = _fetch(f"{mirror}/dists/{suite}/{name}")
+    if len(raw) != size or hashlib.sha256(raw).hexdigest() != digest:
+        raise IntegrityError(f"{mirror}/dists/{suite}/{name}: its SHA256 is not the one "
+                             "InRelease lists", hint="retry; check the mirror")  # fmt: skip
+    text = lzma.decompress(raw).decode("utf-8", "replace")
+    return {s["Package"]: s for s in _stanzas(text) if "Package" in s}, how
+
+
+def _fetch_checked(mirror: str, pkg: dict[str, str], dest: Path) -> None:
+    """A package's .deb into `dest`, checked against the index's SHA256."""
+    digest = pkg["SHA256"]
+    if dest.is_file() and _sha256_file(dest) == digest:
+        return
+    _fetch(f"{mirror}/{pkg['Filename']}", dest)
+    if _sha256_file(dest) != digest:
+        dest.unlink(missing_ok=True)
+        raise IntegrityError(f"{pkg['Filename']}: its SHA256 is not the index's",
+                             hint="retry; check the mirror")  # fmt: skip
+
+
+def ubuntu_keyring(cache: Path) -> Path | None:
+    """Ubuntu's archive keyring, from Debian's ubuntu-keyring package (its index
+    checked with Debian's keyring), cached; None when Debian's chain cannot be checked
+    here (no gpgv or debian-archive-keyring: then Ubuntu's InRelease is not checked either,
+    and the source says so)."""
+    if shutil.which("gpgv") is None or not KEYRING.is_file():
+        return None
+    dest = kernels_dir(cache) / "ubuntu-archive-keyring.gpg"
+    if dest.is_file():
+        return dest
+    packages, _ = _packages(UBUNTU_KEYRING_SUITE, "all")
+    pkg = packages.get(UBUNTU_KEYRING_PACKAGE)
+    if pkg is None:
+        raise NotFoundError(f"debian:{UBUNTU_KEYRING_SUITE} has no {UBUNTU_KEYRING_PACKAGE}",
+                            hint="set KCOMPAT_DEBIAN_MIRROR to a full Debian mirror")  # fmt: skip
+    deb = dest.with_name(Path(pkg["Filename"]).name)
+    _fetch_checked(MIRROR, pkg, deb)
+    try:
+        for tar, m in _tar_stream(deb):
+            if m.isfile() and m.name.lstrip("./") == UBUNTU_KEYRING_FILE:
+                src = tar.extractfile(m)
+                if src is not None:
+                    tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
+                    tmp.write_bytes(src.read())
+                    os.replace(tmp, dest)
+                    return dest
+    finally:
+        deb.unlink(missing_ok=True)
+    raise BadImageError(f"{pkg['Filename']}: no {UBUNTU_KEYRING_FILE} in it")
 
 
 def _sha256_of(release: str, name: str) -> tuple[str, int]:
@@ -336,38 +432,45 @@ def _stanzas(text: str) -> Iterator[dict[str, str]]:
             yield fields
 
 
-def _kernel_package(suite: str, arch: str) -> tuple[dict[str, str], str]:
-    """The versioned kernel package the suite's linux-image-ARCH depends on, and how the
-    index was checked."""
-    release, how = _verified_release(suite)
-    name = f"main/binary-{arch}/Packages.xz"
-    digest, size = _sha256_of(release, name)
-    raw = _fetch(f"{MIRROR}/dists/{suite}/{name}")
-    if len(raw) != size or hashlib.sha256(raw).hexdigest() != digest:
-        raise IntegrityError(f"{MIRROR}/dists/{suite}/{name}: its SHA256 is not the one "
-                             "InRelease lists", hint="retry; check the mirror")  # fmt: skip
-    text = lzma.decompress(raw).decode("utf-8", "replace")
-    packages = {s["Package"]: s for s in _stanzas(text) if "Package" in s}
-    meta = packages.get(f"linux-image-{arch}")
+def _kernel_package(
+    archive: Archive, suite: str, arch: str, cache: Path
+) -> tuple[list[dict[str, str]], str]:
+    """The versioned kernel package the suite's meta package depends on (first) and the
+    packages to unpack with it (Ubuntu's modules), and how the index was checked."""
+    keyring = KEYRING if archive.name == "debian" else ubuntu_keyring(cache)
+    packages, how = _packages(suite, arch, archive.mirror(arch), keyring)
+    spec, meta_name = f"{archive.name}:{suite}/{arch}", archive.meta.format(arch=arch)
+    meta = packages.get(meta_name)
     if meta is None:
-        raise NotFoundError(f"debian:{suite}/{arch}: the suite has no linux-image-{arch}")
-    pattern = re.compile(rf"linux-image-\d[\w.+-]*-{re.escape(arch)}(?:-unsigned)?")
+        raise NotFoundError(f"{spec}: the suite has no {meta_name}")
+    pattern = re.compile(archive.image.format(arch=re.escape(arch)))
     for dep in re.split(r"[,|]", meta.get("Depends", "")):
         m = pattern.match(dep.strip())
         if m and m.group(0) in packages:
-            return packages[m.group(0)], how
-    raise NotFoundError(f"debian:{suite}/{arch}: linux-image-{arch} depends on no kernel "
-                        f"package in the index ({meta.get('Depends')!r})")  # fmt: skip
+            image = packages[m.group(0)]
+            out = [image]
+            if archive.extra is not None:
+                extra = re.compile(archive.extra)
+                for d in re.split(r"[,|]", image.get("Depends", "")):
+                    name = d.strip().split(" ", 1)[0]
+                    if extra.fullmatch(name) and name in packages:
+                        out.append(packages[name])
+            return out, how
+    raise NotFoundError(f"{spec}: {meta_name} depends on no kernel package in the index "
+                        f"({meta.get('Depends')!r})")  # fmt: skip
 
 
-def parse_spec(spec: str) -> tuple[str, str] | None:
-    """`debian:SUITE[/ARCH]` -> (suite, Debian arch); None for a path."""
-    if not spec.startswith("debian:"):
+def parse_spec(spec: str) -> tuple[Archive, str, str] | None:
+    """`debian:SUITE[/ARCH]` or `ubuntu:SUITE[/ARCH]` -> (archive, suite, Debian arch);
+    None for a path."""
+    prefix, colon, rest = spec.partition(":")
+    if not colon or prefix not in ARCHIVES:
         return None
-    suite, _, arch = spec[len("debian:"):].partition("/")
+    suite, _, arch = rest.partition("/")
     if not re.fullmatch(r"[a-z][a-z0-9-]*", suite):
-        raise UsageError(f"--vm-kernel {spec!r}: not debian:SUITE[/ARCH]",
-                         hint="e.g. debian:bullseye or debian:bookworm/arm64")  # fmt: skip
+        raise UsageError(f"--vm-kernel {spec!r}: not {prefix}:SUITE[/ARCH]",
+                         hint="e.g. debian:bullseye, debian:bookworm/arm64, "
+                         "ubuntu:jammy")  # fmt: skip
     if not arch:
         from kcompat.platform import host_platform
 
@@ -375,19 +478,19 @@ def parse_spec(spec: str) -> tuple[str, str] | None:
     if arch not in _DEBIAN_ARCH:
         raise UnsupportedError(f"--vm-kernel {spec!r}: VM runs support the arches "
                                f"{', '.join(_DEBIAN_ARCH)}, not {arch}")  # fmt: skip
-    return suite, _DEBIAN_ARCH[arch]
+    return ARCHIVES[prefix], suite, _DEBIAN_ARCH[arch]
 
 
-def _debian(suite: str, arch: str, cache: Path) -> Kernel:
+def _archived(archive: Archive, suite: str, arch: str, cache: Path) -> Kernel:
     from kcompat.store import BlobStore
 
-    with BlobStore(cache).lock(f"kernel-debian-{suite}-{arch}"):  # one download at a time
-        return _debian_locked(suite, arch, cache)
+    with BlobStore(cache).lock(f"kernel-{archive.name}-{suite}-{arch}"):  # one at a time
+        return _archived_locked(archive, suite, arch, cache)
 
 
-def _debian_locked(suite: str, arch: str, cache: Path) -> Kernel:
+def _archived_locked(archive: Archive, suite: str, arch: str, cache: Path) -> Kernel:
     base = kernels_dir(cache)
-    pointer = base / f"debian-{suite}-{arch}.json"
+    pointer = base / f"{archive.name}-{suite}-{arch}.json"
     info = None
     with contextlib.suppress(OSError, ValueError, KeyError):
         raw = json.loads(pointer.read_text())
@@ -395,27 +498,26 @@ def _debian_locked(suite: str, arch: str, cache: Path) -> Kernel:
             info = raw
     if info is None:
         try:
-            pkg, how = _kernel_package(suite, arch)
+            pkgs, how = _kernel_package(archive, suite, arch, cache)
         except NetworkError:
             with contextlib.suppress(OSError, ValueError, KeyError):
                 stale = json.loads(pointer.read_text())
                 if (base / stale["key"]).is_dir():  # offline: the last one resolved
                     return _from_root(base / stale["key"], stale["source"] + " (stale)")
             raise
+        pkg = pkgs[0]
         digest = pkg["SHA256"]
         key = f"deb-{digest[:24]}"
-        source = (f"debian:{suite}/{arch} {pkg['Package']} {pkg['Version']} "
-                  f"({how})")  # fmt: skip
+        source = (f"{archive.name}:{suite}/{arch} "
+                  + ", ".join(f"{p['Package']} {p['Version']}" for p in pkgs)
+                  + f" ({how})")  # fmt: skip
         if not (base / key).is_dir():
-            deb = base / Path(pkg["Filename"]).name
-            if not deb.is_file() or _sha256_file(deb) != digest:
-                _fetch(f"{MIRROR}/{pkg['Filename']}", deb)
-                if _sha256_file(deb) != digest:
-                    deb.unlink(missing_ok=True)
-                    raise IntegrityError(f"{pkg['Filename']}: its SHA256 is not the index's",
-                                         hint="retry; check the mirror")  # fmt: skip
-            _unpack_deb(deb, base / key)
-            deb.unlink(missing_ok=True)  # what a run needs is unpacked
+            debs = [base / Path(p["Filename"]).name for p in pkgs]
+            for p, deb in zip(pkgs, debs):
+                _fetch_checked(archive.mirror(arch), p, deb)
+            _unpack_deb(debs, base / key)
+            for deb in debs:
+                deb.unlink(missing_ok=True)  # what a run needs is unpacked
         info = {"fetched": time.time(), "key": key, "source": source}
         tmp = pointer.with_suffix(".tmp")
         tmp.write_text(json.dumps(info))
@@ -512,17 +614,20 @@ def _extract(deb: Path, dest: Path, names: set[str]) -> None:
             shutil.copyfileobj(src, w, 1 << 20)
 
 
-def _unpack_deb(deb: Path, dest: Path) -> None:
+def _unpack_deb(debs: Path | list[Path], dest: Path) -> None:
     """The kernel image, config, modules.builtin and the modules a VM run needs (and
-    what they depend on), into `dest` as the package lays them out."""
+    what they depend on), into `dest` as the packages lay them out (Ubuntu's kernel
+    comes as an image package and a modules package)."""
+    debs = [debs] if isinstance(debs, Path) else debs
     tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         names = {_modname(n) for n in (*NEEDED.values(), *_LIKELY_DEPS)}
         for _ in range(6):  # each pass adds the dependencies the last one revealed
-            _extract(deb, tmp, names)
-            kernel = _from_root(tmp, str(deb))
+            for deb in debs:
+                _extract(deb, tmp, names)
+            kernel = _from_root(tmp, str(debs[0]))
             if kernel.modules is not None:
                 _INDEXES.pop(kernel.modules, None)  # this pass may have added files
             want = set(names)
@@ -548,7 +653,8 @@ def _from_root(root: Path, source: str) -> Kernel:
     images = sorted(p for p in boot.glob("vmlinuz-*")) if boot.is_dir() else []
     if not images:
         raise NotFoundError(f"--vm-kernel {root}: no boot/vmlinuz-* in it",
-                            hint="give a kernel image, a kernel .deb or debian:SUITE")  # fmt: skip
+                            hint="give a kernel image, a kernel .deb, debian:SUITE or "
+                            "ubuntu:SUITE")  # fmt: skip
     return _from_image(images[-1], source)
 
 
@@ -588,14 +694,14 @@ def _from_image(image: Path, source: str) -> Kernel:
 
 def resolve(spec: str, cache: Path) -> Kernel:
     """The kernel `--vm-kernel SPEC` names (fetched and cached when it is debian:...)."""
-    debian = parse_spec(spec)
-    if debian is not None:
-        return _debian(*debian, cache)
+    named = parse_spec(spec)
+    if named is not None:
+        return _archived(*named, cache)
     path = Path(spec)
     if not path.exists():
         raise NotFoundError(f"--vm-kernel {spec}: no such file",
                             hint="give a kernel image, a kernel .deb, a directory or "
-                            "debian:SUITE[/ARCH]")  # fmt: skip
+                            "debian:SUITE[/ARCH] or ubuntu:SUITE[/ARCH]")  # fmt: skip
     if path.is_dir():
         return _from_root(path, f"{path} (directory)")
     with open(path, "rb") as f:

@@ -146,7 +146,7 @@ InsecureOpt = Annotated[
 VmKernelOpt = Annotated[
     Optional[str],
     typer.Option("--vm-kernel", metavar="KERNEL",
-                 help="boot KERNEL in qemu and run there: debian:SUITE[/ARCH], a kernel "
+                 help="boot KERNEL in qemu and run there: debian: or ubuntu:SUITE[/ARCH], a kernel "
                  "image, a kernel .deb or a directory laid out as its package"),
 ]
 VmAppendOpt = Annotated[
