@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kcompat.formats import Format
-from kcompat.needs import BinaryNeeds, Imports, needs_of
+from kcompat.needs import BinaryNeeds, Memo, needs_of
 from kcompat.scan import Scan, ScannedFile
 from kcompat.versions import version_key
 
@@ -46,7 +46,7 @@ def facts(scan: Scan, as_root: bool = True) -> list[BinaryFacts]:
     interpreters live elsewhere."""
     glibc = next((c.version for c in scan.libc() if c.family == "glibc"), None)
     out = []
-    memo: dict[tuple[str, str, str | None], Imports] = {}
+    memo: Memo = {}
     for f in sorted(scan.executables(), key=lambda f: f.path):
         needs = None
         missing: tuple[str, ...] = ()

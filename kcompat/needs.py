@@ -129,6 +129,10 @@ def _pick(t: SyscallTable, spec: str) -> str | None:
 # triples and whether it imports syscall(). A library shared by hundreds of executables
 # is looked at once per image.
 Imports = tuple[tuple[tuple[str, str, "str | None"], ...], bool]
+# The same resolved for one image: (syscall, how it is reached, the path) triples and
+# whether it imports syscall(), by (path, abi, glibc, whether it is the executable itself)
+Resolved = tuple[tuple[tuple[str, str, "NeedPath"], ...], bool]
+Memo = dict[tuple[str, str, "str | None", bool], Resolved]
 
 
 def _imports(obj: ScannedFile, abi: str, glibc: str | None) -> Imports:
@@ -150,7 +154,7 @@ def needs_of(
     f: ScannedFile,
     glibc: str | None,
     libraries: list[ScannedFile] | None = None,
-    memo: dict[tuple[str, str, str | None], Imports] | None = None,
+    memo: Memo | None = None,
 ) -> BinaryNeeds | None:
     """The syscalls `f` needs; None for files that are not Linux executables kcompat can
     judge (no ELF, or an ABI without a syscall table). `libraries`: what Scan.load found
@@ -203,21 +207,30 @@ def needs_of(
         for obj in [f, *libraries]:
             if obj.elf is None or obj.elf.soname in ("libc.so.6", "libc.musl-x86_64.so.1"):
                 continue
-            key = (obj.path, t.abi, version)
-            if key not in memo:
-                memo[key] = _imports(obj, t.abi, version)
-            adds, raw = memo[key]
+            key = (obj.path, t.abi, version, obj is f)
+            if key not in memo:  # once per image for a library hundreds of programs load
+                adds, raw = _imports(obj, t.abi, version)
+                who = "" if obj is f else f" (in {obj.path})"
+                memo[key] = tuple(
+                    (name, f"imports {label}{who}",
+                     NeedPath("import", obj.path, label.split("@", 1)[0], fallback))
+                    for spec, label, fallback in adds
+                    if (name := _pick(t, spec)) is not None
+                ), raw  # fmt: skip
+            resolved, raw = memo[key]
             raw_import = raw_import or raw
-            who = "" if obj is f else f" (in {obj.path})"
-            for spec, label, fallback in adds:
-                symbol = label.split("@", 1)[0]
-                add(spec, f"imports {label}{who}", NeedPath("import", obj.path, symbol, fallback))
+            for name, how, path in resolved:
+                vias = found.setdefault(name, [])
+                paths.setdefault(name, {})[path] = None
+                if how not in vias and len(vias) < 4:
+                    vias.append(how)
         methods.append("imported libc functions (kcompat/data/libc_syscalls.json)")
     needs = []
+    glibc_facts = glibc if glibc and e.libc == "glibc" else None  # libc: a property, once
     for name, via in sorted(found.items()):
         row = t.lookup(name)
         assert row is not None
-        fb = KNOWLEDGE.fallback_for(name, glibc) if glibc and e.libc == "glibc" else None
+        fb = KNOWLEDGE.fallback_for(name, glibc_facts) if glibc_facts else None
         note = f"glibc: {fb.note}" if fb else None
         reached = tuple(paths[name])
         if note is None and all(p.fallback for p in reached):  # every path falls back
