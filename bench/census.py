@@ -23,7 +23,8 @@ command (start-up and one typical code path):
              strace -f around `kcompat run --security-opt seccomp=PROFILE` (all absent
              syscalls denied, the real release), at the lowest kernel where it runs
              (--trace all: at every kernel where it runs). Under qemu-user the calls are
-             the host calls qemu makes for the guest (and its own).
+             the host calls qemu makes for the guest (and its own). A traced run has half
+             the timeout, and its timeout is kept (strace can keep a failing program alive)
   prediction `check`'s pipeline in-process: for enosys what `kcompat check --kernel K
              --arch A` says (a described target); for eperm what `kcompat run --kernel K
              --seccomp-eperm` predicts (this host with the newer syscalls EPERM'd)
@@ -35,11 +36,16 @@ fails below it and why; the (syscall, family) pairs tried-and-survived versus fa
 Images and every run are cached under .fixtures/census (KCOMPAT_FIXTURES): a run is
 keyed by the image's manifest digest, the command, kernel, mode and the hash of
 kcompat's run-path modules, so a re-run only re-evaluates what changed (predictions are
-keyed by the hash of all of kcompat).
+keyed by the hash of all of kcompat). --kcompat REV runs a snapshot of that commit (edits
+made meanwhile do not disturb the runs); --reuse-runs REV counts the runs cached with an
+earlier revision as made with this one (for a run path that only moved code; the
+`observed_with` column says which revision observed each row); --report-only runs
+nothing and writes the outputs from the cache (what is not there is `missing`).
 
-Run: .venv/bin/python bench/census.py [--suites bookworm] [--arches amd64,arm64]
-       [--programs ls,python3] [--kernels 3.2,4.4] [--modes enosys,eperm] [--jobs 2]
-       [--trace lowest|all|none] [--no-bisect]
+Run: .venv/bin/python bench/census.py [--kcompat REV] [--suites bookworm]
+       [--arches amd64,arm64] [--programs ls,python3] [--kernels 3.2,4.4]
+       [--modes enosys,eperm] [--jobs 2] [--trace lowest|all|none] [--no-bisect]
+       [--reuse-runs REV] [--report-only] [--out DIR]
 Needs root (mmdebstrap, namespaces), mmdebstrap, umoci, arch-test, qemu-user-static,
 strace, musl-tools, readelf (binutils), network to deb.debian.org and PyPI.
 """
@@ -88,7 +94,7 @@ HARNESS = "census-2"  # bump when what a run means changes
 TIMEOUT_NATIVE, TIMEOUT_QEMU = 60.0, 180.0
 COLUMNS = ("program", "package", "version", "family", "command", "kernel", "mode", "outcome",
            "exit", "first_error", "deciding", "cause", "prediction", "prediction_rules",
-           "uncertain_syscalls", "tried_survived")  # fmt: skip
+           "uncertain_syscalls", "tried_survived", "observed_with")  # fmt: skip
 OUT_DIR = REPO / "bench" / "census"
 HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
 
@@ -106,8 +112,9 @@ def _tables(tree: Path) -> Path:
     return inner if inner.is_dir() else tree / "syscall_tables"
 
 
-RUN_MODULES = ("run", "container", "seccomp", "confine", "linuxapi", "syscalls", "execve",
-               "cgroups", "binfmt")  # fmt: skip
+# the run path (runspec, mounts and pid1 were split out of container at 22ea1a4)
+RUN_MODULES = ("run", "container", "runspec", "mounts", "pid1", "seccomp", "confine", "linuxapi",
+               "syscalls", "execve", "cgroups", "binfmt")  # fmt: skip
 
 
 def _hashes(tree: Path) -> tuple[str, str]:
@@ -198,6 +205,7 @@ class Result:
     first_error: str
     seconds: float
     tried: tuple[str, ...] | None = None  # traced runs: absent syscalls the program called
+    observed_with: str = ""  # the kcompat revision the run was made with (not stored)
 
     def to_json(self) -> dict[str, Any]:
         return {"outcome": self.outcome, "exit_code": self.exit_code,
@@ -275,7 +283,7 @@ def _tail(image: Image, prog: Program) -> list[str]:
 
 
 def _default_profile() -> dict[str, Any]:
-    raw = json.loads((REPO / "kcompat" / "data" / "confinement.json").read_text())["seccomp"]
+    raw = json.loads((KC_TREE / "kcompat" / "data" / "confinement.json").read_text())["seccomp"]
     return {k: v for k, v in raw.items() if k != "comment"}
 
 
@@ -312,26 +320,54 @@ def parse_strace(text: str, names: set[str], errname: str) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
+MISSING = "missing"  # --report-only: the run is not in the cache
+
+
 class Runner:
-    def __init__(self, root: Path, cache: Cache, host_release: str, log: Callable[[str], None]):
+    def __init__(self, root: Path, cache: Cache, host_release: str, log: Callable[[str], None],
+                 label: str = "worktree", reuse: tuple[tuple[str, str], ...] = (),
+                 offline: bool = False) -> None:  # fmt: skip
         self.root = root
         self.cache = cache
         self.host_release = host_release
         self.log = log
+        self.label = label  # the kcompat revision the runs are made with
+        self.reuse = reuse  # (revision, its run-path hash): runs of those count as ours
+        self.offline = offline  # --report-only: nothing is run, misses are MISSING
         self.runs = 0  # runs actually made (not from the cache)
         self.lock = threading.Lock()
+        self.observed: dict[str, int] = defaultdict(int)  # revision -> results used
 
-    def _cached(self, key: list[Any], make: Callable[[], Result]) -> Result:
-        hit = self.cache.get(key)
-        if hit is not None:
-            return Result.of(hit)
-        r = make()
-        # a setup failure or a timeout (a loaded machine?) is not kept: retried next time
-        if r.outcome != "error" and r.exit_code is not None:
+    def _cached(self, key: list[Any], make: Callable[[], Result],
+                keep_timeout: bool = False) -> Result:  # fmt: skip
+        r = self._lookup(key)
+        if r is not None:
+            with self.lock:
+                self.observed[r.observed_with] += 1
+            return r
+        if self.offline:
+            return Result(MISSING, None, "not in the cache (--report-only)", 0.0)
+        r = replace(make(), observed_with=self.label)
+        # a setup failure or a timeout (a loaded machine?) is not kept: retried next time;
+        # but a traced run's timeout is (its trace is only a hint, and strace can keep a
+        # failing program alive: a SIGSEGV loop of node's handlers, 2 million lines a minute)
+        if r.outcome != "error" and (r.exit_code is not None or keep_timeout):
             self.cache.put(key, r.to_json())
         with self.lock:
             self.runs += 1
+            self.observed[self.label] += 1
         return r
+
+    def _lookup(self, key: list[Any]) -> Result | None:
+        """The cached result under our run path's hash, else under a --reuse-runs one's."""
+        hit = self.cache.get(key)
+        if hit is not None:
+            return replace(Result.of(hit), observed_with=self.label)
+        for rev, run_hash in self.reuse:
+            hit = self.cache.get([key[0], run_hash, *key[2:]])
+            if hit is not None:
+                return replace(Result.of(hit), observed_with=rev)
+        return None
 
     def _key(self, image: Image, prog: Program, kind: str, *rest: Any) -> list[Any]:
         return [HARNESS, RUN_HASH, image.digest, image.arch, list(prog.argv), list(prog.env),
@@ -355,7 +391,7 @@ class Runner:
             # ?NAME: strace ignores a name it does not know
             cmd = ["strace", "-f", "-qq", "-o", str(trace_out), "-e",
                    "trace=" + ",".join(f"?{n}" for n in sorted(names)), "-e", "status=failed",
-                   *cmd]  # fmt: skip
+                   "-e", "signal=none", *cmd]  # fmt: skip
         rc, out, err, secs = _exec(cmd, timeout)
         r = _judge(prog, rc, out, err, secs, timeout)
         if strace is not None and trace_out is not None:
@@ -388,7 +424,9 @@ class Runner:
         strace = (set(names), ERRNAME[mode]) if trace else None
         return self._cached(
             self._key(image, prog, "trace" if trace else "host-subset", mode, names),
-            lambda: self.kcompat(image, prog, extra, self.timeout(image, None, None), strace),
+            lambda: self.kcompat(image, prog, extra, self.timeout(image, None, None)
+                                 / (2 if trace else 1), strace),
+            keep_timeout=trace,
         )
 
     def sim_subset(self, image: Image, prog: Program, kernel: str, names: Iterable[str],
@@ -484,7 +522,7 @@ def minimize(fails: Callable[[frozenset[str]], bool], cands: frozenset[str],
 
 @dataclass(frozen=True)
 class Decision:
-    cause: str  # syscalls | release | release+syscalls | emulation | not-reproduced | flaky
+    cause: str  # syscalls | release | release+syscalls | emulation | not-reproduced | not-bisected
     deciding: tuple[str, ...]
     tried: tuple[str, ...]  # what the program tried with every absent syscall denied
 
@@ -498,16 +536,45 @@ def absent_names(image: Image, kernel: str) -> frozenset[str]:
     return frozenset(simulation(ABI_OF_ARCH[HOST_ARCH], kernel).names)
 
 
+class _Missing(Exception):
+    """--report-only: a step of the bisection is not in the cache."""
+
+
+def _fails(r: Result) -> bool:
+    if r.outcome == MISSING:
+        raise _Missing()
+    return r.outcome == "fails"
+
+
+# qemu-user's own failure (not the guest's, which qemu reports as "uncaught target signal")
+_QEMU_OWN = re.compile(r"^qemu: (?!uncaught target signal)")
+
+
 def bisect(runner: Runner, image: Image, prog: Program, kernel: str, mode: str,
-           found: list[frozenset[str]]) -> Decision:  # fmt: skip
+           found: list[frozenset[str]], failed: Result) -> Decision:  # fmt: skip
     """Why the run at (kernel, mode) failed while the control ran."""
+    if _QEMU_OWN.match(failed.first_error):
+        # qemu-user itself failed, before the guest ran: under --seccomp-eperm its own
+        # start-up thread (qemu_thread_create: glibc's clone3 answered EPERM); nothing
+        # about the guest program to bisect
+        return Decision("emulation", (), ())
+    try:
+        return _bisect(runner, image, prog, kernel, mode, found)
+    except _Missing:
+        return Decision("not-bisected", (), ())
+
+
+def _bisect(runner: Runner, image: Image, prog: Program, kernel: str, mode: str,
+            found: list[frozenset[str]]) -> Decision:  # fmt: skip
     absent = absent_names(image, kernel)
     traced = runner.host_subset(image, prog, absent, mode, trace=True)
+    if traced.outcome == MISSING:
+        raise _Missing()
     tried = frozenset(traced.tried or ())
     hints = [*found, tried]
 
     def host_fails(s: frozenset[str]) -> bool:
-        return runner.host_subset(image, prog, s, mode).outcome == "fails"
+        return _fails(runner.host_subset(image, prog, s, mode))
 
     if host_fails(absent):
         s = minimize(host_fails, absent, hints)
@@ -516,11 +583,11 @@ def bisect(runner: Runner, image: Image, prog: Program, kernel: str, mode: str,
     if mode == "eperm":  # the release is the real one in this mode
         return Decision("not-reproduced", (), tuple(sorted(tried)))
     native = image.arch == HOST_ARCH
-    if native and runner.sim_subset(image, prog, kernel, (), "host").outcome == "fails":
+    if native and _fails(runner.sim_subset(image, prog, kernel, (), "host")):
         return Decision("emulation", (), tuple(sorted(tried)))  # qemu-user, not the kernel
 
     def sim_fails(s: frozenset[str]) -> bool:
-        return runner.sim_subset(image, prog, kernel, s, "kernel").outcome == "fails"
+        return _fails(runner.sim_subset(image, prog, kernel, s, "kernel"))
 
     if sim_fails(frozenset()):
         return Decision("release", (), tuple(sorted(tried)))
@@ -551,8 +618,9 @@ def _summarise(rep: dict[str, Any]) -> dict[str, Any]:
 
 
 def predict(image: Image, progs: list[Program], kernels: list[str], modes: list[str],
-            cache: Cache) -> dict[tuple[str, str, str], dict[str, Any]]:  # fmt: skip
-    """(program, kernel, mode) -> the prediction; kernel "host" is this host as it is."""
+            cache: Cache, offline: bool = False) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """(program, kernel, mode) -> the prediction; kernel "host" is this host as it is
+    (offline: from the cache only, a miss is MISSING)."""
     from kcompat.platform import parse_platform
     from kcompat.target import probe_host
 
@@ -566,7 +634,11 @@ def predict(image: Image, progs: list[Program], kernels: list[str], modes: list[
                 out[(p.name, k, m)] = hit
             else:
                 todo.append((p, k, m, key))
-    if not todo:
+    if offline:
+        for p, k, m, _ in todo:
+            out[(p.name, k, m)] = {"prediction": MISSING, "rules": [], "syscalls": [],
+                                   "binary": None}  # fmt: skip
+    if not todo or offline:
         return out
     host = probe_host(syscalls=False, runtimes=False)
     plat = parse_platform(f"linux/{image.arch}")
@@ -601,11 +673,14 @@ def _predict_all(image: Image, todo: list[Any], host: Any, plat: Any, cache: Cac
     from kcompat.syscalls import ABI_OF_ARCH
     from kcompat.target import described
 
-    failed: str | None = None  # kcompat could not judge the image: said once, not retried
+    # kcompat could not judge the image: said once, not retried; kept (the same kcompat
+    # fails the same way; a changed one has another key), so --report-only shows it
+    failed: str | None = None
     for p, k, m, key in todo:
         if failed:
             out[(p.name, k, m)] = {"prediction": "error", "rules": [failed], "syscalls": [],
                                    "binary": None}  # fmt: skip
+            cache.put(key, out[(p.name, k, m)])
             continue
         if k == "host":
             target = host
@@ -624,6 +699,7 @@ def _predict_all(image: Image, todo: list[Any], host: Any, plat: Any, cache: Cac
                   "'error'", file=sys.stderr, flush=True)  # fmt: skip
             out[(p.name, k, m)] = {"prediction": "error", "rules": [failed], "syscalls": [],
                                    "binary": None}  # fmt: skip
+            cache.put(key, out[(p.name, k, m)])
             continue
         s = _summarise(rep)
         cache.put(key, s)
@@ -700,7 +776,8 @@ class Row:
                  r.first_error if r else "", ",".join(d.deciding) if d else "",
                  d.cause if d else "", pr.get("prediction", ""), ",".join(pr.get("rules", ())),
                  ",".join(pr.get("syscalls", ())),
-                 ",".join(self.tried) if self.tried is not None else ""]  # fmt: skip
+                 ",".join(self.tried) if self.tried is not None else "",
+                 r.observed_with if r else ""]  # fmt: skip
         return [re.sub(r"[\t\r\n]+", " ", c) for c in cells]
 
     def source(self) -> str:
@@ -742,7 +819,7 @@ class Survey:
               excluded: list[Row]) -> None:  # fmt: skip
         runner, kernels, modes, log = self.runner, self.kernels, self.modes, self.log
         log(f"{image.name}: predicting {len(progs)} programs")
-        preds = predict(image, progs, kernels, modes, self.cache)
+        preds = predict(image, progs, kernels, modes, self.cache, self.runner.offline)
         families = {p.name: refine_family(image, p, preds[(p.name, "host", "control")]["binary"])
                     for p in progs}  # fmt: skip
         versions = {p.name: version_of(image, p) for p in progs}
@@ -756,11 +833,13 @@ class Survey:
                       c, prediction=preds[(p.name, "host", "control")])  # fmt: skip
             rows.append(row)
             if c.outcome != "runs":
-                excluded.append(row)
+                if c.outcome != MISSING:
+                    excluded.append(row)
                 for k in kernels:
                     for m in modes:
                         rows.append(Row(image, p, families[p.name], versions[p.name], k, m,
-                                        None, prediction=preds[(p.name, k, m)]))  # fmt: skip
+                                        c if c.outcome == MISSING else None,
+                                        prediction=preds[(p.name, k, m)]))  # fmt: skip
         cases = [(p, k, m) for p in ok for k in kernels for m in modes]
         log(f"{image.name}: {len(cases)} ladder runs ({len(ok)} programs)")
         results = list(self.pool.map(lambda c: runner.ladder(image, *c), cases))
@@ -777,7 +856,8 @@ class Survey:
             found: list[frozenset[str]] = []
             failing = [k for k in kernels if by[(p.name, k, m)].outcome == "fails"]
             for k in sorted(failing, key=_vkey, reverse=True):  # the smallest absent set first
-                image_rows[(p.name, k, m)].decision = bisect(runner, image, p, k, m, found)
+                image_rows[(p.name, k, m)].decision = bisect(runner, image, p, k, m, found,
+                                                             by[(p.name, k, m)])  # fmt: skip
 
         def trace(pm: tuple[Program, str]) -> None:
             p, m = pm
@@ -818,6 +898,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT_DIR)
     ap.add_argument("--kcompat", default="worktree",
                     help="worktree (default), or a git revision to run a snapshot of")  # fmt: skip
+    ap.add_argument("--reuse-runs", default="", metavar="REV[,REV]",
+                    help="count runs cached with these kcompat revisions as made with --kcompat's "
+                         "(when its run path only moved code, not what a run does); each row "
+                         "says which revision observed it")  # fmt: skip
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: write the outputs from the cache (a miss is 'missing')")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("census: error: run as root (mmdebstrap and the runs need it)")
@@ -849,7 +935,10 @@ def main() -> None:
     if args.build_only:
         return
     cache = Cache(root / "results")
-    runner = Runner(root, cache, os.uname().release, log)
+    label = "worktree" if KC_TREE == REPO else KC_TREE.name
+    reuse = tuple((t.name, _hashes(t)[0]) for t in
+                  (kcompat_tree(r, root) for r in args.reuse_runs.split(",") if r))  # fmt: skip
+    runner = Runner(root, cache, os.uname().release, log, label, reuse, args.report_only)
     pool = ThreadPoolExecutor(max(1, args.jobs))
     host_kernel = os.uname().release.split("-")[0]
 
@@ -867,6 +956,7 @@ def main() -> None:
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)),
         "build_s": t_built - t_start, "total_s": t_end - t_start, "runs_made": runner.runs,
         "argv": " ".join(sys.argv[1:]), "host": os.uname().release,
+        "label": label, "observed": dict(runner.observed), "report_only": args.report_only,
     })  # fmt: skip
     counts: dict[str, int] = defaultdict(int)
     for r in rows:
@@ -905,58 +995,178 @@ def _lowest(rs: list[Row], kernels: list[str]) -> str:
     return lowest or "none of the ladder"
 
 
+def _reproduce(argv: str) -> str:
+    """The command that makes the data: the invocation without the options that only say
+    where it goes or where cached runs may come from."""
+    words, out, skip = shlex.split(argv), [], False
+    for w in words:
+        if skip:
+            skip = False
+        elif w in ("--report-only",):
+            pass
+        elif w in ("--out", "--reuse-runs"):
+            skip = True
+        elif not w.startswith(("--out=", "--reuse-runs=")):
+            out.append(w)
+    return shlex.join(["bench/census.py", *out])
+
+
+def _port(arch: str) -> str:
+    """The first Linux release with a port for `arch` (kcompat's syscall table)."""
+    from kcompat.syscalls import ABI_OF_ARCH
+
+    data = json.loads((_tables(KC_TREE) / "data" / f"{ABI_OF_ARCH[arch]}.json").read_text())
+    return str(data["sources"]["port"])
+
+
+def _no_port(r: Row) -> bool:
+    """A ladder kernel older than the arch's port (arm64 before 3.7): no real target."""
+    return r.mode in MODES and _vkey(r.kernel) < _vkey(_port(r.image.arch))
+
+
+def _artefact(r: Row) -> bool:
+    """A failure the bisection put on qemu-user, not on the kernel being simulated."""
+    return r.outcome == "fails" and r.decision is not None and r.decision.cause == "emulation"
+
+
+def _kernels_of(rs: list[Row]) -> str:
+    return ", ".join(r.kernel for r in sorted(rs, key=lambda r: _vkey(r.kernel)))
+
+
 def findings(rows: list[Row], excluded: list[Row], kernels: list[str], modes: list[str],
              info: dict[str, Any]) -> str:  # fmt: skip
     ladder = [r for r in rows if r.mode in modes]
-    n_runs = sum(1 for r in ladder if r.result is not None)
+    n_runs = sum(1 for r in ladder if r.result is not None and r.outcome != MISSING)
+    observed = ", ".join(f"{n} with {rev}" for rev, n in sorted(info.get("observed", {}).items()))
     out = [
         "# Census findings",
         "",
-        f"Generated by `bench/census.py {info['argv']}` (started {info['started']}, host Linux "
-        f"{info['host']}): {len(rows)} rows, {n_runs} ladder runs; {info['runs_made']} runs "
-        f"made in this invocation (the rest from the cache); images {info['build_s']:.0f} s, "
-        f"total {info['total_s']:.0f} s. Do not edit: re-run the script.",
+        f"The data: `{_reproduce(info['argv'])}` (from a clean clone it builds the images and "
+        "makes every run; its cache is .fixtures/census). Do not edit: re-run the script.",
+        "",
+        f"This file: `bench/census.py {info['argv']}` (started {info['started']}, host Linux "
+        f"{info['host']}, kcompat {info.get('label', '?')}): {len(rows)} rows, {n_runs} ladder "
+        f"runs; {info['runs_made']} runs made in this invocation, the rest from the cache"
+        + (f" (results used, by the kcompat revision that observed them: {observed}; column "
+           "`observed_with`)" if observed else "")
+        + f"; images {info['build_s']:.0f} s, total {info['total_s']:.0f} s.",
         "",
         "Modes: `enosys` = `kcompat run --kernel K` (syscalls newer than K answer ENOSYS, the "
         "release is K); `eperm` = `--kernel K --seccomp-eperm` (EPERM, the real release: an "
         "old runtime's seccomp profile). Causes: `syscalls` (the listed set alone, with the "
         "real release, reproduces the failure), `release+syscalls` (only with the release "
-        "faked to K as well), `release` (the release alone), `emulation` (qemu-user as the "
-        "first process fails without any syscall denied: a simulation artefact), "
-        "`not-reproduced`.",
+        "faked to K as well), `release` (the release alone), `emulation` (a simulation "
+        "artefact: qemu-user as the first process fails without any syscall denied, or "
+        "qemu-user itself met the denied call, as its own threads under EPERM), "
+        "`not-reproduced`, `not-bisected` (--report-only: a step is not in the cache).",
         "",
     ]
     counts: dict[str, int] = defaultdict(int)
     for r in ladder:
         counts[r.outcome] += 1
-    out += ["Outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), ""]
+    artefacts = [r for r in ladder if _artefact(r)]
+    out += ["Outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+            + (f" ({len(artefacts)} of the failures are simulation artefacts (cause `emulation`): "
+               "left out of the table below)" if artefacts else ""), ""]  # fmt: skip
+    judged = [r for r in ladder if r.result is not None and r.result.outcome in ("runs", "fails")
+              and r.prediction and not _artefact(r) and not _no_port(r)]  # fmt: skip
+    no_port = [r for r in ladder if _no_port(r) and r.outcome in ("runs", "fails")]
+    if no_port:
+        by_arch: dict[str, set[str]] = defaultdict(set)
+        for r in no_port:
+            by_arch[r.image.arch].add(r.kernel)
+        arches = [f"{a} (port {_port(a)}): {', '.join(sorted(ks, key=_vkey))}"
+                  for a, ks in sorted(by_arch.items())]  # fmt: skip
+        out += [f"Kernels older than the arch's port are no real target ({'; '.join(arches)}): "
+                f"their {len(no_port)} rows are run (under qemu-user with the host's table) "
+                "and listed, but left out of the table below; predictions there: "
+                + ", ".join(f"{k} {v}" for k, v in sorted(_count(
+                    (r.prediction or {}).get("prediction", "") for r in no_port).items()))
+                + ".", ""]  # fmt: skip
     agree: dict[tuple[str, str], int] = defaultdict(int)
-    for r in ladder:
-        if r.result is not None and r.result.outcome in ("runs", "fails") and r.prediction:
-            agree[(r.prediction["prediction"], r.result.outcome)] += 1
+    for r in judged:
+        assert r.result is not None and r.prediction is not None
+        agree[(r.prediction["prediction"], r.result.outcome)] += 1
     out += ["| prediction \\ outcome | runs | fails |", "|---|---|---|"]
-    for p in ("compatible", "incompatible", "uncertain", "error"):
-        if p != "error" or agree[(p, "runs")] + agree[(p, "fails")]:
+    for p in ("compatible", "incompatible", "uncertain", "error", MISSING):
+        if p not in ("error", MISSING) or agree[(p, "runs")] + agree[(p, "fails")]:
             out.append(f"| {p} | {agree[(p, 'runs')]} | {agree[(p, 'fails')]} |")
+    n_fail = sum(v for (p, o), v in agree.items() if o == "fails")
+    n_unc = sum(v for (p, o), v in agree.items() if p == "uncertain")
+    if judged:
+        out += ["", f"Uncertain: {n_unc} of {len(judged)} ({100 * n_unc / len(judged):.0f} %); "
+                f"of the {n_fail} that fail, {agree[('incompatible', 'fails')]} predicted "
+                f"incompatible ({100 * agree[('incompatible', 'fails')] / max(1, n_fail):.0f} %); "
+                f"contradicted: {agree[('compatible', 'fails')]} false 'compatible', "
+                f"{agree[('incompatible', 'runs')]} false 'incompatible'."]  # fmt: skip
     errors = sorted({f"{r.image.name}: {r.prediction['rules'][0]}" for r in ladder
                      if r.prediction and r.prediction["prediction"] == "error"})  # fmt: skip
     if errors:
         out += ["", "Predictions kcompat could not make (`error`): " + "; ".join(errors)]
     out.append("")
     contradicted = (("compatible", "fails"), ("incompatible", "runs"))
-    wrong = [r for r in ladder if r.result is not None and r.prediction
+    wrong = [r for r in judged if r.result is not None and r.prediction
              and (r.prediction["prediction"], r.result.outcome) in contradicted]  # fmt: skip
-    if wrong:
-        out += ["Predictions the outcome contradicts:", ""]
-        for r in sorted(wrong, key=lambda r: (r.image.name, r.prog.name, r.mode, _vkey(r.kernel))):
-            assert r.result is not None and r.prediction is not None
-            why = (f"; {r.decision.cause} {{{', '.join(r.decision.deciding)}}}" if r.decision
-                   else "")  # fmt: skip
-            out.append(f"- {r.prog.name} ({r.image.name}) at {r.kernel} {r.mode}: predicted "
-                       f"{r.prediction['prediction']}, {r.result.outcome}"
-                       f"{': ' + _cell(r.result.first_error)[:140] if r.result.first_error else ''}"
-                       f"{why}")  # fmt: skip
+    out += ["## Predictions the outcome contradicts", ""]
+    if not wrong:
+        out += ["None.", ""]
+    for r in sorted(wrong, key=lambda r: (r.image.name, r.prog.name, r.mode, _vkey(r.kernel))):
+        assert r.result is not None and r.prediction is not None
+        why = (f"; {r.decision.cause} {{{', '.join(r.decision.deciding)}}}" if r.decision
+               else "")  # fmt: skip
+        out.append(f"- {r.prog.name} ({r.image.name}) at {r.kernel} {r.mode}: predicted "
+                   f"{r.prediction['prediction']} ({', '.join(r.prediction['rules']) or '-'}), "
+                   f"{r.result.outcome}"
+                   f"{': ' + _err(r.result.first_error)[:140] if r.result.first_error else ''}"
+                   f"{why}")  # fmt: skip
+    out.append("")
+    out += ["## Uncertain predictions", "",
+            "Per program, image and mode: the kernels where `check` said uncertain, by the "
+            "observed outcome (the deciding syscalls of the failures), the syscalls the "
+            "uncertain findings named and the rules.", "",
+            "| program | image | mode | uncertain, runs at | uncertain, fails at (deciding) | "
+            "syscalls named | rules |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    unc: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
+    for r in judged:
+        if r.prediction and r.prediction["prediction"] == "uncertain":
+            unc[(r.prog.name, r.image.name, r.mode)].append(r)
+    for (name, img, mode), rs in sorted(unc.items()):
+        runs = [r for r in rs if r.outcome == "runs"]
+        fails = [r for r in rs if r.outcome == "fails"]
+        decided = sorted({s for r in fails if r.decision for s in r.decision.deciding})
+        why = f" ({', '.join(decided)})" if decided else ""
+        names = sorted({s for r in rs for s in (r.prediction or {}).get("syscalls", ())})
+        if len(names) > 12:
+            names = [*names[:12], f"... {len(names) - 12} more"]
+        rules = sorted({s for r in rs for s in (r.prediction or {}).get("rules", ())})
+        out.append(f"| {name} | {img} | {mode} | {_kernels_of(runs) or '-'} | "
+                   f"{_kernels_of(fails) or '-'}{why} | "
+                   f"{', '.join(names) or '-'} | {', '.join(rules)} |")  # fmt: skip
+    out.append("")
+    if artefacts:
+        out += ["## Simulation artefacts (cause `emulation`: qemu-user, not the kernel)", ""]
+        art: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
+        for r in artefacts:
+            art[(r.prog.name, r.image.name, r.mode)].append(r)
+        for (name, img, mode), rs in sorted(art.items()):
+            first = rs[0].result.first_error if rs[0].result else ""
+            decided = sorted({s for r in rs if r.decision for s in r.decision.deciding})
+            by = f" (reproduced by denying {', '.join(decided)})" if decided else ""
+            out.append(f"- {name} ({img}) {mode} at {_kernels_of(rs)}: {_err(first)[:140]}{by}")
         out.append("")
+    missing = [r for r in ladder if r.outcome == MISSING]
+    if missing:
+        out += ["## Missing (not in the cache: not run yet)", ""]
+        miss: dict[tuple[str, str], list[Row]] = defaultdict(list)
+        for r in missing:
+            miss[(r.image.name, r.mode)].append(r)
+        for (img, mode), rs in sorted(miss.items()):
+            absent = sorted({r.prog.name for r in rs})
+            out.append(f"- {img} {mode}: {len(rs)} runs ({', '.join(absent)})")
+        out.append("")
+    nb = [r for r in ladder if r.decision and r.decision.cause == "not-bisected"]
+    if nb:
+        out += [f"Failed runs not bisected (a step not in the cache): {len(nb)}.", ""]
     out += ["## Per family: summary", "",
             "| family | mode | programs (image: runs from) | deciding syscalls (failed runs) |",
             "|---|---|---|---|"]  # fmt: skip
@@ -973,7 +1183,9 @@ def findings(rows: list[Row], excluded: list[Row], kernels: list[str], modes: li
             dec: dict[str, int] = defaultdict(int)
             for r in rs:
                 if r.decision:
-                    for s in r.decision.deciding or (f"({r.decision.cause})",):
+                    keys = (r.decision.deciding if r.decision.cause != "emulation" else ()) or (
+                        f"({r.decision.cause})",)
+                    for s in keys:
                         dec[s] += 1
             ds = ", ".join(f"{s} x{n}" for s, n in sorted(dec.items(), key=lambda x: -x[1]))
             out.append(f"| {fam} | {mode} | {progs} | {ds or '-'} |")
@@ -1010,7 +1222,7 @@ def findings(rows: list[Row], excluded: list[Row], kernels: list[str], modes: li
             )  # fmt: skip
             err = next((r.result.first_error for r in reversed(fails) if r.result), "")
             out.append(f"| {name} | {img} | {rs[0].version} | {mode} | {low} | {fl or '-'} | "
-                       f"{_cell(err)[:160] or '-'} |")  # fmt: skip
+                       f"{_err(err)[:160] or '-'} |")  # fmt: skip
         out.append("")
     out += ["## Syscalls: tried and survived versus fatal", "",
             "Tried and survived: the program called it, got the mode's errno (strace; the "
@@ -1040,8 +1252,20 @@ def findings(rows: list[Row], excluded: list[Row], kernels: list[str], modes: li
     return "\n".join(out) + "\n"
 
 
+def _count(items: Iterable[str]) -> dict[str, int]:
+    n: dict[str, int] = defaultdict(int)
+    for i in items:
+        n[i] += 1
+    return n
+
+
 def _cell(text: str) -> str:
     return re.sub(r"\s+", " ", text).replace("|", "/")
+
+
+def _err(text: str) -> str:
+    """A first error line for the report: without the JVM's log uptime ([0.017s])."""
+    return _cell(re.sub(r"^\[\d+\.\d+s\]", "", text))
 
 
 def _short(sources: list[str], keep: int = 6) -> list[str]:

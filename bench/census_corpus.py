@@ -40,6 +40,7 @@ PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 ALL = ("amd64", "arm64", "s390x", "ppc64le")
 A64 = ("amd64", "arm64")
+EMU = ("amd64", "arm64", "s390x")  # a dozen programs under qemu-user on both foreign arches
 NATIVE = ("amd64",)
 
 
@@ -151,7 +152,7 @@ PROGRAMS: tuple[Program, ...] = (
     Program("cp", "coreutils", "glibc-c", ("cp", "-a", "/etc", "/tmp/etc-copy"), arches=ALL),
     Program("sort", "coreutils", "glibc-c",
             ("sort", "--parallel=2", "-S", "1M", "-o", "/tmp/sorted", "/srv/census/blob"),
-            arches=A64),
+            arches=EMU),
     Program("stat", "coreutils", "glibc-c", ("stat", "/etc/passwd")),
     Program("find", "findutils", "glibc-c",
             ("find", "/usr/lib", "-type", "f", "-name", "*.so*", "-size", "+1k")),
@@ -166,7 +167,7 @@ PROGRAMS: tuple[Program, ...] = (
     Program("bash", "bash", "glibc-c",
             ("bash", "-c", 'a=(1 2 3); echo ${#a[@]}; read -r l < /etc/passwd; '
              'echo "${l%%:*}"; sleep 0.1 & wait'), arches=ALL),
-    Program("xz", "xz-utils", "glibc-c", ("xz", "-T2", "-1", "-k", "/srv/census/blob"), arches=A64),
+    Program("xz", "xz-utils", "glibc-c", ("xz", "-T2", "-1", "-k", "/srv/census/blob"), arches=EMU),
     Program("zstd", "zstd", "glibc-c", ("zstd", "-T2", "-q", "/srv/census/blob", "-o",
                                         "/tmp/blob.zst")),
     Program("sqlite3", "sqlite3", "glibc-c",
@@ -176,7 +177,7 @@ PROGRAMS: tuple[Program, ...] = (
     Program("openssl-rand", "openssl", "openssl", ("openssl", "rand", "-hex", "8"), arches=ALL),
     Program("openssl-dgst", "openssl", "openssl", ("openssl", "dgst", "-sha256", "/etc/passwd")),
     Program("curl", "curl", "openssl",
-            ("curl", "-sS", "-o", "/tmp/os-release", "file:///etc/os-release"), arches=A64),
+            ("curl", "-sS", "-o", "/tmp/os-release", "file:///etc/os-release"), arches=EMU),
     Program("git", "git", "glibc-c", ("sh", "-c", GIT), judge=("git", "--version"),
             expect="census ok"),
     # systemd-linked
@@ -187,7 +188,7 @@ PROGRAMS: tuple[Program, ...] = (
     Program("systemd-analyze", "systemd", "systemd-linked",
             ("systemd-analyze", "calendar", "daily")),
     # C++
-    Program("apt-get", "apt", "cxx", ("apt-get", "--version"), arches=A64),
+    Program("apt-get", "apt", "cxx", ("apt-get", "--version"), arches=EMU),
     Program("apt-cache", "apt", "cxx", ("apt-cache", "policy", "apt")),
     Program("cmake", "cmake", "cxx", ("cmake", "-E", "sha256sum", "/etc/passwd")),
     # interpreters
@@ -195,25 +196,25 @@ PROGRAMS: tuple[Program, ...] = (
             arches=ALL),
     Program("perl", "perl", "perl",
             ("perl", "-MPOSIX", "-MFile::Temp=tempfile", "-MDigest::SHA=sha256_hex", "-e", PERL),
-            expect="census ok", arches=A64),
+            expect="census ok", arches=EMU),
     Program("ruby", "ruby", "ruby", ("ruby", "-rjson", "-rdigest", "-rsecurerandom", "-e", RUBY),
             expect="census ok"),
     Program("java-version", "default-jre-headless", "jvm",
             ("java", "-XshowSettings:properties", "-version"), arches=A64),
     Program("java-hello", "default-jdk-headless", "jvm", ("java", "/srv/census/Hello.java"),
             expect="census ok 0"),
-    Program("node", "nodejs", "node", ("node", "-e", NODE), expect="census ok", arches=A64),
+    Program("node", "nodejs", "node", ("node", "-e", NODE), expect="census ok", arches=EMU),
     # Go: without cgo (static; or PIE without libc), with cgo (libc.so.6 in DT_NEEDED)
     Program("shfmt", "shfmt", "go", ("shfmt", "-f", "/usr/bin"), arches=ALL,
             suites=("bookworm", "trixie")),  # not in bullseye
     Program("age-keygen", "age", "go", ("age-keygen", "-o", "/tmp/age.key")),
     Program("age", "age", "go",
             ("age", "-e", "-r", AGE_RECIPIENT, "-o", "/tmp/passwd.age", "/etc/passwd")),
-    Program("fzf", "fzf", "go", ("fzf", "--version"), arches=A64),
+    Program("fzf", "fzf", "go", ("fzf", "--version"), arches=EMU),
     Program("restic", "restic", "go", ("restic", "-q", "-r", "/tmp/repo", "init"),
             env=("RESTIC_PASSWORD=census",)),
     # Rust: glibc (Debian), static musl (PyPI's musllinux wheel)
-    Program("rg", "ripgrep", "rust", ("rg", "-c", "root", "/etc"), arches=A64),
+    Program("rg", "ripgrep", "rust", ("rg", "-c", "root", "/etc"), arches=EMU),
     Program("fdfind", "fd-find", "rust", ("fdfind", "-t", "f", "passwd", "/etc")),
     Program("ruff", "pypi:ruff", "rust",
             ("/opt/census/ruff", "check", "--no-cache", "--select", "E,F", "/srv/census/x.py"),
@@ -349,13 +350,18 @@ def _in_private_binfmt(arch: str, cmd: list[str]) -> None:
         "printf '%s' \"$CENSUS_BINFMT\" > /proc/sys/fs/binfmt_misc/register; "
         'exec "$@"'
     )
-    r, w = os.pipe()
+    r, w = os.pipe()  # parent -> child: "g", the maps are written
+    r2, w2 = os.pipe()  # child -> parent: "u", it is in its new user namespace
     pid = os.fork()
     if pid == 0:  # the child: a new user namespace, mapped by the parent
         try:
             os.close(w)
+            os.close(r2)
             L.unshare(L.CLONE_NEWUSER)
-            os.read(r, 1)
+            os.write(w2, b"u")
+            os.close(w2)
+            if os.read(r, 1) != b"g":
+                os._exit(126)
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
             env = dict(os.environ, CENSUS_BINFMT=line)
@@ -365,13 +371,19 @@ def _in_private_binfmt(arch: str, cmd: list[str]) -> None:
         finally:
             os._exit(127)
     os.close(r)
+    os.close(w2)
+    go = b"x"
     try:
-        for name in ("uid_map", "gid_map"):
-            Path(f"/proc/{pid}/{name}").write_text("0 0 65536\n")
+        # only once the child has unshared: before, its maps are the parent's (EPERM)
+        if os.read(r2, 1) == b"u":
+            for name in ("uid_map", "gid_map"):
+                Path(f"/proc/{pid}/{name}").write_text("0 0 65536\n")
+            go = b"g"
     finally:
-        os.write(w, b"g")
+        os.write(w, go)
         os.close(w)
-    _, status = os.waitpid(pid, 0)
+        os.close(r2)
+        _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise BuildError(f"mmdebstrap for {arch} failed (exit {os.waitstatus_to_exitcode(status)})")
 
