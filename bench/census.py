@@ -420,7 +420,8 @@ def _simrun(params: dict[str, Any]) -> None:
     from kcompat.errors import KcompatError
     from kcompat.platform import parse_platform
     from kcompat.pull import open_image
-    from kcompat.run import RunOptions, host_target, prepare, validate
+    from kcompat.run import host_target, prepare
+    from kcompat.runoptions import RunOptions, validate
     from kcompat.seccomp import Simulation, assemble, simulation
     from kcompat.sources import Options
     from kcompat.store import BlobStore

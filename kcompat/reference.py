@@ -259,6 +259,15 @@ def check_registry_host(host: str) -> str:
     return host
 
 
+def familiar_name(name: str) -> str:
+    """`docker.io/library/busybox:1` as docker shows it: `busybox:1`."""
+    if name.startswith(f"{DOCKER_HUB}/"):
+        name = name[len(DOCKER_HUB) + 1 :]
+        if name.startswith("library/") and name.count("/") == 1:
+            name = name[len("library/") :]
+    return name
+
+
 def parse_reference(text: str) -> ImageReference:
     """Parse any reference kcompat accepts; raise UsageError naming what is wrong."""
     if text.startswith("docker://"):
