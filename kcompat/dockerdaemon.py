@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kcompat.archives import DockerArchiveSource
+from kcompat.cache import ResultCache, code_key
 from kcompat.engine import EngineClient
 from kcompat.errors import (
     BadImageError,
@@ -152,8 +153,6 @@ class DockerDaemonSource(Source):
     # whose layers were all scanned before needs no export: the id names content (the
     # config's digest in the classic store, the manifest's in the containerd store).
     def _records(self) -> Any:
-        from kcompat.layerscan import ResultCache, code_key
-
         here = Path(__file__).resolve().parent
         key = code_key([here / "dockerdaemon.py", here / "sources.py", here / "source.py",
                         here / "archives.py", here / "image.py"])

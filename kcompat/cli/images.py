@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from kcompat import render as R
+from kcompat.analysis import scan_image
 from kcompat.cli.common import (
     CredsOpt,
     Format,
@@ -22,7 +23,7 @@ from kcompat.cli.common import (
     warn,
 )
 from kcompat.errors import NotFoundError, UsageError
-from kcompat.pull import inspect_report, open_image, pull, scan_image, unpack
+from kcompat.pull import inspect_report, open_image, pull, unpack
 from kcompat.store import BlobStore
 
 
