@@ -19,6 +19,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from kcompat.elffile import Reader, UnreadableError
 from kcompat.errors import BadImageError, LocalIOError, NotFoundError, UnsupportedError
 
 DEBIAN_ARCH = {"amd64": "amd64", "arm64": "arm64"}  # OCI -> Debian (the VM arches supported)
@@ -125,10 +126,8 @@ def decompress_module(path: Path) -> bytes:
 
 def modinfo(data: bytes) -> dict[str, str]:
     """The `.modinfo` section of a module (key=value strings; the first of each key)."""
-    from kcompat.elf import UnreadableError, _Reader
-
     try:
-        r = _Reader(data)
+        r = Reader(data)
     except UnreadableError as e:
         raise BadImageError(f"a kernel module is not a readable ELF file: {e}") from None
     sec = r.named(".modinfo")
@@ -300,10 +299,8 @@ def _payload(image: bytes) -> bytes | None:
 
 
 def _has_pvh_note(elf: bytes) -> bool:
-    from kcompat.elf import UnreadableError, _Reader
-
     try:
-        r = _Reader(elf)
+        r = Reader(elf)
     except UnreadableError:
         return False
     for seg in r.segments:

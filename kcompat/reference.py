@@ -80,9 +80,6 @@ class RegistryRef:
     def name(self) -> str:
         return f"{self.registry}/{self.repository}"
 
-    def with_digest(self, digest: str) -> RegistryRef:
-        return RegistryRef(self.registry, self.repository, self.tag, digest)
-
     def __str__(self) -> str:
         s = self.name
         if self.tag:

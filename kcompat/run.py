@@ -153,9 +153,9 @@ def _with_binfmt(target: Target) -> Target:
 def host_simulation(host: Target, kernel: str, eperm: bool, abi: str) -> Simulation:
     """What `run --kernel` refuses on this host; only an older kernel can be simulated."""
     from kcompat.seccomp import simulation
-    from kcompat.target import _kernel
+    from kcompat.target import parse_release
 
-    k = _kernel(kernel)
+    k = parse_release(kernel)[0]
     if host.kernel and version_key(k) > version_key(host.kernel):
         raise UsageError(
             f"--kernel {kernel} is newer than this host's {host.kernel}",

@@ -382,7 +382,6 @@ class _Tail(threading.Thread):
         super().__init__(daemon=True)
         self.path, self.fd = path, fd
         self.done = threading.Event()
-        self.first: float | None = None  # when the first byte came
 
     def run(self) -> None:
         src = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -391,8 +390,6 @@ class _Tail(threading.Thread):
                 ended = self.done.is_set()
                 data = os.read(src, 1 << 16)
                 if data:
-                    if self.first is None:
-                        self.first = time.monotonic()
                     self._write(data)
                     continue
                 if ended:
@@ -424,8 +421,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 class VmResult:
     code: int
     accel: str
-    boot_seconds: float | None  # from the start to the command's first output byte
-    seconds: float  # the whole run
 
 
 def run_prepared(
@@ -498,7 +493,7 @@ def run_prepared(
             for t in tails:
                 t.join()
         if ended_by:  # SIGTERM/SIGHUP ended the VM: kcompat's status says which
-            return VmResult(128 + ended_by[0], accel, None, time.monotonic() - start)
+            return VmResult(128 + ended_by[0], accel)
         status = files.status.read_text(errors="replace").strip()
         m = re.fullmatch(r"(\d+)(?: (.*))?", status, re.S)
         if m is None:
@@ -512,9 +507,7 @@ def run_prepared(
         code = int(m.group(1))
         if m.group(2):
             raise ContainerError(f"VM init: {m.group(2).strip()}", exit_code=code)
-        first = tails[0].first
-        return VmResult(code, accel, (first - start) if first else None,
-                        time.monotonic() - start)  # fmt: skip
+        return VmResult(code, accel)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -562,7 +555,7 @@ def run_in_vm(prepared: Prepared, opts: VmOptions) -> int:
 def observe(prepared: Prepared, opts: VmOptions, timeout: float = 600.0) -> Observation:
     """`check --verify --vm-kernel`: run what was judged in the VM and say what happened
     (the command's stderr kept for its first line), for kcompat.verify.compare."""
-    from kcompat.verify import Observation, _first_error
+    from kcompat.verify import Observation, first_error
 
     spec = prepared.spec
     with tempfile.TemporaryFile() as err:
@@ -573,6 +566,6 @@ def observe(prepared: Prepared, opts: VmOptions, timeout: float = 600.0) -> Obse
             return Observation("not-run", int(e.exit_code), str(e), spec.argv,
                                f"a VM booting {opts.kernel}")  # fmt: skip
         err.seek(0)
-        first = _first_error(err.read().decode(errors="replace"))
+        first = first_error(err.read().decode(errors="replace"))
     outcome = "runs" if r.code == 0 else "fails"
     return Observation(outcome, r.code, first, spec.argv, f"a VM booting {opts.kernel} ({r.accel})")
