@@ -458,7 +458,12 @@ def _simrun(params: dict[str, Any]) -> None:
     from kcompat.errors import KcompatError
     from kcompat.platform import parse_platform
     from kcompat.pull import open_image
-    from kcompat.run import RunOptions, host_target, prepare, validate
+    from kcompat.run import host_target, prepare
+
+    try:  # RunOptions and validate moved out of kcompat.run (the pinned tree may predate it)
+        from kcompat.runoptions import RunOptions, validate
+    except ImportError:
+        from kcompat.run import RunOptions, validate  # type: ignore[attr-defined,no-redef]
     from kcompat.seccomp import Simulation, assemble, simulation
     from kcompat.sources import Options
     from kcompat.store import BlobStore

@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kcompat import vm, vmkernel  # noqa: E402
+from kcompat import kernelimage, vm, vminit, vmkernel  # noqa: E402
 from kcompat.store import default_cache_dir  # noqa: E402
 
 _CORE = """
@@ -42,7 +42,7 @@ from dataclasses import replace
 from kcompat import vm
 from kcompat.check import BestPlatform
 from kcompat.pull import open_image
-from kcompat.run import RunOptions
+from kcompat.runoptions import RunOptions
 from kcompat.sources import Options
 from kcompat.store import BlobStore
 kernel, accel, image, *cmd = sys.argv[1:]
@@ -67,11 +67,12 @@ def _true_initramfs(work: Path) -> Path:
     binary = work / "true"
     subprocess.run(["gcc", "-static", "-Os", "-s", "-o", str(binary), str(src)], check=True)
     out = work / "true.cpio"
-    out.write_bytes(vm.cpio([("bin", 0o40755, b""), ("bin/true", 0o100755, binary.read_bytes())]))
+    entries = [("bin", 0o40755, b""), ("bin/true", 0o100755, binary.read_bytes())]
+    out.write_bytes(vminit.cpio(entries))
     return out
 
 
-def time_floor(kernel: vmkernel.Kernel, boot: Path, initrd: Path, accel: str) -> float:
+def time_floor(kernel: kernelimage.Kernel, boot: Path, initrd: Path, accel: str) -> float:
     """Wall time of qemu booting to a static /bin/true as the first process."""
     cpu = "host" if accel == "kvm" else "max"
     cmd = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
@@ -119,7 +120,7 @@ def main() -> None:
     kernel = vmkernel.resolve(args.kernel, cache)
     if kernel.arch != "amd64":
         raise SystemExit("the bench times an amd64 kernel (the floor is qemu-system-x86_64)")
-    pvh, how = vmkernel.boot_image(kernel, cache)
+    pvh, how = kernelimage.boot_image(kernel, cache)
     wired = _cli_wired()
     time_kcompat(args.kernel, image, "tcg", wired)  # warm: the rootfs, init, initramfs
     ok, why = vm.kvm_usable()

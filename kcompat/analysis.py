@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from kcompat.layerscan import ResultCache, code_key
+from kcompat.cache import ResultCache, code_key
+from kcompat.layers import VerifyingReader
 from kcompat.merged import max_file_size
-from kcompat.pull import OpenImage, scan_image
+from kcompat.pull import OpenImage
 from kcompat.scan import Scan
 from kcompat.store import BlobStore
 
@@ -63,3 +64,33 @@ def analyse(opened: OpenImage, store: BlobStore | None = None) -> Analysis:
     result = Analysis(scan, binaries_report(scan)["summary"])
     cache_.write(key, result)
     return result
+
+
+def scan_image(opened: OpenImage, store: BlobStore | None = None) -> Scan:
+    """Every file of the image, each layer scanned in one streaming pass or read from the
+    per-layer cache under `store`'s root (kcompat.layerscan)."""
+    from kcompat.layerscan import LayerCache, assemble, scan_layers
+    from kcompat.scan import scan_path  # the scanner's imports only when scanning
+
+    env = dict(e.split("=", 1) for e in opened.image.config.env if "=" in e)
+    own = opened.source.rootfs_dir()
+    if own is not None:
+        return scan_path(own, env)
+    descs = {d.digest: d for d in opened.image.layers}
+
+    store = store or BlobStore()
+
+    def open_layer(digest: str) -> VerifyingReader:
+        opened.source.fetch_layer(descs[digest], store)  # only layers not scanned before
+        return opened.source.open_layer(descs[digest])
+
+    layers = [(d.digest, d.size) for d in opened.image.layers]
+    scans = scan_layers(
+        layers,
+        open_layer,
+        LayerCache(store.root),
+        after_fork=opened.source.after_fork,
+        diff_ids=[layer.diff_id for layer in opened.layer_inputs()],
+    )
+    scan, issues = assemble(scans, env)
+    return replace(scan, issues=tuple(str(i) for i in issues))

@@ -132,7 +132,6 @@ class DockerArchiveSource(Source):
         self.ref = ref
         self.where = str(ref)
         self.archive = _Archive(Path(ref.path), self.where)
-        self._entries: list[dict[str, Any]] = []
         self._layer_paths: dict[str, str] = {}
 
     def _entry(self) -> dict[str, Any]:

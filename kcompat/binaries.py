@@ -11,9 +11,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from kcompat.filescan import ScannedFile
 from kcompat.formats import Format
 from kcompat.needs import BinaryNeeds, Memo, needs_of
-from kcompat.scan import Scan, ScannedFile
+from kcompat.scan import Scan
 from kcompat.versions import version_key
 
 _GLIBC_VERSION = re.compile(r"GLIBC_(\d+(?:\.\d+)+)$")

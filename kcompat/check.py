@@ -18,9 +18,9 @@ from typing import Any, Protocol
 from kcompat import __version__
 from kcompat.analysis import analyse, analysis_key
 from kcompat.binaries import summary_json
+from kcompat.cache import ResultCache
 from kcompat.errors import KcompatError
 from kcompat.execve import Command
-from kcompat.layerscan import ResultCache
 from kcompat.merged import max_file_size
 from kcompat.platform import Platform, host_platform
 from kcompat.pull import OpenImage, open_image

@@ -131,13 +131,6 @@ def _applies(entry: dict[str, Any], caps: frozenset[str], arch: str, kernel: str
         exc["minKernel"]))  # fmt: skip
 
 
-# docker's own architecture names (libseccomp's), from the profile's archMap
-_SCMP_ARCH = {"SCMP_ARCH_X86_64": "x86_64", "SCMP_ARCH_X86": "i386", "SCMP_ARCH_AARCH64": "arm64",
-              "SCMP_ARCH_ARM": "arm", "SCMP_ARCH_S390X": "s390x", "SCMP_ARCH_PPC64LE": "ppc64le",
-              "SCMP_ARCH_RISCV64": "riscv64", "SCMP_ARCH_MIPSEL64": "mips64le",
-              "SCMP_ARCH_LOONGARCH64": "loong64"}  # fmt: skip
-
-
 def parse_profile(
     raw: Any, where: str, caps: frozenset[str], arch: str, kernel: str | None
 ) -> Profile:

@@ -22,9 +22,10 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
+from kcompat.filescan import ScannedFile
 from kcompat.formats import Format, ShebangError, parse_shebang
 from kcompat.knowledge import KNOWLEDGE
-from kcompat.scan import DEFAULT_PATH, Scan, ScannedFile
+from kcompat.scan import DEFAULT_PATH, Scan
 from kcompat.users import UnknownUser, User, resolve_user
 from kcompat.versions import version_key
 

@@ -152,9 +152,6 @@ class ShebangError(Exception):
     """The kernel refuses the `#!` line: execve fails with ENOEXEC (exec format error)."""
 
 
-_SPACETAB = b" \t"
-
-
 def _spacetab(c: int) -> bool:
     return c in (0x20, 0x09)
 

@@ -41,7 +41,8 @@ from kcompat.binfmt import BINFMT, QEMU_NAMES
 from kcompat.errors import ContainerError, NotFoundError, UnsupportedError, UsageError
 from kcompat.pull import OpenImage
 from kcompat.reference import DOCKER_HUB, LocalRef, RegistryRef, Transport, parse_reference
-from kcompat.run import Checked, Prediction, RunOptions, command_of, first_judgement, refuse
+from kcompat.run import Prediction, command_of, first_judgement, refuse
+from kcompat.runoptions import Checked, RunOptions
 from kcompat.sources import Options
 from kcompat.store import BlobStore
 from kcompat.target import Target

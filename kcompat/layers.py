@@ -129,19 +129,6 @@ def detect_compression(head: bytes) -> Compression:
     return Compression.NONE
 
 
-def decompressed(raw: io.RawIOBase) -> tuple[IO[bytes], Compression]:
-    """A stream of the tar bytes inside `raw`, whatever its compression."""
-    buffered = io.BufferedReader(raw, READ_BUFFER)
-    kind = detect_compression(buffered.peek(4)[:4])
-    if kind is Compression.GZIP:
-        return cast(IO[bytes], gzip.GzipFile(fileobj=buffered, mode="rb")), kind
-    if kind is Compression.ZSTD:
-        dctx = zstandard.ZstdDecompressor()
-        stream: IO[bytes] = dctx.stream_reader(buffered, read_across_frames=True)
-        return stream, kind
-    return buffered, kind
-
-
 # Errors a corrupt compressed stream or tar raises, turned into one BadImageError.
 CORRUPT_ERRORS: tuple[type[BaseException], ...] = (
     tarfile.TarError,
@@ -328,6 +315,29 @@ class TarMember:
                 raise corrupt(what, reason_words(e)) from None
 
 
+class _ChunkReader(io.RawIOBase):
+    """A raw stream over an iterator of byte chunks."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = memoryview(chunk)
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
 class _Counting(_Wrapper):
     """Counts the tar bytes handed to tarfile and whether their end was reached."""
 
@@ -335,11 +345,9 @@ class _Counting(_Wrapper):
         super().__init__(inner)
         self.count = 0
         self.eof = 0  # how many reads found the end (true once it was reached)
-        self.hash = diff_id_hash()
 
     def _seen(self, data: bytes) -> None:
         self.count += len(data)
-        self.hash.update(data)
         if not data:
             if self.eof > 8:
                 # tarfile skips a member's data by reading it, and at the end of the stream
@@ -353,9 +361,10 @@ def iter_tar(
 ) -> Iterator[TarMember]:
     """The members of one layer in order, then the layer's digest check and, when the
     config gives one, its diff_id's (`digest` names the layer in that error)."""
+    tar_hash = diff_id_hash()
+    prefetch = Prefetch(decompressed_chunks(reader, what, tar_hash))  # the scan's pipeline
     try:
-        stream, _ = decompressed(reader)
-        counted = _Counting(stream)
+        counted = _Counting(cast(IO[bytes], _ChunkReader(iter(prefetch))))
         with tarfile.open(fileobj=cast(IO[bytes], counted), mode="r|", errorlevel=1) as tar:
             last: tarfile.TarInfo | None = None
             while True:
@@ -376,15 +385,15 @@ def iter_tar(
                     break
                 last = info
                 yield TarMember(info, tar, what)
-        # Drain the decompressor to its end (so gzip checks its CRC, and every byte of
-        # the tar is hashed) and the blob to EOF.
+        # Drain the decompressor to its end (so gzip checks its CRC, every byte of the
+        # tar is hashed and the blob's digest is checked at its EOF).
         while counted.read(READ_BUFFER):
             pass
-        reader.finish()
-        check_diff_id(digest or what, f"sha256:{counted.hash.hexdigest()}", diff_id)
+        check_diff_id(digest or what, f"sha256:{tar_hash.hexdigest()}", diff_id)
     except _TAR_ERRORS as e:
         raise corrupt(what, reason_words(e)) from None
     finally:
+        prefetch.close()
         reader.close()
 
 

@@ -32,25 +32,21 @@ entries.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import multiprocessing
 import os
 import pickle
-import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from kcompat import __version__, formats
+from kcompat import formats
+from kcompat.cache import ResultCache, code_key
 from kcompat.elf import UnreadableError
-from kcompat.errors import BadImageError
+from kcompat.filescan import KEEP_MAX, ScannedFile, keep_text, scan_file
 from kcompat.formats import Format
 from kcompat.layers import (
-    FileKind,
     LayerIssue,
     Prefetch,
     VerifyingReader,
@@ -61,27 +57,15 @@ from kcompat.layers import (
     diff_id_hash,
 )
 from kcompat.merged import Header, max_file_size, merge
-from kcompat.scan import _KEEP_MAX, Node, Scan, ScannedFile, Tree, _keep, scan_file
+from kcompat.scan import Scan, ScanBuilder
 from kcompat.tarstream import FILE_TYPES, TarError, TarHeader, TarStream
 
 # The modules whose code decides a LayerScan's content.
 _SCANNER_MODULES = (
-    "scan", "elf", "elffile", "goinfo", "formats", "disasm", "disasm_isas", "tarstream",
+    "filescan", "scan", "elf", "elffile", "goinfo", "formats", "disasm", "disasm_isas", "tarstream",
     "layers", "layerscan", "families",
 )
 _SCANNER_DATA = ("families.json",)  # the marker strings the scan looks for
-
-
-def code_key(files: Sequence[Path]) -> str:
-    """A short hash of kcompat's version, the Python version and the given files' bytes:
-    a cache entry made under another key was made by other code and is never read."""
-    h = hashlib.sha256(f"{__version__} {sys.version_info[:2]} {pickle.HIGHEST_PROTOCOL}".encode())
-    for path in files:
-        try:
-            h.update(path.read_bytes())
-        except OSError:  # pragma: no cover - an install without sources: the version only
-            h.update(path.name.encode())
-    return h.hexdigest()[:16]
 
 
 _HERE = Path(__file__).resolve().parent
@@ -134,7 +118,7 @@ def scan_layer(reader: VerifyingReader, digest: str) -> LayerScan:
                 continue  # refused by the merge; its data is skipped
             path = "/" + rel
             head = tar.read(formats.HEAD_SIZE)
-            if _keep(path) and h.size <= _KEEP_MAX:
+            if keep_text(path) and h.size <= KEEP_MAX:
                 out.texts[i] = (head + tar.read()).decode("utf-8", "replace")
                 continue
             whole = partial(_read_whole, tar, head, h.size)
@@ -175,67 +159,6 @@ def verify_diff_ids(scans: Sequence[LayerScan], diff_ids: Sequence[str | None]) 
 
 
 # -- the cache ---------------------------------------------------------------------------
-
-
-class ResultCache:
-    """Pickled results on disk under <root>/<kind>/<code key>/, private to the user:
-    written to a temporary file and renamed into place, read only if this user wrote it."""
-
-    def __init__(self, root: Path, kind: str, key: str) -> None:
-        self.dir = root / kind / key
-        self.key = key
-
-    def path(self, digest: str) -> Path:
-        algo, _, hexpart = digest.partition(":")
-        if not hexpart.isalnum() or not algo.isalnum():
-            raise BadImageError(f"{digest!r} is not a digest")
-        return self.dir / algo / hexpart
-
-    def read(self, digest: str) -> object | None:
-        """The cached object, or None (missing, another user's, or unreadable: removed)."""
-        path = self.path(digest)
-        try:
-            with open(path, "rb") as f:
-                if os.fstat(f.fileno()).st_uid != os.geteuid():
-                    return None  # never unpickle what another user could have written
-                loaded: object = pickle.load(f)
-                return loaded
-        except FileNotFoundError:
-            return None
-        except Exception:  # a damaged entry is a miss; it is rewritten after the scan
-            with contextlib.suppress(OSError):
-                path.unlink()
-            return None
-
-    def write(self, digest: str, obj: object) -> bytes:
-        """Write atomically (best effort: a cache that cannot be written is no error);
-        return the pickled bytes."""
-        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        path = self.path(digest)
-        try:
-            if not path.parent.is_dir():
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                self._prune()
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-        except OSError:
-            pass
-        return data
-
-    def _prune(self) -> None:
-        """Results of other code versions are never read again: remove them."""
-        import shutil
-
-        for other in self.dir.parent.iterdir():
-            if other.name != self.key and other.is_dir():
-                shutil.rmtree(other, ignore_errors=True)
 
 
 class LayerCache(ResultCache):
@@ -320,29 +243,11 @@ def assemble(scans: Sequence[LayerScan], env: dict[str, str]) -> tuple[Scan, lis
     def members(ls: LayerScan) -> Callable[[], Iterator[tuple[Header, int]]]:
         return lambda: ((h, i) for i, h in enumerate(ls.headers))
 
-    tree = Tree()
-    files: dict[str, ScannedFile] = {}
-    texts: dict[str, str] = {}
-    banners: dict[str, str] = {}
+    build = ScanBuilder()
     inputs = [(ls.digest, members(ls)) for ls in scans]
     for entry, index in merge(inputs, max_file_size(), issues):
-        path = "/" + entry.path
-        kind = entry.kind
-        linkname = entry.linkname if kind is not FileKind.HARDLINK else "/" + entry.linkname
-        tree.add(path, Node(kind, linkname, entry.mode, entry.uid, entry.gid))
-        if kind is not FileKind.FILE:
-            continue
-        ls = scans[entry.layer]
-        scanned = ls.files.get(index)
-        if scanned is not None:
-            files[path] = scanned
-        else:
-            files.pop(path, None)  # a path written twice in a layer: the later wins
-        if index in ls.texts:
-            texts[path] = ls.texts[index]
-        if index in ls.banners:
-            banners[path] = ls.banners[index]
-    for path, node in tree.nodes.items():
-        if node.kind is FileKind.HARDLINK and node.linkname in files and path not in files:
-            files[path] = replace(files[node.linkname], path=path)
-    return Scan(files, tree, texts, dict(env), banners), issues
+        path = build.add(entry)
+        if path is not None:
+            ls = scans[entry.layer]
+            build.content(path, ls.files.get(index), ls.texts.get(index), ls.banners.get(index))
+    return build.scan(env), issues

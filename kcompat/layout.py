@@ -113,7 +113,6 @@ class OCILayoutSource(LayoutSource):
                 hint="give the directory that holds oci-layout and index.json",
             )
         self.blobs = BlobDir(self._open_file, self.where)
-        self._root_desc: Descriptor | None = None
 
     def _open_file(self, rel: str) -> IO[bytes] | None:
         try:

@@ -18,8 +18,9 @@ from typing import Any
 
 from kcompat import disasm
 from kcompat.elf import Linkage
+from kcompat.filescan import ScannedFile
 from kcompat.knowledge import KNOWLEDGE
-from kcompat.scan import Scan, ScannedFile
+from kcompat.scan import Scan
 from kcompat.syscalls import ABIS, SyscallTable, table
 from kcompat.versions import version_key
 

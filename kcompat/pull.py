@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kcompat.errors import BadImageError
 from kcompat.image import ResolvedImage
-from kcompat.layers import LayerIssue, VerifyingReader
+from kcompat.layers import LayerIssue
 from kcompat.merged import LayerInput, MergedView
 from kcompat.platform import host_platform
 from kcompat.progress import Progress
@@ -20,9 +20,6 @@ from kcompat.reference import parse_reference
 from kcompat.rootfs import cached_rootfs
 from kcompat.sources import Options, Source, open_source
 from kcompat.store import BlobStore
-
-if TYPE_CHECKING:
-    from kcompat.scan import Scan
 
 
 @dataclass
@@ -108,33 +105,3 @@ def inspect_report(image: ResolvedImage) -> dict[str, Any]:
             {"digest": d.digest, "mediaType": d.media_type, "size": d.size} for d in image.layers
         ],
     }
-
-
-def scan_image(opened: OpenImage, store: BlobStore | None = None) -> Scan:
-    """Every file of the image, each layer scanned in one streaming pass or read from the
-    per-layer cache under `store`'s root (kcompat.layerscan)."""
-    from kcompat.layerscan import LayerCache, assemble, scan_layers
-    from kcompat.scan import scan_path  # the scanner's imports only when scanning
-
-    env = dict(e.split("=", 1) for e in opened.image.config.env if "=" in e)
-    own = opened.source.rootfs_dir()
-    if own is not None:
-        return scan_path(own, env)
-    descs = {d.digest: d for d in opened.image.layers}
-
-    store = store or BlobStore()
-
-    def open_layer(digest: str) -> VerifyingReader:
-        opened.source.fetch_layer(descs[digest], store)  # only layers not scanned before
-        return opened.source.open_layer(descs[digest])
-
-    layers = [(d.digest, d.size) for d in opened.image.layers]
-    scans = scan_layers(
-        layers,
-        open_layer,
-        LayerCache(store.root),
-        after_fork=opened.source.after_fork,
-        diff_ids=[layer.diff_id for layer in opened.layer_inputs()],
-    )
-    scan, issues = assemble(scans, env)
-    return replace(scan, issues=tuple(str(i) for i in issues))

@@ -80,9 +80,6 @@ class RegistryRef:
     def name(self) -> str:
         return f"{self.registry}/{self.repository}"
 
-    def with_digest(self, digest: str) -> RegistryRef:
-        return RegistryRef(self.registry, self.repository, self.tag, digest)
-
     def __str__(self) -> str:
         s = self.name
         if self.tag:
@@ -257,6 +254,15 @@ def check_registry_host(host: str) -> str:
     if ":" in host and not host.endswith("]") and port.isdigit() and not 1 <= int(port) <= 65535:
         raise UsageError(f"--insecure-registry {host!r}: port {port} is not in 1-65535")
     return host
+
+
+def familiar_name(name: str) -> str:
+    """`docker.io/library/busybox:1` as docker shows it: `busybox:1`."""
+    if name.startswith(f"{DOCKER_HUB}/"):
+        name = name[len(DOCKER_HUB) + 1 :]
+        if name.startswith("library/") and name.count("/") == 1:
+            name = name[len("library/") :]
+    return name
 
 
 def parse_reference(text: str) -> ImageReference:

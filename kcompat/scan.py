@@ -1,10 +1,9 @@
-"""Scan every file of an image (or a directory): what each executable is and needs.
+"""Every file of an image (or a directory), and the image-level facts drawn from them.
 
-One pass over the files: every regular file's first bytes decide its format (never its
-name); ELF files are read whole and parsed (kcompat.elf), static executables have their
-syscall instructions recovered (kcompat.disasm), PE and Mach-O files are named, `#!`
-scripts give their interpreter. A file that cannot be read becomes a finding
-"unreadable: reason" and the scan goes on.
+Each regular file is judged on its bytes (kcompat.filescan); the tree of paths, links
+and directories is kept so symlinks resolve as in the container. A `Scan` is assembled
+the same way from a directory walk (`scan_items`, `scan_path`) and from the layers'
+cached results (kcompat.layerscan.assemble): by a `ScanBuilder`.
 
 After the pass, the image-level facts: the C library and its version, the ELF
 interpreters present, and for each dynamic executable the libraries the image's own
@@ -19,43 +18,19 @@ import os
 import posixpath
 import re
 import stat
-import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, NamedTuple, TypeVar
 
-from kcompat import disasm, elf, families, formats, goinfo, vsyscall
-from kcompat.disasm import SyscallScan
-from kcompat.elf import ElfInfo, Linkage
-from kcompat.formats import Format, MachOInfo, PEInfo, ScriptInfo
+from kcompat import elf, formats
+from kcompat.elf import ElfInfo
+from kcompat.filescan import KEEP_MAX, ScannedFile, keep_text, scan_file
+from kcompat.formats import Format
 from kcompat.layers import FileEntry, FileKind
 from kcompat.versions import version_key
-from kcompat.vsyscall import VsyscallUse
 
-# Small text files kept from the pass: the loader's search path and the OS name.
-_KEEP = (
-    "etc/passwd",  # the image's users and groups, for USER / -u (as runc reads them)
-    "etc/group",
-    "etc/ld.so.conf",
-    "etc/ld.so.conf.d/*",
-    "etc/ld-musl-*.path",
-    "etc/os-release",
-    "usr/lib/os-release",
-)
-_KEEP_MAX = 64 * 1024
-_GLIBC_BANNER = re.compile(rb"GNU C Library [^\n\0]{0,120}? version (\d+\.\d+(?:\.\d+)?)")
-_MUSL_VERSION = re.compile(rb"\0(1\.\d+\.\d+)\0")
-GO_SYSCALL_FUNCS = frozenset(
-    {
-        "syscall.Syscall", "syscall.Syscall6", "syscall.RawSyscall", "syscall.RawSyscall6",
-        "syscall.rawSyscallNoError", "syscall.rawVforkSyscall",
-        "golang.org/x/sys/unix.Syscall", "golang.org/x/sys/unix.Syscall6",
-        "golang.org/x/sys/unix.RawSyscall", "golang.org/x/sys/unix.RawSyscall6",
-        "golang.org/x/sys/unix.SyscallNoError", "golang.org/x/sys/unix.RawSyscallNoError",
-    }
-)  # fmt: skip
 # Debian multiarch directories (where Debian's ld.so.conf.d points; listed here too so
 # an image without ld.so.conf is judged as ld.so's built-in path would)
 _TRIPLETS = {
@@ -71,26 +46,6 @@ _TRIPLETS = {
     ("loong64", None): "loongarch64-linux-gnu",
 }
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-@dataclass(frozen=True)
-class ScannedFile:
-    path: str  # absolute inside the image: "/usr/bin/ls"
-    format: Format
-    mode: int
-    size: int
-    elf: ElfInfo | None = None
-    pe: PEInfo | None = None
-    macho: MachOInfo | None = None
-    script: ScriptInfo | None = None
-    syscalls: SyscallScan | None = None  # static executables only
-    unreadable: str | None = None
-    vsyscall: VsyscallUse | None = None  # x86-64 code that calls or reads the vsyscall page
-    markers: tuple[str, ...] = ()  # kcompat.families marker strings found in an ELF file
-
-    @property
-    def executable(self) -> bool:
-        return bool(self.mode & 0o111)
 
 
 class Node(NamedTuple):  # a tuple: an image has ~20,000 of them to cache and load
@@ -375,101 +330,51 @@ class Scan:
                 yield f
 
 
-# -- the pass ----------------------------------------------------------------------------
+_V = TypeVar("_V")
 
 
-_KEEP_RE = re.compile("|".join(fnmatch.translate(p) for p in _KEEP))
+def _put(table: dict[str, _V], path: str, value: _V | None) -> None:
+    if value is None:
+        table.pop(path, None)
+    else:
+        table[path] = value
 
 
-def _keep(path: str) -> bool:
-    return _KEEP_RE.match(path.lstrip("/")) is not None
+class ScanBuilder:
+    """A Scan built entry by entry, in the order the merged image yields them: each path
+    goes into the tree, a regular file's content is recorded; a later write of a path
+    replaces all of the earlier one's (scanned file, kept text, banner)."""
 
+    def __init__(self) -> None:
+        self.tree = Tree()
+        self.files: dict[str, ScannedFile] = {}
+        self.texts: dict[str, str] = {}
+        self.banners: dict[str, str] = {}
 
-def scan_file(
-    path: str,
-    mode: int,
-    size: int,
-    head: bytes,
-    read_rest: Callable[[], bytes],
-    read_all: Callable[[], bytes] | None = None,
-) -> tuple[ScannedFile, str | None]:
-    """One file, given its first bytes; `read_rest` gives the remaining bytes if needed
-    (or `read_all` the whole file, head included, when the caller can do it in one copy).
+    def add(self, entry: FileEntry) -> str | None:
+        """Put `entry` in the tree; its absolute path when it is a regular file (whose
+        content comes next, by `content`), else None."""
+        path = "/" + entry.path
+        kind = entry.kind
+        linkname = entry.linkname if kind is not FileKind.HARDLINK else "/" + entry.linkname
+        self.tree.add(path, Node(kind, linkname, entry.mode, entry.uid, entry.gid))
+        return path if kind is FileKind.FILE else None
 
-    Returns the scanned file and, for a C library, its version banner if one was found."""
-    fmt = formats.detect(head)
-    base = ScannedFile(path, fmt, mode, size)
-    banner = None
-    whole = read_all or (lambda: head + read_rest())
-    try:
-        if fmt is Format.ELF:
-            data = whole()
-            info = elf.read_elf(data, with_code=True)
-            syscalls = None
-            if info.linkage in (Linkage.STATIC, Linkage.STATIC_PIE) or info.go_version:
-                funcs = goinfo.go_functions(data, GO_SYSCALL_FUNCS) if info.go_version else None
-                syscalls = disasm.scan_code(info.arch.abi or "", info.code, funcs)
-            if info.soname == "libc.so.6":
-                m = _GLIBC_BANNER.search(data)
-                banner = m.group(1).decode() if m else None
-            elif _is_musl_libc(path):
-                m = _MUSL_VERSION.search(data)
-                banner = m.group(1).decode() if m else None
-            legacy = (
-                vsyscall.find(info.code) if info.arch.platform.architecture == "amd64" else None
-            )
-            found = _markers(data) if info.type in _PROGRAMS else ()
-            scanned = replace(
-                base,
-                elf=replace(info, code=()),
-                syscalls=syscalls,
-                vsyscall=legacy,
-                markers=found,
-            )
-            return scanned, banner
-        if fmt is Format.SCRIPT:  # kept whatever its mode: exec is judged by the rules
-            return replace(base, script=formats.read_script(head)), None
-        if fmt is Format.PE:
-            data = whole()
-            return replace(base, pe=formats.read_pe(data)), None
-        if fmt is Format.MACHO:
-            data = whole()
-            return replace(base, macho=formats.read_macho(data)), None
-    except elf.UnreadableError as e:
-        return replace(base, unreadable=str(e)), None
-    except formats.NotThisFormat as e:
-        if fmt is Format.PE:
-            return replace(base, format=Format.OTHER), None  # a DOS stub or "MZ" text
-        return replace(base, unreadable=str(e)), None
-    return base, None
+    def content(self, path: str, scanned: ScannedFile | None, text: str | None = None,
+                banner: str | None = None) -> None:  # fmt: skip
+        """What the regular file at `path` held: a file kcompat reads (None: another
+        format), its text when kept, a C library's version banner."""
+        _put(self.files, path, scanned)
+        _put(self.texts, path, text)
+        _put(self.banners, path, banner)
 
-
-_PROGRAMS = (elf.ElfType.EXEC, elf.ElfType.PIE)  # libraries are known by their soname
-_MARKER_SPAN = 256 << 20
-
-
-def _markers(data: Any) -> tuple[str, ...]:
-    """The families' marker strings present in a program's file, searched up to its
-    section header table (the end of what the linker wrote: a core dump or a sparse
-    tail past it is not read), at most 256 MiB."""
-    head = bytes(data[:64])
-    end = min(len(data), _MARKER_SPAN)
-    if len(head) >= 64:
-        e = "<" if head[5] == 1 else ">"
-        shoff = struct.unpack_from(e + ("Q" if head[4] == 2 else "I"), head,
-                                   0x28 if head[4] == 2 else 0x20)[0]  # fmt: skip
-        if 0 < shoff < end:
-            end = shoff
-    return tuple(m.decode() for m in families.markers() if data.find(m, 0, end) != -1)
-
-
-def _is_musl_libc(path: str) -> bool:
-    """musl's one file (loader and libc): ld-musl-ARCH.so.1 on Alpine, libc.so under
-    /lib/ARCH-linux-musl on Debian, libc.musl-ARCH.so.1 as Alpine's link name."""
-    name = posixpath.basename(path)
-    return name.startswith(("ld-musl-", "libc.musl-")) or (
-        name == "libc.so" and posixpath.dirname(path).endswith("-linux-musl")
-    )
+    def scan(self, env: dict[str, str] | None = None, issues: tuple[str, ...] = ()) -> Scan:
+        """The Scan; hard links share the scanned data of their target."""
+        files = self.files
+        for path, node in self.tree.nodes.items():
+            if node.kind is FileKind.HARDLINK and node.linkname in files and path not in files:
+                files[path] = replace(files[node.linkname], path=path)
+        return Scan(self.files, self.tree, self.texts, dict(env or {}), self.banners, issues)
 
 
 @dataclass(frozen=True)
@@ -494,35 +399,22 @@ def _mapped(path: Path) -> Callable[[], bytes]:
 
     return read
 
-
 def scan_items(items: Iterable[Item], env: dict[str, str] | None = None) -> Scan:
-    tree = Tree()
-    files: dict[str, ScannedFile] = {}
-    texts: dict[str, str] = {}
-    banners: dict[str, str] = {}
+    build = ScanBuilder()
     for item in items:
-        e = item.entry
-        path = "/" + e.path
-        linkname = e.linkname if e.kind is not FileKind.HARDLINK else "/" + e.linkname
-        tree.add(path, Node(e.kind, linkname, e.mode, e.uid, e.gid))
-        if e.kind is not FileKind.FILE:
+        path = build.add(item.entry)
+        if path is None:
             continue
+        size = item.entry.size
         with item.open() as stream:
             head = stream.read(formats.HEAD_SIZE)
-            if _keep(path) and e.size <= _KEEP_MAX:
-                texts[path] = (head + stream.read()).decode("utf-8", "replace")
+            if keep_text(path) and size <= KEEP_MAX:
+                build.content(path, None, (head + stream.read()).decode("utf-8", "replace"))
                 continue
-            whole = _mapped(item.local) if item.local and e.size >= _MAP_FROM else None
-            scanned, banner = scan_file(path, e.mode, e.size, head, stream.read, whole)
-        if scanned.format is not Format.OTHER:
-            files[path] = scanned
-        if banner:
-            banners[path] = banner
-    # hard links share the scanned data of their target
-    for path, node in tree.nodes.items():
-        if node.kind is FileKind.HARDLINK and node.linkname in files and path not in files:
-            files[path] = replace(files[node.linkname], path=path)
-    return Scan(files, tree, texts, dict(env or {}), banners)
+            whole = _mapped(item.local) if item.local and size >= _MAP_FROM else None
+            scanned, banner = scan_file(path, item.entry.mode, size, head, stream.read, whole)
+        build.content(path, scanned if scanned.format is not Format.OTHER else None, None, banner)
+    return build.scan(env)
 
 
 def _opener(path: Path) -> Callable[[], IO[bytes]]:

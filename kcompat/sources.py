@@ -5,7 +5,7 @@ image does this reference name (`resolve`), how do I get its layers local (`fetc
 and how do I read a layer's raw bytes (`open_layer`, digest-checked as it is read).
 `open_source` opens the one a reference names: a registry or a local directory here,
 an OCI layout (kcompat.layout), an archive (kcompat.archives), or an engine's store
-(kcompat.stores).
+(kcompat.dockerdaemon, kcompat.containerstorage).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from kcompat.layers import VerifyingReader
 from kcompat.layout import OCILayoutSource
 from kcompat.platform import Platform
 from kcompat.progress import NoProgress, Progress
-from kcompat.reference import ImageReference, LocalRef, RegistryRef, Transport
+from kcompat.reference import DaemonRef, ImageReference, LocalRef, RegistryRef, Transport
 from kcompat.source import MAX_SMALL_BLOB, Chooser, Options, Source
 from kcompat.store import BlobStore
 
-# Also read from here (kcompat.pull, kcompat.stores, the CLI): the names of the interface
+# Also read from here (kcompat.pull, the engines' stores, the CLI): the names of the interface
 # every source implements (kcompat.source) and of the docker-archive reader.
 __all__ = [
     "DOCKER_LAYER_TAR",
@@ -215,9 +215,13 @@ def open_source(ref: ImageReference, options: Options | None = None) -> Source:
     if isinstance(ref, RegistryRef):
         return RegistrySource(ref, options)
     if not isinstance(ref, LocalRef):  # docker-daemon:, containers-storage:
-        from kcompat.stores import open_store_source
+        if isinstance(ref, DaemonRef):
+            from kcompat.dockerdaemon import DockerDaemonSource
 
-        return open_store_source(ref, options)
+            return DockerDaemonSource(ref, options)
+        from kcompat.containerstorage import ContainersStorageSource
+
+        return ContainersStorageSource(ref, options)
     classes: dict[Transport, type[Source]] = {
         Transport.OCI: OCILayoutSource,
         Transport.OCI_ARCHIVE: OCIArchiveSource,

@@ -263,10 +263,6 @@ def _newest_known() -> str:
     return max(dated, key=version_key)
 
 
-def _kernel(text: str) -> str:
-    return parse_release(text)[0]
-
-
 def described(
     kernel: str,
     arch: str | None = None,

@@ -86,7 +86,7 @@ def verify_report(
     return verification
 
 
-def _first_error(stderr: str) -> str | None:
+def first_error(stderr: str) -> str | None:
     for line in stderr.splitlines():
         line = line.strip()
         if line and not line.startswith("kcompat: warning:"):
@@ -171,7 +171,7 @@ def _observe(
     except subprocess.TimeoutExpired:  # a hang is no proof that it runs
         return Observation("not-run", None, f"undecided: still running after {timeout:.0f} s",
                            tuple(cmd[2:]), simulated)  # fmt: skip
-    err = _first_error(r.stderr)
+    err = first_error(r.stderr)
     if r.returncode in _SETUP_CODES or (r.returncode != 0 and err and err.startswith("kcompat:")):
         return Observation("not-run", r.returncode, err, tuple(cmd[2:]), simulated)
     outcome = "runs" if r.returncode == 0 else "fails"

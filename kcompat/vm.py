@@ -5,7 +5,7 @@ user, workdir, volumes, tmpfs, limits) is carried out in a VM instead of namespa
 
 - qemu-system-x86_64 (or qemu-system-aarch64 `-M virt -cpu max` for an arm64 kernel)
   boots the kernel (kcompat.vmkernel: Debian's package, or the fleet's own files) with
-  an initramfs kcompat writes itself (newc cpio, in Python): kcompat's own init
+  an initramfs kcompat writes itself (kcompat.vminit: newc cpio, in Python): kcompat's own init
   (kcompat/data/vminit/init.c, built static with gcc and cached), the kernel's own
   modules that the run needs when they are modules (9p, 9pnet_virtio, overlay,
   virtio_console, virtio_pci and what they depend on, from the package, unpacked when
@@ -33,7 +33,7 @@ the guest is the host's arch and a probe shows qemu's KVM runs a guest (kvm_usab
 otherwise TCG.
 
 An x86-64 kernel built with CONFIG_PVH (Debian's are) is booted as its uncompressed
-vmlinux through PVH (kcompat.vmkernel.boot_image): no firmware, no decompressor, which
+vmlinux through PVH (kcompat.boot_image): no firmware, no decompressor, which
 under TCG saves more than the rest of the boot costs (bench/vm_boot.py times both).
 
 virtme-ng (PyPI; 1.42 measured here with Debian 11's kernel and a busybox image's
@@ -53,7 +53,6 @@ a VM run of an image needs.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import platform as _platform
@@ -65,35 +64,33 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kcompat import vmkernel
 from kcompat.binfmt import BINFMT
 from kcompat.errors import ContainerError, LocalIOError, NotFoundError, UnsupportedError, UsageError
+from kcompat.kernelimage import Kernel, boot_image
 from kcompat.platform import Platform
 from kcompat.store import default_cache_dir
 from kcompat.target import Target, parse_release
 from kcompat.versions import version_key
+from kcompat.vminit import HOST_ARCH, base_initramfs, cpio, run_config
+from kcompat.vmkernel import resolve as resolve_kernel
 
 if TYPE_CHECKING:
     from kcompat.container import RunSpec
     from kcompat.image import ImageConfig
     from kcompat.pull import OpenImage
-    from kcompat.run import Checked, Prepared, RunOptions
+    from kcompat.run import Prepared
+    from kcompat.runoptions import Checked, RunOptions
     from kcompat.store import BlobStore
     from kcompat.verify import Observation
 
 DEFAULT_MEMORY = 512 << 20
 MIN_MEMORY = 128 << 20
 _QEMU = {"amd64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}
-_HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 _CONSOLE = {"amd64": "ttyS0", "arm64": "ttyAMA0"}
-_GCC = {"amd64": ("x86_64-linux-gnu-gcc", "gcc"), "arm64": ("aarch64-linux-gnu-gcc",)}
-_GCC_PACKAGE = {"amd64": "gcc libc6-dev", "arm64": "gcc-aarch64-linux-gnu libc6-dev-arm64-cross"}
 _PORTS = ("kcompat.stdout", "kcompat.stderr", "kcompat.status")
-_ARITY = {"vol": 3, "tmpfs": 3}  # values per record key; every other key has one (init.c)
 
 
 @dataclass(frozen=True)
@@ -128,7 +125,7 @@ def _true(v: str | None) -> bool:
     return v is not None and v.lower() in ("", "1", "true", "yes", "on", "y")
 
 
-def cgroup_mode(kernel: vmkernel.Kernel, append: str) -> str:
+def cgroup_mode(kernel: Kernel, append: str) -> str:
     """What kcompat's init mounts, with systemd's kernel command line words: cgroup v2
     (unified) by default, hybrid with `systemd.unified_cgroup_hierarchy=0`, v1 when
     `systemd.legacy_systemd_cgroup_controller` is also set; v1 before Linux 4.5 (no
@@ -142,7 +139,7 @@ def cgroup_mode(kernel: vmkernel.Kernel, append: str) -> str:
     return "v2"
 
 
-def vsyscall_mode(kernel: vmkernel.Kernel, append: str) -> tuple[str | None, str]:
+def vsyscall_mode(kernel: Kernel, append: str) -> tuple[str | None, str]:
     """The guest's vsyscall mode and where it comes from, in words (x86-64 only)."""
     if kernel.arch != "amd64":
         return None, "no vsyscall page on this arch"
@@ -161,7 +158,7 @@ def target_for_kernel(spec: str, append: str = "", cache: Path | None = None) ->
     """The target a VM run of that kernel is: its release, arch, vsyscall mode (the
     command line, else the config), cgroup mode (what kcompat's init mounts), compat
     arches (IA32_EMULATION / COMPAT in its config); no binfmt handlers inside."""
-    kernel = vmkernel.resolve(spec, cache or default_cache_dir())
+    kernel = resolve_kernel(spec, cache or default_cache_dir())
     version, suffix = parse_release(kernel.release)
     vsys, vsys_why = vsyscall_mode(kernel, append)
     cgroup = cgroup_mode(kernel, append)
@@ -246,131 +243,6 @@ def prepare(
     return prepared
 
 
-# -- building the init and the initramfs ---------------------------------------------------
-
-
-def _init_source() -> bytes:
-    return resources.files("kcompat").joinpath("data", "vminit", "init.c").read_bytes()
-
-
-def build_init(arch: str, cache: Path) -> Path:
-    """kcompat's init for `arch`, built static from its checked-in source, cached by the
-    source's and the compiler's identity."""
-    compiler = next((shutil.which(c) for c in _GCC[arch] if shutil.which(c)), None)
-    if arch == "amd64" and _HOST_ARCH.get(_platform.machine()) != "amd64":
-        compiler = shutil.which("x86_64-linux-gnu-gcc")
-    if compiler is None:
-        raise UnsupportedError(
-            f"building kcompat's VM init for {arch} needs {' or '.join(_GCC[arch])}",
-            hint=f"apt-get install -y {_GCC_PACKAGE[arch]}",
-        )
-    src = _init_source()
-    key = hashlib.sha256(src + compiler.encode() + arch.encode()).hexdigest()[:24]
-    out = cache / "vminit" / f"init-{arch}-{key}"
-    if out.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        c = Path(tmp) / "init.c"
-        c.write_bytes(src)
-        binary = Path(tmp) / "init"
-        r = subprocess.run([compiler, "-static", "-Os", "-s", "-Wno-format-truncation",
-                            "-o", str(binary), str(c)], capture_output=True, text=True,
-                           check=False)  # fmt: skip
-        if r.returncode != 0:
-            first = (r.stderr.strip().splitlines() or ["failed"])[-1]
-            raise UnsupportedError(f"cannot build kcompat's VM init with {compiler}: {first}",
-                                   hint=f"apt-get install -y {_GCC_PACKAGE[arch]}")  # fmt: skip
-        os.replace(binary, out)
-    return out
-
-
-def _cpio_entry(name: str, mode: int, data: bytes = b"", ino: int = 0) -> bytes:
-    """One newc entry (the format the kernel's initramfs unpacker reads)."""
-    raw = name.encode() + b"\0"
-    fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(raw), 0)
-    hdr = b"070701" + b"".join(b"%08X" % f for f in fields)
-    out = hdr + raw
-    out += b"\0" * (-len(out) % 4)
-    out += data
-    out += b"\0" * (-len(out) % 4)
-    return out
-
-
-def cpio(files: list[tuple[str, int, bytes]]) -> bytes:
-    """A newc archive of (path, mode, data) entries: directories (S_IFDIR) and files,
-    parents first; padded to 512 bytes so another archive may follow."""
-    out = b"".join(_cpio_entry(n, m, d, i + 1) for i, (n, m, d) in enumerate(files))
-    out += _cpio_entry("TRAILER!!!", 0)
-    return out + b"\0" * (-len(out) % 512)
-
-
-def _modules_archive(kernel: vmkernel.Kernel) -> tuple[list[tuple[str, int, bytes]], list[str]]:
-    order, missing = vmkernel.module_closure(kernel)
-    if missing:
-        raise UnsupportedError(
-            f"the kernel {kernel.release} lacks what a VM run needs: {'; '.join(missing)}",
-            hint="give a kernel with 9p (virtio), overlayfs and virtio-console, built in or "
-            "as modules beside it (lib/modules/RELEASE)",
-        )
-    files: list[tuple[str, int, bytes]] = [("lib", 0o40755, b""), ("lib/kcompat", 0o40755, b"")]
-    paths = []
-    for name, path in order:
-        inside = f"lib/kcompat/{name}.ko"
-        files.append((inside, 0o100644, vmkernel.decompress_module(path)))
-        paths.append("/" + inside)
-    return files, paths
-
-
-def base_initramfs(kernel: vmkernel.Kernel, cache: Path) -> tuple[Path, list[str]]:
-    """init and the modules for this kernel, as a cpio cached per kernel and init."""
-    init = build_init(kernel.arch, cache)
-    key = hashlib.sha256(f"{kernel.image.resolve()}\0{kernel.release}\0{init.name}\0"
-                         f"{sorted(vmkernel.NEEDED.items())}".encode())
-    out = cache / "vminit" / f"base-{key.hexdigest()[:24]}.cpio"
-    listing = out.with_suffix(".modules")
-    if out.is_file() and listing.is_file():
-        return out, listing.read_text().split("\n") if listing.read_text() else []
-    mods, paths = _modules_archive(kernel)
-    files = [("init", 0o100755, init.read_bytes()), *mods]
-    for d in ("dev", "proc", "sys", "lower", "rw", "newroot"):
-        files.append((d, 0o40755, b""))
-    for path, data in ((listing, "\n".join(paths).encode()), (out, cpio(files))):
-        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-        tmp.write_bytes(data)  # the listing first: a cpio in place has its listing
-        os.replace(tmp, path)
-    return out, paths
-
-
-def _records(items: list[tuple[str, ...]]) -> bytes:
-    out = b""
-    for key, *values in items:
-        assert len(values) == _ARITY.get(key, 1), key
-        for v in (key, *values):
-            b = v.encode("utf-8", "surrogateescape")
-            if b"\0" in b:
-                raise UsageError(f"a NUL byte in {key} {v!r} cannot reach the VM")
-            out += b + b"\0"
-    return out
-
-
-def run_config(spec: RunSpec, modules: list[str], cgroup: str, verbose: bool) -> bytes:
-    """/kcompat.conf for init.c: records of fixed arity (see _ARITY)."""
-    items: list[tuple[str, ...]] = [("mod", m) for m in modules]
-    items += [("arg", a) for a in spec.argv]
-    items += [("env", f"{k}={v}") for k, v in spec.env]
-    items += [("uid", str(spec.uid)), ("gid", str(spec.gid))]
-    items += [("group", str(g)) for g in spec.groups]
-    items += [("workdir", spec.workdir), ("hostname", spec.hostname), ("cgroup", cgroup),
-              ("readonly", "1" if spec.read_only else "0"),
-              ("verbose", "1" if verbose else "0")]  # fmt: skip
-    for i, vol in enumerate(spec.volumes):
-        items.append(("vol", f"kcvol{i}", vol.container, "ro" if vol.readonly else "rw"))
-    for point, flags, opts in spec.tmpfs:
-        items.append(("tmpfs", point, str(flags), opts))
-    return _records(items)
-
-
 # -- acceleration --------------------------------------------------------------------------
 
 _PROBE_EXIT = 3  # isa-debug-exit: (value << 1) | 1 for the value 1 the probe writes
@@ -429,7 +301,7 @@ def _kvm_cached(cache: Path) -> tuple[bool, str]:
 
 
 def _accel(opts: VmOptions, arch: str, cache: Path) -> tuple[str, str]:
-    native = _HOST_ARCH.get(_platform.machine()) == arch
+    native = HOST_ARCH.get(_platform.machine()) == arch
     if opts.accel == "tcg":
         return "tcg", "TCG (asked)"
     if opts.accel not in ("auto", "kvm"):
@@ -459,7 +331,7 @@ def _qarg(path: Path | str) -> str:
 
 
 def qemu_command(
-    kernel: vmkernel.Kernel, files: _Files, rootfs: Path, spec: RunSpec | None,
+    kernel: Kernel, files: _Files, rootfs: Path, spec: RunSpec | None,
     opts: VmOptions, accel: str, append: str, cache: Path,
 ) -> list[str]:  # fmt: skip
     qemu = shutil.which(_QEMU[kernel.arch])
@@ -477,7 +349,7 @@ def qemu_command(
     else:
         cmd += ["-M", "pc", "-cpu", "host" if accel == "kvm" else "max"]
     cmd += ["-accel", accel]
-    boot, _how = vmkernel.boot_image(kernel, cache)
+    boot, _how = boot_image(kernel, cache)
     cmd += ["-kernel", _qarg(boot), "-initrd", _qarg(files.initrd), "-append", append]
     cmd += ["-serial", f"file:{files.console}"]
     cmd += ["-fsdev", f"local,id=kcrootfs,path={_qarg(rootfs)},security_model=none,readonly=on",
@@ -493,7 +365,7 @@ def qemu_command(
     return cmd
 
 
-def kernel_append(kernel: vmkernel.Kernel, opts: VmOptions) -> str:
+def kernel_append(kernel: Kernel, opts: VmOptions) -> str:
     """The command line: kcompat's console and panic words first, the user's last (the
     kernel takes the last of a repeated word)."""
     quiet = "" if opts.verbose else " quiet"
@@ -510,7 +382,6 @@ class _Tail(threading.Thread):
         super().__init__(daemon=True)
         self.path, self.fd = path, fd
         self.done = threading.Event()
-        self.first: float | None = None  # when the first byte came
 
     def run(self) -> None:
         src = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -519,8 +390,6 @@ class _Tail(threading.Thread):
                 ended = self.done.is_set()
                 data = os.read(src, 1 << 16)
                 if data:
-                    if self.first is None:
-                        self.first = time.monotonic()
                     self._write(data)
                     continue
                 if ended:
@@ -552,8 +421,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 class VmResult:
     code: int
     accel: str
-    boot_seconds: float | None  # from the start to the command's first output byte
-    seconds: float  # the whole run
 
 
 def run_prepared(
@@ -565,7 +432,7 @@ def run_prepared(
     kernel's console and init's timings go to `diag` with opts.verbose."""
     start = time.monotonic()
     cache = cache or default_cache_dir()
-    kernel = vmkernel.resolve(opts.kernel, cache)
+    kernel = resolve_kernel(opts.kernel, cache)
     memory = opts.memory or DEFAULT_MEMORY
     if memory < MIN_MEMORY:
         raise UsageError(f"--memory {memory >> 20}m is too little for a VM",
@@ -626,7 +493,7 @@ def run_prepared(
             for t in tails:
                 t.join()
         if ended_by:  # SIGTERM/SIGHUP ended the VM: kcompat's status says which
-            return VmResult(128 + ended_by[0], accel, None, time.monotonic() - start)
+            return VmResult(128 + ended_by[0], accel)
         status = files.status.read_text(errors="replace").strip()
         m = re.fullmatch(r"(\d+)(?: (.*))?", status, re.S)
         if m is None:
@@ -640,9 +507,7 @@ def run_prepared(
         code = int(m.group(1))
         if m.group(2):
             raise ContainerError(f"VM init: {m.group(2).strip()}", exit_code=code)
-        first = tails[0].first
-        return VmResult(code, accel, (first - start) if first else None,
-                        time.monotonic() - start)  # fmt: skip
+        return VmResult(code, accel)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -690,7 +555,7 @@ def run_in_vm(prepared: Prepared, opts: VmOptions) -> int:
 def observe(prepared: Prepared, opts: VmOptions, timeout: float = 600.0) -> Observation:
     """`check --verify --vm-kernel`: run what was judged in the VM and say what happened
     (the command's stderr kept for its first line), for kcompat.verify.compare."""
-    from kcompat.verify import Observation, _first_error
+    from kcompat.verify import Observation, first_error
 
     spec = prepared.spec
     with tempfile.TemporaryFile() as err:
@@ -701,6 +566,6 @@ def observe(prepared: Prepared, opts: VmOptions, timeout: float = 600.0) -> Obse
             return Observation("not-run", int(e.exit_code), str(e), spec.argv,
                                f"a VM booting {opts.kernel}")  # fmt: skip
         err.seek(0)
-        first = _first_error(err.read().decode(errors="replace"))
+        first = first_error(err.read().decode(errors="replace"))
     outcome = "runs" if r.code == 0 else "fails"
     return Observation(outcome, r.code, first, spec.argv, f"a VM booting {opts.kernel} ({r.accel})")

@@ -21,22 +21,18 @@
   `ROOT/lib/modules/REL`), or a kernel image file, whose modules and config are looked
   for beside it (`.../boot/vmlinuz-REL` -> `.../lib/modules/REL`, `.../boot/config-REL`).
 
-The release (what `uname -r` prints in the guest) comes from the x86 boot header's
-kernel_version string, else the `Linux version` banner in the image (gunzipped when it
-is gzip, as Debian's arm64 images are), else the modules directory's or the file's name.
+What the files say (release, arch, config, modules) is read by kcompat.kernelimage.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import json
 import lzma
 import os
 import re
 import shutil
-import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -50,11 +46,24 @@ if TYPE_CHECKING:
 from kcompat.errors import (
     BadImageError,
     IntegrityError,
-    LocalIOError,
     NetworkError,
     NotFoundError,
     UnsupportedError,
     UsageError,
+)
+from kcompat.kernelimage import (
+    DEBIAN_ARCH,
+    MODULE_SUFFIXES,
+    NEEDED,
+    Kernel,
+    decompress_module,
+    forget_index,
+    from_image,
+    from_root,
+    kernels_dir,
+    modinfo,
+    module_index,
+    module_name,
 )
 
 MIRROR = os.environ.get("KCOMPAT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -67,19 +76,8 @@ UBUNTU_KEYRING_PACKAGE = "ubuntu-keyring"
 UBUNTU_KEYRING_FILE = "usr/share/keyrings/ubuntu-archive-keyring.gpg"
 INDEX_MAX_AGE = 24 * 3600.0  # a suite's resolved kernel package is looked up again after this
 _TIMEOUT = 60.0
-_DEBIAN_ARCH = {"amd64": "amd64", "arm64": "arm64"}  # OCI -> Debian (the VM arches supported)
-# What a VM run needs of the guest kernel, by config symbol -> module name.
-NEEDED = {
-    "CONFIG_NET_9P": "9pnet",
-    "CONFIG_NET_9P_VIRTIO": "9pnet_virtio",
-    "CONFIG_9P_FS": "9p",
-    "CONFIG_OVERLAY_FS": "overlay",
-    "CONFIG_VIRTIO_CONSOLE": "virtio_console",
-    "CONFIG_VIRTIO_PCI": "virtio_pci",
-}
 # Modules 9p may depend on, looked for in the first pass so one pass usually suffices.
 _LIKELY_DEPS = ("fscache", "netfs", "virtio_ring", "virtio", "virtio_pci")
-_MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 
 
 @dataclass(frozen=True)
@@ -103,191 +101,6 @@ ARCHIVES = {
                       "linux-image-generic", r"linux-image-(?:unsigned-)?\d[\w.+-]*-generic",
                       r"linux-modules-\d[\w.+-]*-generic"),
 }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Kernel:
-    image: Path  # the bzImage / Image file qemu boots
-    release: str  # uname -r in the guest: "5.10.0-35-amd64"
-    arch: str  # OCI arch: amd64 | arm64
-    modules: Path | None  # lib/modules/RELEASE, when there is one
-    config: Path | None  # the config-RELEASE file, when the package ships it
-    source: str  # where it came from, in words
-
-    def config_value(self, symbol: str) -> str | None:
-        """`y`, `m`, a value, or None (not set, or no config file)."""
-        return _config(self.config).get(symbol)
-
-    def builtin(self) -> frozenset[str]:
-        """Module names built into the image (modules.builtin), `-` written `_`."""
-        if self.modules is None:
-            return frozenset()
-        try:
-            text = (self.modules / "modules.builtin").read_text()
-        except OSError:
-            return frozenset()
-        return frozenset(_modname(line.rsplit("/", 1)[-1]) for line in text.split())
-
-    def module_file(self, name: str) -> Path | None:
-        if self.modules is None:
-            return None
-        return _index(self.modules).get(_modname(name))
-
-
-def _modname(filename: str) -> str:
-    name = filename
-    for suffix in _MODULE_SUFFIXES:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return name.replace("-", "_")
-
-
-_INDEXES: dict[Path, dict[str, Path]] = {}
-
-
-def _index(modules: Path) -> dict[str, Path]:
-    """Module name -> file, for every module file under `modules`."""
-    if modules not in _INDEXES:
-        found: dict[str, Path] = {}
-        for dirpath, _dirs, files in os.walk(modules):
-            for f in files:
-                if f.endswith(_MODULE_SUFFIXES):
-                    found.setdefault(_modname(f), Path(dirpath) / f)
-        _INDEXES[modules] = found
-    return _INDEXES[modules]
-
-
-_CONFIGS: dict[Path, dict[str, str]] = {}
-
-
-def _config(path: Path | None) -> dict[str, str]:
-    if path is None:
-        return {}
-    if path not in _CONFIGS:
-        out = {}
-        with contextlib.suppress(OSError):
-            for line in path.read_text(errors="replace").splitlines():
-                k, sep, v = line.partition("=")
-                if sep and k.startswith("CONFIG_"):
-                    out[k] = v.strip('"')
-        _CONFIGS[path] = out
-    return _CONFIGS[path]
-
-
-def decompress_module(path: Path) -> bytes:
-    """A module's ELF bytes (finit_module wants them plain; xz and zstd are unpacked)."""
-    data = path.read_bytes()
-    if path.name.endswith(".xz"):
-        return lzma.decompress(data)
-    if path.name.endswith(".gz"):
-        return gzip.decompress(data)
-    if path.name.endswith(".zst"):
-        import zstandard
-
-        return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(data))
-    return data
-
-
-def modinfo(data: bytes) -> dict[str, str]:
-    """The `.modinfo` section of a module (key=value strings; the first of each key)."""
-    from kcompat.elf import UnreadableError, _Reader
-
-    try:
-        r = _Reader(data)
-    except UnreadableError as e:
-        raise BadImageError(f"a kernel module is not a readable ELF file: {e}") from None
-    sec = r.named(".modinfo")
-    out: dict[str, str] = {}
-    if sec is None:
-        return out
-    for item in r.bytes_of(sec).split(b"\0"):
-        k, sep, v = item.decode("utf-8", "replace").partition("=")
-        if sep:
-            out.setdefault(k, v)
-    return out
-
-
-def module_closure(kernel: Kernel) -> tuple[list[tuple[str, Path]], list[str]]:
-    """The modules to load, dependencies first, for what NEEDED lists that the kernel
-    does not build in; and the needs it can meet neither way (by config symbol)."""
-    builtin = kernel.builtin()
-    order: list[tuple[str, Path]] = []
-    seen: set[str] = set()
-    missing: list[str] = []
-
-    def visit(name: str, why: str) -> None:
-        if name in seen or name in builtin:
-            return
-        seen.add(name)
-        path = kernel.module_file(name)
-        if path is None:
-            missing.append(why)
-            return
-        for dep in filter(None, modinfo(decompress_module(path)).get("depends", "").split(",")):
-            visit(_modname(dep), f"{name}'s dependency {dep}")
-        order.append((name, path))
-
-    for symbol, name in NEEDED.items():
-        value = kernel.config_value(symbol)
-        if value == "y" or _modname(name) in builtin:
-            continue
-        if value is None and kernel.config is not None:
-            missing.append(f"{symbol} (not set in {kernel.config.name})")
-            continue
-        if value is None and kernel.module_file(name) is None:
-            # no config file: perhaps built in; the guest's init says if a mount fails
-            continue
-        visit(_modname(name), symbol)
-    return order, missing
-
-
-# -- the release and arch of a kernel image ----------------------------------------------
-
-_BANNER = re.compile(rb"Linux version (\S+) \(")
-
-
-def image_facts(path: Path) -> tuple[str | None, str | None]:
-    """(release, OCI arch) from a kernel image file, each None when it cannot tell."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(1 << 20)
-            f.seek(0)
-            whole = f.read(128 << 20)
-    except OSError as e:
-        raise NotFoundError(f"--vm-kernel {path}: {e.strerror}",
-                            hint="give a kernel image") from None  # fmt: skip
-    if len(head) > 0x240 and head[0x202:0x206] == b"HdrS":  # x86 boot protocol
-        release = None
-        (version,) = struct.unpack_from("<H", head, 0x206)
-        (ptr,) = struct.unpack_from("<H", head, 0x20E)
-        if ptr and ptr + 0x200 < len(head):
-            raw = head[ptr + 0x200 : ptr + 0x200 + 256].split(b"\0", 1)[0]
-            release = raw.decode("ascii", "replace").split(" ", 1)[0] or None
-        xload = struct.unpack_from("<H", head, 0x236)[0] if version >= 0x20C else 1
-        return release, ("amd64" if xload & 1 else "386")
-    data = whole
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, lzma.LZMAError):
-            data = b""
-    arch = "arm64" if data[0x38:0x3C] == b"ARM\x64" else None
-    m = _BANNER.search(data)
-    return (m.group(1).decode("ascii", "replace") if m else None), arch
-
-
-# -- the cache, the archive and the package --------------------------------------------------
-
-
-def kernels_dir(cache: Path) -> Path:
-    d = cache / "kernels"
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LocalIOError(f"cannot create {d}: {e.strerror}",
-                           hint="set KCOMPAT_CACHE to a writable directory") from None  # fmt: skip
-    return d
 
 
 def _fetch(url: str, dest: Path | None = None) -> bytes:
@@ -475,10 +288,10 @@ def parse_spec(spec: str) -> tuple[Archive, str, str] | None:
         from kcompat.platform import host_platform
 
         arch = host_platform().architecture
-    if arch not in _DEBIAN_ARCH:
+    if arch not in DEBIAN_ARCH:
         raise UnsupportedError(f"--vm-kernel {spec!r}: VM runs support the arches "
-                               f"{', '.join(_DEBIAN_ARCH)}, not {arch}")  # fmt: skip
-    return ARCHIVES[prefix], suite, _DEBIAN_ARCH[arch]
+                               f"{', '.join(DEBIAN_ARCH)}, not {arch}")  # fmt: skip
+    return ARCHIVES[prefix], suite, DEBIAN_ARCH[arch]
 
 
 def _archived(archive: Archive, suite: str, arch: str, cache: Path) -> Kernel:
@@ -503,7 +316,7 @@ def _archived_locked(archive: Archive, suite: str, arch: str, cache: Path) -> Ke
             with contextlib.suppress(OSError, ValueError, KeyError):
                 stale = json.loads(pointer.read_text())
                 if (base / stale["key"]).is_dir():  # offline: the last one resolved
-                    return _from_root(base / stale["key"], stale["source"] + " (stale)")
+                    return from_root(base / stale["key"], stale["source"] + " (stale)")
             raise
         pkg = pkgs[0]
         digest = pkg["SHA256"]
@@ -522,7 +335,7 @@ def _archived_locked(archive: Archive, suite: str, arch: str, cache: Path) -> Ke
         tmp = pointer.with_suffix(".tmp")
         tmp.write_text(json.dumps(info))
         os.replace(tmp, pointer)
-    return _from_root(base / info["key"], str(info["source"]))
+    return from_root(base / info["key"], str(info["source"]))
 
 
 # -- .deb files --------------------------------------------------------------------------
@@ -596,7 +409,7 @@ def _wanted(path: str, names: set[str]) -> bool:
         leaf = parts[-1]
         if leaf.startswith("modules.builtin") or leaf == "modules.order":
             return True
-        return leaf.endswith(_MODULE_SUFFIXES) and _modname(leaf) in names
+        return leaf.endswith(MODULE_SUFFIXES) and module_name(leaf) in names
     return False
 
 
@@ -623,74 +436,27 @@ def _unpack_deb(debs: Path | list[Path], dest: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        names = {_modname(n) for n in (*NEEDED.values(), *_LIKELY_DEPS)}
+        names = {module_name(n) for n in (*NEEDED.values(), *_LIKELY_DEPS)}
         for _ in range(6):  # each pass adds the dependencies the last one revealed
             for deb in debs:
                 _extract(deb, tmp, names)
-            kernel = _from_root(tmp, str(debs[0]))
+            kernel = from_root(tmp, str(debs[0]))
             if kernel.modules is not None:
-                _INDEXES.pop(kernel.modules, None)  # this pass may have added files
+                forget_index(kernel.modules)  # this pass may have added files
             want = set(names)
-            for path in _index(kernel.modules).values() if kernel.modules else ():
+            for path in module_index(kernel.modules).values() if kernel.modules else ():
                 deps = modinfo(decompress_module(path)).get("depends", "")
-                want |= {_modname(d) for d in deps.split(",") if d}
+                want |= {module_name(d) for d in deps.split(",") if d}
             if want <= names:
                 break
             names = want
         if kernel.modules is not None:
-            _INDEXES.pop(kernel.modules, None)
+            forget_index(kernel.modules)
         shutil.rmtree(dest, ignore_errors=True)
         os.rename(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _from_root(root: Path, source: str) -> Kernel:
-    """A kernel laid out as its package installs it: ROOT/boot/vmlinuz-REL and
-    ROOT/lib/modules/REL (or ROOT/usr/lib/modules/REL)."""
-    boot = root / "boot"
-    images = sorted(p for p in boot.glob("vmlinuz-*")) if boot.is_dir() else []
-    if not images:
-        raise NotFoundError(f"--vm-kernel {root}: no boot/vmlinuz-* in it",
-                            hint="give a kernel image, a kernel .deb, debian:SUITE or "
-                            "ubuntu:SUITE")  # fmt: skip
-    return _from_image(images[-1], source)
-
-
-def _from_image(image: Path, source: str) -> Kernel:
-    release, arch = image_facts(image)
-    name_release = image.name.split("-", 1)[1] if image.name.startswith("vmlinuz-") else None
-    candidates = [r for r in (release, name_release) if r]
-    modules = None
-    root = image.parent.parent if image.parent.name == "boot" else None
-    if root is not None:
-        for rel in candidates:
-            for base in ("lib/modules", "usr/lib/modules"):
-                if (root / base / rel).is_dir():
-                    modules = root / base / rel
-                    break
-            if modules:
-                break
-    release = release or name_release or (modules.name if modules else None)
-    if release is None:
-        raise UnsupportedError(
-            f"--vm-kernel {image}: cannot tell its release (no x86 boot header, no Linux "
-            "version banner, no vmlinuz-RELEASE name)",
-            hint="name the file vmlinuz-RELEASE, as the package installs it",
-        )
-    if arch is None:
-        arch = "arm64" if release.endswith("arm64") else "amd64" if "amd64" in release else None
-    if arch not in _DEBIAN_ARCH:
-        raise UnsupportedError(f"--vm-kernel {image}: a {arch or 'unknown-arch'} kernel; VM runs "
-                               f"support {', '.join(_DEBIAN_ARCH)}")  # fmt: skip
-    config = None
-    for rel in candidates:
-        if (image.parent / f"config-{rel}").is_file():
-            config = image.parent / f"config-{rel}"
-            break
-    return Kernel(image, release, arch, modules, config, source)
-
 
 def resolve(spec: str, cache: Path) -> Kernel:
     """The kernel `--vm-kernel SPEC` names (fetched and cached when it is debian:...)."""
@@ -703,7 +469,7 @@ def resolve(spec: str, cache: Path) -> Kernel:
                             hint="give a kernel image, a kernel .deb, a directory or "
                             "debian:SUITE[/ARCH] or ubuntu:SUITE[/ARCH]")  # fmt: skip
     if path.is_dir():
-        return _from_root(path, f"{path} (directory)")
+        return from_root(path, f"{path} (directory)")
     with open(path, "rb") as f:
         magic = f.read(8)
     if magic == b"!<arch>\n":
@@ -714,86 +480,5 @@ def resolve(spec: str, cache: Path) -> Kernel:
         with BlobStore(cache).lock(f"kernel-{dest.name}"):
             if not dest.is_dir():
                 _unpack_deb(path, dest)
-        return _from_root(dest, f"{path} (.deb)")
-    return _from_image(path.resolve(), str(path))
-
-
-# -- a faster boot: the uncompressed vmlinux through PVH -------------------------------
-
-_XEN_ELFNOTE_PHYS32_ENTRY = 18
-
-
-def _payload(image: bytes) -> bytes | None:
-    """The compressed kernel inside an x86 bzImage, decompressed (xz, lzma, gzip, bzip2,
-    zstd; None for lzo/lz4, which Python cannot read without another library)."""
-    if len(image) < 0x250 or image[0x202:0x206] != b"HdrS":
-        return None
-    setup_sects = image[0x1F1] or 4
-    offset, length = struct.unpack_from("<II", image, 0x248)
-    start = (setup_sects + 1) * 512 + offset
-    blob = image[start : start + length]
-    try:
-        if blob.startswith(b"\xfd7zXZ\x00"):
-            return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(blob)
-        if blob.startswith(b"\x5d\x00\x00"):
-            return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(blob)
-        if blob.startswith(b"\x1f\x8b"):
-            return gzip.GzipFile(fileobj=__import__("io").BytesIO(blob)).read()
-        if blob.startswith(b"BZh"):
-            import bz2
-
-            return bz2.BZ2Decompressor().decompress(blob)
-        if blob.startswith(b"\x28\xb5\x2f\xfd"):
-            import zstandard
-
-            return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(blob))
-    except (lzma.LZMAError, OSError, EOFError, ValueError):
-        return None
-    return None
-
-
-def _has_pvh_note(elf: bytes) -> bool:
-    from kcompat.elf import UnreadableError, _Reader
-
-    try:
-        r = _Reader(elf)
-    except UnreadableError:
-        return False
-    for seg in r.segments:
-        if seg.type != 4:  # PT_NOTE
-            continue
-        note = elf[seg.offset : seg.offset + seg.filesz]
-        pos = 0
-        while pos + 12 <= len(note):
-            namesz, descsz, ntype = struct.unpack_from("<III", note, pos)
-            name = note[pos + 12 : pos + 12 + namesz].rstrip(b"\0")
-            if name == b"Xen" and ntype == _XEN_ELFNOTE_PHYS32_ENTRY:
-                return True
-            pos += 12 + ((namesz + 3) & ~3) + ((descsz + 3) & ~3)
-    return False
-
-
-def boot_image(kernel: Kernel, cache: Path) -> tuple[Path, str]:
-    """What qemu boots, and how, in words: for an x86-64 kernel built with CONFIG_PVH,
-    its vmlinux (decompressed here, once, cached beside the kernel's files) entered
-    through PVH, which skips the firmware and the decompressor (seconds under TCG);
-    otherwise the image itself."""
-    if kernel.arch != "amd64" or kernel.config_value("CONFIG_PVH") not in ("y", None):
-        return kernel.image, "bzImage"
-    digest = hashlib.sha256(f"{kernel.image.resolve()}\0{kernel.image.stat().st_size}\0"
-                            f"{kernel.image.stat().st_mtime_ns}".encode()).hexdigest()[:24]
-    out = kernels_dir(cache) / "pvh" / f"vmlinux-{kernel.release}-{digest}"
-    if out.is_file():
-        return out, "vmlinux through PVH"
-    none = out.with_suffix(".none")
-    if none.is_file():
-        return kernel.image, "bzImage (no PVH entry)"
-    elf = _payload(kernel.image.read_bytes())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if elf is None or not elf.startswith(b"\x7fELF") or not _has_pvh_note(elf):
-        none.touch()
-        return kernel.image, "bzImage (no PVH entry)"
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    tmp.write_bytes(elf)
-    os.replace(tmp, out)
-    return out, "vmlinux through PVH"
+        return from_root(dest, f"{path} (.deb)")
+    return from_image(path.resolve(), str(path))

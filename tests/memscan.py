@@ -10,11 +10,12 @@ from collections.abc import Iterable
 
 from kcompat.disasm import SyscallScan
 from kcompat.elf import ElfArch, ElfInfo, ElfType, Linkage, Symbol, VersionNeed
+from kcompat.filescan import ScannedFile
 from kcompat.formats import Format
 from kcompat.image import ImageConfig
 from kcompat.layers import FileKind
 from kcompat.platform import Platform
-from kcompat.scan import Node, Scan, ScannedFile, Tree
+from kcompat.scan import Node, Scan, Tree
 from kcompat.syscalls import table
 
 AMD64 = ElfArch(Platform("linux", "amd64"), 64, "little", 62, "x86_64")

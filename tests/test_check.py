@@ -12,7 +12,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from kcompat.pull import open_image, scan_image
+from kcompat.analysis import scan_image
+from kcompat.pull import open_image
 from kcompat.rules import Severity, Verdict, check
 from kcompat.scan import Scan
 from kcompat.target import described, probe_host

@@ -19,8 +19,9 @@ import pytest
 
 from kcompat import disasm, elf
 from kcompat.elf import CodeRange
+from kcompat.filescan import GO_SYSCALL_FUNCS, scan_file
 from kcompat.needs import needs_of
-from kcompat.scan import GO_SYSCALL_FUNCS, scan_file, scan_path
+from kcompat.scan import scan_path
 from kcompat.syscalls import table
 from tests.conftest import Binaries
 

@@ -29,7 +29,7 @@ from kcompat.handoff import (
 )
 from kcompat.platform import Platform
 from kcompat.pull import open_image
-from kcompat.run import RunOptions, validate
+from kcompat.runoptions import RunOptions, validate
 from kcompat.store import BlobStore
 from kcompat.target import BinfmtEntry, Target, probe_binfmt
 from tests.conftest import Fixtures
@@ -100,7 +100,7 @@ def test_podman_plain_http_registry_and_userns() -> None:
     assert argv[:2] == ["podman", "run"] and "--tls-verify=false" in argv
     secure = EngineImage("ghcr.io/a/b@sha256:" + "b" * 64, "linux/amd64")
     assert "--tls-verify=false" not in _argv(Engine.podman, secure)
-    if os.geteuid() == 0:  # --userns auto is for root (kcompat.run.validate)
+    if os.geteuid() == 0:  # --userns auto is for root (kcompat.runoptions.validate)
         assert "--userns=auto" in _argv(Engine.podman, userns="auto")
 
 

@@ -17,7 +17,8 @@ from kcompat.errors import NotFoundError, UsageError
 from kcompat.execve import container_argv
 from kcompat.image import ImageConfig
 from kcompat.platform import Platform
-from kcompat.run import RunOptions, container_env, parse_volume
+from kcompat.run import container_env
+from kcompat.runoptions import RunOptions, parse_volume
 from kcompat.users import UnknownUser, resolve_user
 from tests.conftest import Fixtures
 

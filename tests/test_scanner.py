@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 from kcompat import elf, formats
+from kcompat.analysis import scan_image
 from kcompat.binaries import binaries_report, glibc_required
+from kcompat.filescan import scan_file
 from kcompat.formats import Format
-from kcompat.pull import open_image, scan_image
-from kcompat.scan import Scan, scan_file, scan_path
+from kcompat.pull import open_image
+from kcompat.scan import Scan, scan_path
 from kcompat.syscalls import table
 from tests.conftest import Binaries
 

@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 
+from kcompat.analysis import scan_image
 from kcompat.errors import ExitCode
-from kcompat.pull import open_image, scan_image
+from kcompat.pull import open_image
 from tests import engines
 from tests.conftest import Fixtures
 from tests.engines import Dockerd, PodmanStore

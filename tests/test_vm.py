@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from kcompat import vm, vmkernel
+from kcompat import kernelimage, vm, vminit, vmkernel
 from kcompat.errors import KcompatError, NetworkError, NotFoundError, UsageError
-from kcompat.run import Prepared, RunOptions
+from kcompat.run import Prepared
+from kcompat.runoptions import RunOptions
 from tests.conftest import Fixtures
 
 pytestmark = pytest.mark.integration
@@ -40,7 +41,7 @@ def _need(*tools: str) -> None:
         pytest.skip(f"needs {', '.join(missing)} (ci/setup installs them)")
 
 
-def _kernel(spec: str) -> vmkernel.Kernel:
+def _kernel(spec: str) -> kernelimage.Kernel:
     try:
         return vmkernel.resolve(spec, FIXTURES)
     except NetworkError as e:
@@ -146,10 +147,10 @@ def test_debian_kernel_package_and_its_facts(amd64_kernel: str) -> None:
     assert k.arch == "amd64" and k.release.startswith("5.10.0-") and k.release.endswith("-amd64")
     assert "linux-image-5.10.0-" in k.source and "verified" in k.source
     # the release from the bzImage's own header, the same as the package's modules dir
-    release, arch = vmkernel.image_facts(k.image)
+    release, arch = kernelimage.image_facts(k.image)
     assert (release, arch) == (k.release, "amd64")
     assert k.modules is not None and k.modules.name == k.release
-    order, missing = vmkernel.module_closure(k)
+    order, missing = kernelimage.module_closure(k)
     names = [n for n, _ in order]
     assert missing == []
     # 9p's modules after the ones they depend on (modinfo depends=), virtio_pci loaded
@@ -199,7 +200,7 @@ def test_bad_kernel_specs_are_one_line_errors(tmp_path: Path) -> None:
 
 def test_cpio_is_what_the_kernel_and_gnu_cpio_read(tmp_path: Path) -> None:
     _need("cpio")
-    data = vm.cpio([("d", 0o40755, b""), ("d/f", 0o100644, b"hello"), ("x", 0o100755, b"")])
+    data = vminit.cpio([("d", 0o40755, b""), ("d/f", 0o100644, b"hello"), ("x", 0o100755, b"")])
     assert len(data) % 512 == 0
     r = subprocess.run(["cpio", "-idv", "--quiet"], input=data, cwd=tmp_path,
                        capture_output=True, check=True)  # fmt: skip
@@ -309,7 +310,7 @@ from dataclasses import replace
 from kcompat import vm
 from kcompat.check import BestPlatform
 from kcompat.pull import open_image
-from kcompat.run import RunOptions
+from kcompat.runoptions import RunOptions
 from kcompat.sources import Options
 from kcompat.store import BlobStore
 target = vm.target_for_kernel({amd64_kernel!r})
@@ -369,7 +370,7 @@ def test_cgroup_modes_and_a_user_initrd(amd64_kernel: str, images: Fixtures,
     import gzip
 
     user_initrd = tmp_path / "initrd.gz"
-    archive = vm.cpio([("etc", 0o40755, b""), ("etc/from-user", 0o100644, b"x")])
+    archive = vminit.cpio([("etc", 0o40755, b""), ("etc/from-user", 0o100644, b"x")])
     user_initrd.write_bytes(gzip.compress(archive))
     probe = ("test -e /sys/fs/cgroup/cgroup.controllers && echo v2; "
              "test -d /sys/fs/cgroup/unified && echo hybrid; "

@@ -73,7 +73,8 @@ def inspect_cmd(
 ) -> None:
     """Show what a reference resolves to: digest, platforms, config, layers."""
     from kcompat import render as R
-    from kcompat.pull import inspect_report, open_image, scan_image
+    from kcompat.analysis import scan_image
+    from kcompat.pull import inspect_report, open_image
 
     if raw and config_only:
         raise UsageError("--raw and --config each print one document: give one")

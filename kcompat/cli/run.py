@@ -203,7 +203,8 @@ def run_cmd(
     engine runs exactly the judged image (by digest, or loaded into it) with the same
     options; its exit status is kcompat's."""
     from kcompat.check import open_for
-    from kcompat.run import RunOptions, host_target, prepare, validate
+    from kcompat.run import host_target, prepare
+    from kcompat.runoptions import RunOptions, validate
 
     if rm and keep:
         raise UsageError("--rm and --keep contradict each other: give one")
@@ -317,7 +318,7 @@ def _run_with_engine(
     """`run --runtime`: judged here as `run` judges (kcompat.handoff), run by the engine."""
     from kcompat import handoff
     from kcompat.check import open_for
-    from kcompat.run import validate
+    from kcompat.runoptions import validate
 
     which = handoff.Engine(engine.value)
     handoff.refuse_unsupported(opts, which)

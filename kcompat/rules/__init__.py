@@ -15,6 +15,7 @@ import posixpath
 from kcompat import execve
 from kcompat.binfmt import QEMU_NAMES
 from kcompat.execve import Command, container_argv
+from kcompat.filescan import ScannedFile
 from kcompat.formats import Format
 from kcompat.image import ImageConfig
 from kcompat.knowledge import KNOWLEDGE
@@ -25,7 +26,7 @@ from kcompat.rules.findings import Entrypoint, Finding, Result, Severity, Verdic
 from kcompat.rules.runtime import runtime_rule
 from kcompat.rules.syscalls import kernel_rules
 from kcompat.rules.vsyscall import vsyscall_rule
-from kcompat.scan import Scan, ScannedFile
+from kcompat.scan import Scan
 from kcompat.target import Target
 
 # -- the entrypoint ----------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from kcompat.scan import ScannedFile
+from kcompat.filescan import ScannedFile
 
 
 class Severity(str, Enum):

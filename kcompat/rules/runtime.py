@@ -10,12 +10,13 @@ reaches the call is not hit.
 
 from __future__ import annotations
 
+from kcompat.filescan import ScannedFile
 from kcompat.knowledge import KNOWLEDGE
 from kcompat.needs import needs_of
 from kcompat.rules.common import glibc_of
 from kcompat.rules.findings import Finding, Severity
 from kcompat.rules.syscalls import Outcome, Program, judge
-from kcompat.scan import Scan, ScannedFile
+from kcompat.scan import Scan
 from kcompat.target import Target
 from kcompat.versions import version_key
 

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from enum import Enum
 
 from kcompat.families import KERNEL_TOO_OLD, CallFact, Family, OnError, families, recognise
+from kcompat.filescan import ScannedFile
 from kcompat.knowledge import KNOWLEDGE
 from kcompat.needs import NeedPath, SyscallNeed, needs_of
 from kcompat.rules.common import glibc_of
 from kcompat.rules.findings import Finding, Severity
-from kcompat.scan import Scan, ScannedFile
+from kcompat.scan import Scan
 from kcompat.syscalls import ABI_OF_ARCH, table
 from kcompat.target import Target
 from kcompat.versions import version_key

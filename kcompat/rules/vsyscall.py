@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from kcompat.filescan import ScannedFile
 from kcompat.knowledge import KNOWLEDGE
 from kcompat.rules.common import glibc_of
 from kcompat.rules.findings import Finding, Severity
-from kcompat.scan import Scan, ScannedFile
+from kcompat.scan import Scan
 from kcompat.target import Target
 
 
