@@ -166,7 +166,7 @@ def test_ubuntu_kernel_comes_with_its_modules_package_and_boots(images: Fixtures
     k = _kernel("ubuntu:noble/amd64")
     assert k.release.endswith("-generic") and k.arch == "amd64"
     assert "linux-modules-" in k.source and "verified by gpgv" in k.source, k.source
-    order, missing = vmkernel.module_closure(k)
+    order, missing = kernelimage.module_closure(k)
     assert missing == [] and {"9pnet_virtio", "9p", "overlay"} <= {n for n, _ in order}
     root = str(k.image.parent.parent)  # as the packages lay it out (the cache has it)
     r = kc("run", "--vm-kernel", root, images.oci("busybox-amd64"), "uname", "-r")
