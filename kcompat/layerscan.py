@@ -63,7 +63,7 @@ from kcompat.tarstream import FILE_TYPES, TarError, TarHeader, TarStream
 # The modules whose code decides a LayerScan's content.
 _SCANNER_MODULES = (
     "filescan", "scan", "elf", "elffile", "goinfo", "formats", "disasm", "disasm_isas", "tarstream",
-    "layers", "layerscan", "families",
+    "layers", "layerscan", "families", "vsyscall",
 )
 _SCANNER_DATA = ("families.json",)  # the marker strings the scan looks for
 

@@ -253,3 +253,21 @@ def test_hand_assembled_idioms(arch: str) -> None:
     # without the Go function, its call sites are not sites
     plain = disasm.scan_code(abi, [CodeRange(0x10000, bytes.fromhex(code))])
     assert plain is not None and plain.sites < found.sites
+
+
+@pytest.mark.integration
+def test_externally_linked_go_keeps_its_table_in_data_rel_ro(binaries: Binaries) -> None:
+    """Debian's Go 1.24 programs are linked by the system linker (cgo): the function table
+    is .data.rel.ro.gopclntab, and without it the calls to Go's syscall functions (the
+    getrandom of crypto/rand, a fatal EPERM since Go 1.24) went unseen."""
+    age = _fixture(binaries, "age-keygen-amd64")
+    data = age.read_bytes()
+    info = elf.read_elf(data, with_code=True)
+    assert info.go_version and info.go_version.startswith("go1.2")
+    funcs = elf.go_functions(data, GO_SYSCALL_FUNCS)
+    assert {"syscall.Syscall", "syscall.RawSyscall6"} <= set(funcs.values())
+    t = table("x86_64")
+    calls = disasm.scan_code("x86_64", info.code, funcs)
+    raw = disasm.scan_code("x86_64", info.code)
+    assert calls is not None and raw is not None
+    assert "getrandom" in {t.lookup(n).name for n in set(calls.numbers) - set(raw.numbers)}  # type: ignore[union-attr]
