@@ -41,9 +41,10 @@ def detect(head: bytes) -> Format:
         return Format.SCRIPT
     if head.startswith(b"MZ"):
         return Format.PE  # confirmed by read_pe: DOS stubs without a PE header are OTHER
-    if head[:4] in _MACHO_THIN:
+    magic = bytes(head[:4])  # hashable when head is a bytearray
+    if magic in _MACHO_THIN:
         return Format.MACHO
-    if head[:4] in _MACHO_FAT and len(head) >= 8:
+    if magic in _MACHO_FAT and len(head) >= 8:
         # Java class files share 0xcafebabe; their next word (version) is >= 45,
         # a fat Mach-O's is its slice count (file(1) uses the same test).
         (count,) = struct.unpack_from(">I", head, 4)
@@ -116,8 +117,11 @@ def read_pe(data: bytes) -> PEInfo:
 
 
 def read_macho(data: bytes) -> MachOInfo:
-    if data[:4] in _MACHO_THIN:
-        e = _MACHO_THIN[data[:4]]
+    """The file's CPUs, fatness and type. `data` may be a bytearray (a layer's file as the
+    tar reader hands it over): the magic is looked up as bytes."""
+    magic = bytes(data[:4])
+    if magic in _MACHO_THIN:
+        e = _MACHO_THIN[magic]
         if len(data) < 16:
             raise NotThisFormat("truncated Mach-O header")
         cpu, _, filetype = struct.unpack_from(e + "iiI", data, 4)
@@ -125,7 +129,7 @@ def read_macho(data: bytes) -> MachOInfo:
         return MachOInfo(
             (_MACHO_CPUS.get(cpu, f"unknown-{cpu:#x}"),), False, _MACHO_TYPES.get(filetype, "other")
         )
-    if data[:4] in _MACHO_FAT:
+    if magic in _MACHO_FAT:
         wide = data[3] == 0xBF
         if len(data) < 8:
             raise NotThisFormat("truncated Mach-O fat header")
@@ -142,7 +146,7 @@ def read_macho(data: bytes) -> MachOInfo:
             if off + size > len(data):  # a fat file is read whole: its slices are all there
                 raise NotThisFormat(f"Mach-O fat slice {i} lies outside the file "
                                     f"(offset {off}, size {size})")  # fmt: skip
-            if i == 0 and off + 16 <= len(data) and data[off : off + 4] in _MACHO_THIN:
+            if i == 0 and off + 16 <= len(data) and bytes(data[off : off + 4]) in _MACHO_THIN:
                 filetype = read_macho(data[off : off + 16]).filetype
         return MachOInfo(tuple(cpus), True, filetype)
     raise NotThisFormat("not a Mach-O file")

@@ -150,6 +150,14 @@ def test_pe_and_macho_from_real_packages(binaries: Binaries) -> None:
     off, size = struct.unpack_from(">II", data, 8 + 8)
     thin = formats.read_macho(data[off : off + size])
     assert not thin.fat and len(thin.cpus) == 1
+    # a layer's file comes from the tar reader as a bytearray (one copy, no bytes()):
+    # the same answers (a Mach-O file in Debian 11's image once ended the check with
+    # "unhashable type: 'bytearray'")
+    assert formats.read_macho(bytearray(data)) == macho
+    assert formats.read_macho(bytearray(data[off : off + size])) == thin
+    assert formats.detect(bytearray(data[:8])) is Format.MACHO
+    f, _ = scan_file("/x.node", 0o644, len(data), data[:64], lambda: b"", lambda: bytearray(data))
+    assert f.macho == macho
 
 
 def test_java_class_is_not_macho() -> None:
