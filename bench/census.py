@@ -112,9 +112,10 @@ def _tables(tree: Path) -> Path:
     return inner if inner.is_dir() else tree / "syscall_tables"
 
 
-# the run path (runspec, mounts and pid1 were split out of container at 22ea1a4)
-RUN_MODULES = ("run", "container", "runspec", "mounts", "pid1", "seccomp", "confine", "linuxapi",
-               "syscalls", "execve", "cgroups", "binfmt")  # fmt: skip
+# the run path (runspec, mounts and pid1 were split out of container at 22ea1a4, runoptions
+# out of run at 01314b6); a module a revision lacks does not change its hash
+RUN_MODULES = ("run", "runoptions", "container", "runspec", "mounts", "pid1", "seccomp",
+               "confine", "linuxapi", "syscalls", "execve", "cgroups", "binfmt")  # fmt: skip
 
 
 def _hashes(tree: Path) -> tuple[str, str]:
@@ -527,7 +528,8 @@ def minimize(fails: Callable[[frozenset[str]], bool], cands: frozenset[str],
 
 @dataclass(frozen=True)
 class Decision:
-    cause: str  # syscalls | release | release+syscalls | emulation | not-reproduced | not-bisected
+    cause: str  # syscalls | release | release+syscalls | release, syscalls | emulation |
+    #              not-reproduced | not-bisected
     deciding: tuple[str, ...]
     tried: tuple[str, ...]  # what the program tried with every absent syscall denied
 
@@ -564,9 +566,14 @@ def bisect(runner: Runner, image: Image, prog: Program, kernel: str, mode: str,
         # about the guest program to bisect
         return Decision("emulation", (), ())
     try:
-        return _bisect(runner, image, prog, kernel, mode, found)
+        d = _bisect(runner, image, prog, kernel, mode, found)
     except _Missing:
         return Decision("not-bisected", (), ())
+    if d.cause == "syscalls" and failed.first_error.startswith("FATAL: kernel too old"):
+        # glibc's start-up check of the release (before 2.36) stopped the run first; the
+        # set found alone, with the real release, fails too
+        return replace(d, cause="release, syscalls")
+    return d
 
 
 def _bisect(runner: Runner, image: Image, prog: Program, kernel: str, mode: str,
@@ -1060,7 +1067,9 @@ def findings(rows: list[Row], excluded: list[Row], kernels: list[str], modes: li
         "release is K); `eperm` = `--kernel K --seccomp-eperm` (EPERM, the real release: an "
         "old runtime's seccomp profile). Causes: `syscalls` (the listed set alone, with the "
         "real release, reproduces the failure), `release+syscalls` (only with the release "
-        "faked to K as well), `release` (the release alone), `emulation` (a simulation "
+        "faked to K as well), `release` (the release alone), `release, syscalls` (glibc's "
+        "start-up check of the release stopped the run, 'FATAL: kernel too old'; the listed "
+        "set alone, with the real release, fails too), `emulation` (a simulation "
         "artefact: qemu-user as the first process fails without any syscall denied, or "
         "qemu-user itself met the denied call, as its own threads under EPERM), "
         "`not-reproduced`, `not-bisected` (--report-only: a step is not in the cache).",
@@ -1096,10 +1105,13 @@ def findings(rows: list[Row], excluded: list[Row], kernels: list[str], modes: li
     for p in ("compatible", "incompatible", "uncertain", "error", MISSING):
         if p not in ("error", MISSING) or agree[(p, "runs")] + agree[(p, "fails")]:
             out.append(f"| {p} | {agree[(p, 'runs')]} | {agree[(p, 'fails')]} |")
-    n_fail = sum(v for (p, o), v in agree.items() if o == "fails")
+    words = ("compatible", "incompatible", "uncertain")  # the predictions kcompat made
+    n_made = sum(v for (p, o), v in agree.items() if p in words)
+    n_fail = sum(v for (p, o), v in agree.items() if o == "fails" and p in words)
     n_unc = sum(v for (p, o), v in agree.items() if p == "uncertain")
-    if judged:
-        out += ["", f"Uncertain: {n_unc} of {len(judged)} ({100 * n_unc / len(judged):.0f} %); "
+    if n_made:
+        out += ["", f"Of the {n_made} predictions made: uncertain {n_unc} "
+                f"({100 * n_unc / n_made:.0f} %); "
                 f"of the {n_fail} that fail, {agree[('incompatible', 'fails')]} predicted "
                 f"incompatible ({100 * agree[('incompatible', 'fails')] / max(1, n_fail):.0f} %); "
                 f"contradicted: {agree[('compatible', 'fails')]} false 'compatible', "
