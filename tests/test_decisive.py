@@ -173,6 +173,25 @@ def test_emulated_binary_judged_by_the_host_table() -> None:
     assert "syscalls-newer-than-kernel" not in rules(r), r.findings
 
 
+def test_emulated_binary_under_an_old_runtime_depends_on_the_hosts_qemu() -> None:
+    """qemu-user makes its threads with the host build's pthread_create: a profile that
+    answers clone3 with EPERM leaves an emulated program uncertain (native ones are judged
+    by their own C library only), and a runtime with the fix does not."""
+    from tests.memscan import ARM64
+
+    prog = elf("/bin/tool", interpreter=None, syscalls=("read", "write"), arch=ARM64, glibc="")
+    native = elf("/bin/tool", interpreter=None, syscalls=("read", "write"), glibc="")
+    emulated = check(scan_of(prog), config("/bin/tool", arch="arm64"),
+                     described("5.10", "amd64", runtime="docker:20.10.7"), None)  # fmt: skip
+    assert "emulator-seccomp" in rules(emulated, Severity.UNCERTAIN), emulated.findings
+    fixed = check(scan_of(prog), config("/bin/tool", arch="arm64"),
+                  described("5.10", "amd64", runtime="docker:20.10.9"), None)  # fmt: skip
+    assert "emulator-seccomp" not in rules(fixed)
+    here = check(scan_of(native), config("/bin/tool"),
+                 described("5.10", "amd64", runtime="docker:20.10.7"), None)  # fmt: skip
+    assert "emulator-seccomp" not in rules(here)
+
+
 def test_families_table_is_validated() -> None:
     with pytest.raises(ValueError, match="path"):
         load_families({"schema": 1, "families": [{"id": "x", "calls": [

@@ -23,7 +23,7 @@ from kcompat.layers import FileKind
 from kcompat.rules.cgroup import cgroup_rule
 from kcompat.rules.common import glibc_of
 from kcompat.rules.findings import Entrypoint, Finding, Result, Severity, Verdict, verdict_of
-from kcompat.rules.runtime import runtime_rule
+from kcompat.rules.runtime import emulator_rule, runtime_rule
 from kcompat.rules.syscalls import kernel_rules
 from kcompat.rules.vsyscall import vsyscall_rule
 from kcompat.scan import Scan
@@ -127,6 +127,8 @@ def check(
         findings += kernel_rules(scan, binary, target, run_names(entry))
     findings += vsyscall_rule(scan, binary, target)
     findings += runtime_rule(scan, binary, target, run_names(entry))
+    if arch_ok:
+        findings += emulator_rule(binary, target)
     findings += cgroup_rule(scan, entry, target)
     return Result(verdict_of(findings), findings, entry)
 

@@ -21,6 +21,45 @@ from kcompat.target import Target
 from kcompat.versions import version_key
 
 
+def emulator_rule(binary: ScannedFile | None, target: Target) -> list[Finding]:
+    """A binary the target runs through qemu-user, under a seccomp profile that answers
+    clone3 with EPERM: qemu-user's own threads (its RCU thread, the guest's threads) come
+    from the host build's pthread_create, and a qemu-user-static linked with glibc 2.34+
+    (Debian 12's 7.2, Ubuntu 22.04's 6.2) tries clone3 and stops ("qemu_thread_create:
+    Operation not permitted"). Which build the target has is not known here: uncertain."""
+    if binary is None or binary.elf is None:
+        return []
+    arch = binary.elf.arch.platform.architecture
+    if target.runs_natively(arch):
+        return []
+    eperm = set(target.blocked_syscalls or ())
+    if target.runtime:
+        eperm |= {fix.call for fix in KNOWLEDGE.runtime_eperm(target.runtime)}
+    if "clone3" not in eperm:
+        return []
+    who = f"{target.runtime}'s seccomp profile" if target.runtime else "the seccomp profile"
+    return [
+        Finding(
+            "emulator-seccomp",
+            Severity.UNCERTAIN,
+            f"{binary.path} runs under qemu-user, and {who} answers clone3 with EPERM",
+            "qemu-user makes the guest's threads, and its own RCU thread at start, with the "
+            "host build's pthread_create: a qemu-user-static linked with glibc 2.34 or later "
+            "tries clone3 first and stops with 'qemu_thread_create: Operation not permitted'. "
+            "What decides it: the glibc of the target's qemu-user-static; kcompat check "
+            "--verify runs it here.",
+            (
+                "census: Debian bookworm qemu-user-static 7.2 (glibc 2.36): every arm64 and "
+                "s390x program below --kernel 5.4 --seccomp-eperm stops at qemu's start",
+                f"runs emulated: {arch} on {target.platform.architecture}",
+            ),
+            "run the image on a host of its arch, upgrade the runtime, or use a seccomp "
+            "profile that answers clone3 with ENOSYS",
+            binary.path,
+        )
+    ]
+
+
 def runtime_rule(
     scan: Scan, binary: ScannedFile | None, target: Target, names: tuple[str, ...] = ()
 ) -> list[Finding]:
