@@ -20,13 +20,24 @@ from kcompat.scan import Scan
 from kcompat.target import Target
 from kcompat.versions import version_key
 
+# What qemu-user's host build does through its own C library for every guest (glibc
+# 2.34+ pthread_create tries clone3; 2.33+ faccessat tries faccessat2), and what an EPERM
+# for it breaks (census: Debian bookworm's qemu-user-static 7.2, glibc 2.36)
+_QEMU_HOST_CALLS = {
+    "clone3": "qemu-user makes the guest's threads, and its own RCU thread at start, with "
+    "the host build's pthread_create: it stops with 'qemu_thread_create: Operation not "
+    "permitted' (every arm64 and s390x program below --kernel 5.4 --seccomp-eperm)",
+    "faccessat2": "qemu-user answers the guest's access() and faccessat() with the host "
+    "build's faccessat, which tries faccessat2 and returns its EPERM: the guest's file "
+    "checks fail (arm64 sort 'cannot read: Operation not permitted' and java 'could not "
+    "find libjava.so' at --kernel 5.4 --seccomp-eperm)",
+}
+
 
 def emulator_rule(binary: ScannedFile | None, target: Target) -> list[Finding]:
     """A binary the target runs through qemu-user, under a seccomp profile that answers
-    clone3 with EPERM: qemu-user's own threads (its RCU thread, the guest's threads) come
-    from the host build's pthread_create, and a qemu-user-static linked with glibc 2.34+
-    (Debian 12's 7.2, Ubuntu 22.04's 6.2) tries clone3 and stops ("qemu_thread_create:
-    Operation not permitted"). Which build the target has is not known here: uncertain."""
+    with EPERM a call qemu-user's host build makes for the guest (_QEMU_HOST_CALLS): which
+    build the target has (its glibc) is not known here, so the verdict is uncertain."""
     if binary is None or binary.elf is None:
         return []
     arch = binary.elf.arch.platform.architecture
@@ -35,26 +46,25 @@ def emulator_rule(binary: ScannedFile | None, target: Target) -> list[Finding]:
     eperm = set(target.blocked_syscalls or ())
     if target.runtime:
         eperm |= {fix.call for fix in KNOWLEDGE.runtime_eperm(target.runtime)}
-    if "clone3" not in eperm:
+    hit = sorted(c for c in _QEMU_HOST_CALLS if c in eperm)
+    if not hit:
         return []
     who = f"{target.runtime}'s seccomp profile" if target.runtime else "the seccomp profile"
     return [
         Finding(
             "emulator-seccomp",
             Severity.UNCERTAIN,
-            f"{binary.path} runs under qemu-user, and {who} answers clone3 with EPERM",
-            "qemu-user makes the guest's threads, and its own RCU thread at start, with the "
-            "host build's pthread_create: a qemu-user-static linked with glibc 2.34 or later "
-            "tries clone3 first and stops with 'qemu_thread_create: Operation not permitted'. "
-            "What decides it: the glibc of the target's qemu-user-static; kcompat check "
-            "--verify runs it here.",
+            f"{binary.path} runs under qemu-user, and {who} answers {', '.join(hit)} with EPERM",
+            "; ".join(_QEMU_HOST_CALLS[c] for c in hit) + ". A qemu-user-static linked "
+            "with glibc 2.34 or later (Debian 12, Ubuntu 22.04) is hit; an older build is "
+            "not. What decides it: the glibc of the target's qemu-user-static; kcompat "
+            "check --verify runs it here.",
             (
-                "census: Debian bookworm qemu-user-static 7.2 (glibc 2.36): every arm64 and "
-                "s390x program below --kernel 5.4 --seccomp-eperm stops at qemu's start",
+                "census: Debian bookworm qemu-user-static 7.2 (glibc 2.36)",
                 f"runs emulated: {arch} on {target.platform.architecture}",
             ),
             "run the image on a host of its arch, upgrade the runtime, or use a seccomp "
-            "profile that answers clone3 with ENOSYS",
+            "profile that answers these calls with ENOSYS",
             binary.path,
         )
     ]

@@ -276,9 +276,16 @@ def _path_facts(need: SyscallNeed, path: NeedPath, eperm: bool, prog: Program) -
       families' facts (its own direct calls), or, without those, glibc's API facts."""
     g_all = prog.glibc_facts(need.name)
     internal = [f for f in g_all if not f.reached_if_imports]
-    if path.kind == "start-up":
-        return internal
     obj = prog.scan.files.get(path.obj, prog.binary)
+    # what the program's own family does with the call through any library (its
+    # start-up drives it, or libraries it loads with dlopen): decides beside the path's
+    # own facts, the worst wins
+    driven = [
+        f for fam, version in prog.families_of(prog.binary)
+        for f in fam.facts(need.name, version) if f.program
+    ]  # fmt: skip
+    if path.kind == "start-up":
+        return internal + driven
     own: list[CallFact] = []
     for fam, version in prog.families_of(obj):
         facts = fam.facts(need.name, version)
@@ -286,12 +293,6 @@ def _path_facts(need: SyscallNeed, path: NeedPath, eperm: bool, prog: Program) -
         if facts and not played:  # all its uses go through APIs this program lacks
             own.append(_not_reached(fam, facts))
         own += played
-    # what the program's own family does with the call through any library (its
-    # start-up drives it): decides beside the library's facts, the worst wins
-    driven = [] if obj is prog.binary else [
-        f for fam, version in prog.families_of(prog.binary)
-        for f in fam.facts(need.name, version) if f.program
-    ]  # fmt: skip
     if path.kind == "import":
         api = [f for f in g_all if path.symbol in f.reached_if_imports]
         decided = [f for f in api if _decides(f, eperm)]
