@@ -1,7 +1,8 @@
 """`run` after `check` of the same image adds no analysis of its own to the cache (issue
 19): `check` leaves the image's analysis (ResultCache "images") and its layers' scans
 ("scans"); `run` judges the image with the same pipeline, finds both there, and adds
-only what running needs (the image's blobs, its flattened rootfs, their locks)."""
+only what running needs (the image's blobs, its flattened rootfs, their locks) and its
+verdict for its own target (a report: the judgement's result, not analysis)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from tests.registry_server import RealRegistry
 pytestmark = pytest.mark.integration
 
 ANALYSIS = ("images", "scans")  # the ResultCache kinds an image's judgement writes
-RUNNING = ("blobs", "rootfs", "locks")  # what a run adds: content, the flattened tree
+# what a run adds: content, the flattened tree, and the report of its own prediction
+# (kcompat.check caches reports under "reports"; run's target is not check's)
+RUNNING = ("blobs", "rootfs", "locks", "reports")
 
 
 def _userns_ok() -> bool:
