@@ -18,7 +18,6 @@ forgot to check), never a hang.
 from __future__ import annotations
 
 import re
-import signal
 import struct
 import time
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from kcompat.elffile import (
     SHT_GNU_VERSYM,
     Reader,
 )
+from tests.deadline import deadline
 
 TINY = Path(__file__).resolve().parent / "fixtures" / "tiny_elf"
 FILES = sorted(p.name for p in TINY.iterdir() if p.is_file() and p.name != "make.sh")
@@ -65,15 +65,8 @@ def _data(name: str) -> bytes:
 @pytest.fixture(autouse=True)
 def _deadline() -> Iterator[None]:
     """A hang fails the test instead of stalling the suite."""
-
-    def fail(signum: int, frame: object) -> None:
-        raise TimeoutError("over 60 s: the ELF decoder hangs")
-
-    old = signal.signal(signal.SIGALRM, fail)
-    signal.setitimer(signal.ITIMER_REAL, 60.0)
-    yield
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, old)
+    with deadline(60.0, "the ELF decoder hangs"):
+        yield
 
 
 def _outcome(data: bytes, *, both: bool = True) -> elf.ElfInfo | None:

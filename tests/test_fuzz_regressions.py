@@ -8,13 +8,13 @@ seconds (quadratic loops) and the fixed code takes microseconds.
 
 from __future__ import annotations
 
-import signal
 import struct
 from collections.abc import Iterator
 
 import pytest
 
 from kcompat import elf, formats
+from tests.deadline import deadline
 
 EM_ARM = elf.EM_ARM
 
@@ -22,15 +22,8 @@ EM_ARM = elf.EM_ARM
 @pytest.fixture(autouse=True)
 def _deadline() -> Iterator[None]:
     """A hang fails the test instead of stalling the suite."""
-
-    def fail(signum: int, frame: object) -> None:
-        raise TimeoutError("over 2 s: the decoder hangs again")
-
-    old = signal.signal(signal.SIGALRM, fail)
-    signal.setitimer(signal.ITIMER_REAL, 2.0)
-    yield
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, old)
+    with deadline(60.0, "the decoder hangs again"):
+        yield
 
 
 def make_elf(
