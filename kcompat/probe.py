@@ -107,8 +107,9 @@ def tools_state(*names: str) -> list[list[object]]:
 
 def remembered(cache: Path | None, name: str, depends: object, compute: Callable[[], Any]) -> Any:
     """compute()'s JSON answer, remembered under `cache`/probe for this boot, seccomp
-    state and user (as cached_probe) and `depends`: the host probe's other parts (arch-test,
-    the runtimes' versions) cost a few subprocesses on every `check --host`."""
+    state and user and `depends`: the syscall probe (cached_probe) and the host probe's
+    other parts (arch-test, the runtimes' versions) cost seconds or a few subprocesses on
+    every `check --host`. A None answer is not remembered."""
     key = _state_key(name) if cache is not None else None
     if cache is None or key is None:
         return compute()
@@ -119,6 +120,8 @@ def remembered(cache: Path | None, name: str, depends: object, compute: Callable
     except (OSError, ValueError, TypeError, KeyError):
         pass
     value = compute()
+    if value is None:
+        return None  # nothing learned (the probe could not run): try again next time
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial")
@@ -133,29 +136,21 @@ def remembered(cache: Path | None, name: str, depends: object, compute: Callable
 def cached_probe(abi: str, cache: Path | None) -> ProbeResult | None:
     """`probe_syscalls`, remembered per boot and per seccomp state under `cache`/probe:
     a second `check --host` on the same boot does not probe again (about 2 s)."""
-    key = _state_key(abi) if cache is not None else None
-    if cache is None or key is None:
-        return probe_syscalls(abi)
-    path = cache / "probe" / f"{key}.json"
+
+    def probe() -> dict[str, Any] | None:
+        result = probe_syscalls(abi)
+        return asdict(result) if result is not None else None
+
+    raw = remembered(cache, abi, [], probe)
+    if raw is None:
+        return None
     try:
-        raw = json.loads(path.read_text())
         return ProbeResult(
             str(raw["abi"]), *(tuple(map(str, raw[k])) for k in
                                ("absent", "blocked", "present", "skipped", "crashed")),
         )  # fmt: skip
-    except (OSError, ValueError, TypeError, KeyError):
-        pass
-    result = probe_syscalls(abi)
-    if result is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial")
-            with os.fdopen(fd, "w") as f:
-                json.dump(asdict(result), f)
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only cache: probe again next time
-    return result
+    except (TypeError, KeyError):  # a well-formed file of another shape: probe again
+        return probe_syscalls(abi)
 
 
 def probe_syscalls(abi: str, timeout: float = 60.0) -> ProbeResult | None:
