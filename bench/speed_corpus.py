@@ -78,6 +78,20 @@ def rootfs_tar(packages: list[str], debs: Path, out: Path, suite: str = SUITE,
     run(*argv, suite, str(out), MIRROR)
 
 
+def _commit_stage(layout: Path, base: str, tag: str, tar: Path, work: Path, cmd: str) -> None:
+    """Image `tag`: image `base` plus one layer, the difference to the root file system in
+    `tar` (umoci repack computes it), with `cmd` as its Cmd."""
+    bundle = work / "bundle"
+    run("umoci", "unpack", "--image", f"{layout}:{base}", str(bundle))
+    shutil.rmtree(bundle / "rootfs")
+    (bundle / "rootfs").mkdir()
+    run("tar", "-xpf", str(tar), "--numeric-owner", "-C", str(bundle / "rootfs"))
+    run("umoci", "repack", "--image", f"{layout}:{tag}", str(bundle))
+    run("umoci", "config", "--image", f"{layout}:{tag}", "--os", "linux", "--architecture",
+        "amd64", "--config.cmd", cmd, "--config.env", PATH_ENV)  # fmt: skip
+    run("umoci", "gc", "--layout", str(layout))
+
+
 def build(out: Path) -> Path:
     """Build every missing stage; the OCI layout holding them all."""
     layout = out / "layout"
@@ -94,15 +108,7 @@ def build(out: Path) -> Path:
             with tempfile.TemporaryDirectory(dir=out) as tmp:
                 tar = Path(tmp) / "rootfs.tar"
                 rootfs_tar(packages, out / "debs", tar)
-                bundle = Path(tmp) / "bundle"
-                run("umoci", "unpack", "--image", f"{layout}:{previous}", str(bundle))
-                shutil.rmtree(bundle / "rootfs")
-                (bundle / "rootfs").mkdir()
-                run("tar", "-xpf", str(tar), "--numeric-owner", "-C", str(bundle / "rootfs"))
-                run("umoci", "repack", "--image", f"{layout}:{tag}", str(bundle))
-            run("umoci", "config", "--image", f"{layout}:{tag}", "--os", "linux", "--architecture",
-                "amd64", "--config.cmd", "bash", "--config.env", PATH_ENV)  # fmt: skip
-            run("umoci", "gc", "--layout", str(layout))
+                _commit_stage(layout, previous, tag, tar, Path(tmp), "bash")
             done.write_text(" ".join(packages) + "\n")
         previous = tag
     _build_runtimes(out, layout)
@@ -121,15 +127,7 @@ def _build_runtimes(out: Path, layout: Path) -> None:
         rootfs_tar(list(RUNTIMES), out / f"debs-{RUNTIMES_SUITE}", tar, RUNTIMES_SUITE,
                    (f"upload {musl} /usr/local/bin/hello-musl",
                     'chmod 0755 "$1"/usr/local/bin/hello-musl'))  # fmt: skip
-        bundle = Path(tmp) / "bundle"
-        run("umoci", "unpack", "--image", f"{layout}:0", str(bundle))
-        shutil.rmtree(bundle / "rootfs")
-        (bundle / "rootfs").mkdir()
-        run("tar", "-xpf", str(tar), "--numeric-owner", "-C", str(bundle / "rootfs"))
-        run("umoci", "repack", "--image", f"{layout}:runtimes", str(bundle))
-    run("umoci", "config", "--image", f"{layout}:runtimes", "--os", "linux", "--architecture",
-        "amd64", "--config.cmd", "node", "--config.env", PATH_ENV)  # fmt: skip
-    run("umoci", "gc", "--layout", str(layout))
+        _commit_stage(layout, "0", "runtimes", tar, Path(tmp), "node")
     done.write_text(" ".join(RUNTIMES) + " hello-musl\n")
 
 
