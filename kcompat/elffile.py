@@ -134,7 +134,6 @@ class Section(NamedTuple):
     entsize: int
     flags: int = 0  # sh_flags
     addralign: int = 0  # sh_addralign
-    addr: int = 0  # sh_addr
 
 
 # (format after e_ident, program header, section header) per ELF class; gABI field order
@@ -189,7 +188,7 @@ class Reader:
             for f in raw:
                 end = names.find(b"\0", f[0])
                 name = names[f[0] : end].decode("utf-8", "replace") if end >= 0 else ""
-                sec = Section(name, f[1], f[4], f[5], f[6], f[7], f[9], f[2], f[8], f[3])
+                sec = Section(name, f[1], f[4], f[5], f[6], f[7], f[9], f[2], f[8])
                 if sec.type not in (SHT_NOBITS, SHT_NULL):
                     _check_range(f"section {name or '?'}", sec.offset, sec.size, self.size)
                 self.sections.append(sec)

@@ -84,35 +84,14 @@ def go_functions(data: bytes, wanted: frozenset[str]) -> dict[int, str]:
         # keeps the table in .data.rel.ro.gopclntab (as Go's own debug/elf readers know)
         pclntab = r.named(".gopclntab") or r.named(".data.rel.ro.gopclntab")
         if pclntab is not None:
-            order: Literal["little", "big"] = "big" if r.endian == "big" else "little"
-            tab = r.bytes_of(pclntab)
-            return _pclntab(tab, wanted, order, _relocated_text_start(r, pclntab.addr, tab))
+            return _pclntab(r.bytes_of(pclntab), wanted, "big" if r.endian == "big" else "little")
     except (UnreadableError, struct.error, ValueError, IndexError):
         pass
     return {}
 
 
-def _relocated_text_start(r: Reader, addr: int, tab: bytes) -> int | None:
-    """textStart of a Go 1.18+ table in a position-independent file, where the word may
-    be 0 in the file and set by an R_*_RELATIVE relocation at load: the addend."""
-    if len(tab) < 8 or tab[7] != 8:
-        return None
-    where = addr + 8 + 2 * 8  # the third pointer-sized word of the header
-    for sec in r.sections:
-        if sec.type != 4 or sec.entsize != 24:  # SHT_RELA, Elf64_Rela
-            continue
-        raw = r.bytes_of(sec)
-        for off, info, addend in struct.iter_unpack(r.e + "QQq", raw[: len(raw) - len(raw) % 24]):
-            if off == where and info & 0xFFFFFFFF in (8, 1027, 22, 12):  # x86-64, aarch64,
-                return int(addend)  # ppc64, s390x RELATIVE
-    return None
-
-
 def _pclntab(
-    tab: bytes,
-    wanted: frozenset[str],
-    order: Literal["little", "big"] = "little",
-    relocated_text: int | None = None,
+    tab: bytes, wanted: frozenset[str], order: Literal["little", "big"] = "little"
 ) -> dict[int, str]:
     if len(tab) < 16:
         return {}
@@ -130,8 +109,6 @@ def _pclntab(
         ent, field_size = 2 * ptr, ptr
     else:  # Go 1.18+: 32-bit offsets from textStart
         text_start, funcname, pcln = word(2), word(3), word(7)
-        if text_start == 0 and relocated_text:
-            text_start = relocated_text
         ent, field_size = 8, 4
     if nfunc > len(tab) // ent:
         return {}
