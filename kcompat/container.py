@@ -35,7 +35,7 @@ import sys
 import termios
 import tty as ttymod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -141,16 +141,35 @@ def _write_maps(pid: int, m: IdMap) -> None:
 
 @dataclass
 class _Forwarder:
-    pid: int
+    """Installed before the container may start: a signal that comes before the keeper
+    has said which process is PID 1 waits for it, and is delivered then (else a SIGTERM
+    sent once the container had printed something could find no handler yet)."""
+
+    pid: int = 0  # PID 1's, once known
     count: int = 0
+    pending: list[int] = field(default_factory=list)
 
     def __call__(self, sig: int, _frame: object) -> None:
         if sig in (signal.SIGINT, signal.SIGTERM):
             self.count += 1
+        if not self.pid:
+            if self.count >= 2:  # a second interrupt while PID 1 is not known: give up
+                raise KeyboardInterrupt
+            self.pending.append(sig)
+            return
+        self._send(sig)
+
+    def _send(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             # The second interrupt stops the container for good, as `docker stop`
             # does after its grace period: PID 1 ignores signals it has no handler for.
             os.kill(self.pid, signal.SIGKILL if self.count >= 2 else sig)
+
+    def attach(self, pid: int) -> None:
+        self.pid = pid
+        waiting, self.pending = self.pending, []
+        for sig in waiting:
+            self._send(sig)
 
 
 @contextlib.contextmanager
@@ -318,16 +337,16 @@ def _run(
             )
         _write_maps(keeper, idmap)
         cgroup.attach(keeper)
+        forward = _Forwarder()
+        for sig in FORWARDED:  # before the container may run (and print, and be signalled)
+            handlers[sig] = signal.signal(sig, forward)
         os.write(go_w, b"G")
         if tree_parent is not None:
             _send_idmapped_root(spec, keeper, tree_parent)
         raw = _read_exact(status_r, 4)
         if len(raw) != 4:
             raise ContainerError("the container's init process could not be started")
-        pid1 = struct.unpack("=i", raw)[0]
-        forward = _Forwarder(pid1)
-        for sig in FORWARDED:
-            handlers[sig] = signal.signal(sig, forward)
+        forward.attach(struct.unpack("=i", raw)[0])
         master = -1
         if sock_parent is not None:
             _msg, got, _flags, _addr = socket.recv_fds(sock_parent, 1, 1)
