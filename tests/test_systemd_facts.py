@@ -1,0 +1,63 @@
+"""systemd's private library (libsystemd-shared-NNN.so) and Debian 12's systemctl, judged
+with kcompat's real families table (kcompat/data/families.json) on in-memory scans.
+
+What the facts say (each with its source in the table): copy_file_range, getrandom,
+renameat2 and statx fall back on ENOSYS everywhere; the new mount API of 252 is reached
+only by systemd-nspawn's ID-mapped mounts; setns only by tools entering a container.
+The census observes the same: `systemctl --version`, `systemd-analyze calendar daily`
+and `systemd-id128 new` of Debian 12 run on every kernel of the ladder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kcompat.rules import Verdict, check
+from kcompat.target import described
+from tests.memscan import config, elf, libc, scan_of
+
+SHARED = "libsystemd-shared-252.so"
+SHARED_PATH = f"/usr/lib/x86_64-linux-gnu/{SHARED}"  # (Debian: systemd/, by RUNPATH)
+# what libsystemd-shared-252.so of Debian 12 imports among the calls newer than Linux 3.2
+IMPORTS = ("copy_file_range", "getrandom", "renameat2", "statx", "memfd_create",
+           "close_range", "mount_setattr", "open_tree", "move_mount", "puts")  # fmt: skip
+
+
+def _judge(program: str, kernel: str) -> Any:
+    shared = elf(SHARED_PATH, soname=SHARED, imports=IMPORTS)
+    prog = elf(program, imports=("puts",), needed=(SHARED, "libc.so.6"))
+    scan = scan_of(prog, shared, *libc())
+    return check(scan, config(program, "--version"), described(kernel, "amd64"), None)
+
+
+def _syscall_findings(r: Any) -> dict[str, Any]:
+    return {f.rule: f for f in r.findings if f.rule.startswith("syscall")}
+
+
+def test_systemd_tool_runs_where_its_calls_fall_back() -> None:
+    r = _judge("/usr/bin/systemd-analyze", "3.10")
+    assert r.verdict is Verdict.NATIVE, r.findings
+    handled = _syscall_findings(r)["syscalls-with-fallback"]
+    text = handled.explanation + " ".join(handled.evidence)
+    assert "copy_file_range" in text and "systemd-shared" in text
+
+
+def test_mount_api_is_only_nspawns_path() -> None:
+    """On 5.10 only mount_setattr (5.12) is missing: only systemd-nspawn reaches it."""
+    assert _judge("/usr/bin/systemd-analyze", "5.10").verdict is Verdict.NATIVE
+    r = _judge("/usr/bin/systemd-nspawn", "5.10")
+    assert r.verdict is Verdict.UNCERTAIN
+    f = _syscall_findings(r)["syscalls-on-a-path"]
+    assert "mount_setattr" in " ".join(f.evidence) + f.title and "ID-mapped" in f.explanation
+
+
+def test_an_unknown_systemd_release_gets_no_facts() -> None:
+    """libsystemd-shared-250.so: a release the table does not list is not recognised, and
+    its copy_file_range stays undecided."""
+    name = "libsystemd-shared-250.so"
+    shared = elf(f"/usr/lib/x86_64-linux-gnu/{name}", soname=name,
+                 imports=("copy_file_range", "puts"))  # fmt: skip
+    prog = elf("/usr/bin/x", imports=("puts",), needed=(name, "libc.so.6"))
+    r = check(scan_of(prog, shared, *libc()), config("/usr/bin/x"), described("3.10", "amd64"),
+              None)  # fmt: skip
+    assert r.verdict is Verdict.UNCERTAIN
