@@ -28,6 +28,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from kcompat.syscalls import ABIS
 from kcompat.versions import version_key
 
 
@@ -55,12 +56,18 @@ class CallFact:
     # reaches it (node checks OpenSSL's CSPRNG, the JVM starts its threads): the fact
     # decides every path of a program of this family, not only the paths from its file
     program: bool = False
+    # the syscall ABIs the fact holds on (empty: all): a library that chooses its way by
+    # target architecture at build time (the getrandom crate's /dev/urandom fallback)
+    abis: frozenset[str] = frozenset()
 
-    def holds_for(self, version: str | None) -> bool:
-        """Whether the fact holds for this family version. With the version unknown, a
-        fact bounded only below still holds: `since` is the release from which the
-        family makes the call that way, so a program that reaches the call is at least
-        that release; one bounded above cannot be placed and does not hold."""
+    def holds_for(self, version: str | None, abi: str | None = None) -> bool:
+        """Whether the fact holds for this family version (and, for a fact bounded to
+        some ABIs, on `abi`: an unknown ABI does not place it). With the version
+        unknown, a fact bounded only below still holds: `since` is the release from
+        which the family makes the call that way, so a program that reaches the call is
+        at least that release; one bounded above cannot be placed and does not hold."""
+        if self.abis and abi not in self.abis:
+            return False
         if self.since is None and self.until is None:
             return True
         if version is None:
@@ -85,8 +92,10 @@ class Family:
     markers: tuple[str, ...]
     calls: Mapping[str, tuple[CallFact, ...]]
 
-    def facts(self, syscall: str, version: str | None) -> tuple[CallFact, ...]:
-        return tuple(f for f in self.calls.get(syscall, ()) if f.holds_for(version))
+    def facts(
+        self, syscall: str, version: str | None, abi: str | None = None
+    ) -> tuple[CallFact, ...]:
+        return tuple(f for f in self.calls.get(syscall, ()) if f.holds_for(version, abi))
 
 
 def _strings(raw: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
@@ -108,6 +117,9 @@ def _fact(family: str, raw: Mapping[str, Any], where: str) -> CallFact:
     for v in (raw.get("since"), raw.get("until")):
         if v is not None:
             version_key(str(v))
+    abis = frozenset(_strings(raw, "abis", where))
+    if not abis <= set(ABIS):
+        raise ValueError(f"{where}: unknown ABI in {sorted(abis - set(ABIS))}")
     return CallFact(
         family,
         raw["syscall"],
@@ -121,6 +133,7 @@ def _fact(family: str, raw: Mapping[str, Any], where: str) -> CallFact:
         raw.get("since"),
         raw.get("until"),
         _flag(raw, "program", where),
+        abis,
     )
 
 

@@ -171,6 +171,11 @@ class Program:
         )
 
     @property
+    def abi(self) -> str | None:
+        e = self.binary.elf
+        return e.arch.abi if e is not None else None
+
+    @property
     def imports_visible(self) -> bool:
         """A static binary's calls between its own parts are not imports: which of its
         functions it uses is not visible, so facts gated on imports cannot rule it out."""
@@ -203,7 +208,7 @@ class Program:
             return ()
         version = self.glibc if e.interpreter is not None else _static_glibc_floor(self.binary)
         glibc = [fam for fam in families() if "libc.so.6" in fam.sonames]
-        return tuple(f for fam in glibc for f in fam.facts(syscall, version))
+        return tuple(f for fam in glibc for f in fam.facts(syscall, version, self.abi))
 
     def in_play(self, fact: CallFact) -> bool:
         """Whether a fact about calls made through named API functions concerns this
@@ -284,13 +289,13 @@ def _path_facts(need: SyscallNeed, path: NeedPath, eperm: bool, prog: Program) -
     # own facts, the worst wins
     driven = [
         f for fam, version in prog.families_of(prog.binary)
-        for f in fam.facts(need.name, version) if f.program
+        for f in fam.facts(need.name, version, prog.abi) if f.program
     ]  # fmt: skip
     if path.kind == "start-up":
         return internal + driven
     own: list[CallFact] = []
     for fam, version in prog.families_of(obj):
-        facts = fam.facts(need.name, version)
+        facts = fam.facts(need.name, version, prog.abi)
         played = [f for f in facts if prog.in_play(f) or _on(f, eperm) is OnError.PATH]
         if facts and not played:  # all its uses go through APIs this program lacks
             own.append(_not_reached(fam, facts))

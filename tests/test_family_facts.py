@@ -1,5 +1,6 @@
-"""systemd's private library (libsystemd-shared-NNN.so) and Debian 12's systemctl, judged
-with kcompat's real families table (kcompat/data/families.json) on in-memory scans.
+"""Facts of kcompat's real families table (kcompat/data/families.json), judged on in-memory
+scans: systemd's private library (libsystemd-shared-NNN.so) and Debian 12's systemctl, and
+the getrandom crate in Rust programs, whose fallback depends on the target architecture.
 
 What the facts say (each with its source in the table): copy_file_range, getrandom,
 renameat2 and statx fall back on ENOSYS everywhere; the new mount API of 252 is reached
@@ -10,11 +11,16 @@ and `systemd-id128 new` of Debian 12 run on every kernel of the ladder.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+from kcompat.elf import ElfArch
+from kcompat.platform import Platform
 from kcompat.rules import Verdict, check
 from kcompat.target import described
 from tests.memscan import config, elf, libc, scan_of
+
+RISCV64 = ElfArch(Platform("linux", "riscv64"), 64, "little", 243, "riscv64")
 
 SHARED = "libsystemd-shared-252.so"
 SHARED_PATH = f"/usr/lib/x86_64-linux-gnu/{SHARED}"  # (Debian: systemd/, by RUNPATH)
@@ -61,3 +67,29 @@ def test_an_unknown_systemd_release_gets_no_facts() -> None:
     r = check(scan_of(prog, shared, *libc()), config("/usr/bin/x"), described("3.10", "amd64"),
               None)  # fmt: skip
     assert r.verdict is Verdict.UNCERTAIN
+
+
+def _rust(arch: ElfArch | None = None) -> Any:
+    """A static musl Rust program (std's marker strings, no glibc ABI tag) whose machine
+    code calls getrandom."""
+    extra = {"arch": arch} if arch else {}
+    prog = elf("/usr/bin/tool", interpreter=None, syscalls=("read", "write", "getrandom"),
+               markers=("library/std/src/",), **extra)  # fmt: skip
+    assert prog.elf is not None
+    return scan_of(replace(prog, elf=replace(prog.elf, abi_tag=None)))
+
+
+def test_getrandom_crate_falls_back_where_rust_supports_old_kernels() -> None:
+    """x86_64: the getrandom crate reads /dev/urandom on ENOSYS (every release)."""
+    r = check(_rust(), config("/usr/bin/tool"), described("3.10", "amd64"), None)
+    assert r.verdict is Verdict.NATIVE, r.findings
+    text = " ".join(f.explanation for f in r.findings if f.rule == "syscalls-with-fallback")
+    assert "getrandom" in text
+
+
+def test_getrandom_crate_has_no_fallback_on_riscv64() -> None:
+    """riscv64: getrandom 0.2.13 and later call getrandom(2) only: a crate's path."""
+    scan = _rust(RISCV64)
+    r = check(scan, config("/usr/bin/tool", arch="riscv64"), described("3.10", "riscv64"), None)
+    assert r.verdict is Verdict.UNCERTAIN, r.findings
+    assert "syscalls-on-a-path" in {f.rule for f in r.findings}
