@@ -71,16 +71,13 @@ class ImageFacts:
         return next((c.version for c in self.libc if c.family == "glibc"), None)
 
     def of_file(self, f: ScannedFile) -> ExecFacts:
-        """`f`'s facts: from the analysis, or drawn now for a file outside its set."""
-        known = self.executables.get(f.path)
-        if known is not None and self.scan.files.get(f.path) is f:
-            return known
-        later = self._later.get(f.path)
-        if later is None or self.scan.files.get(f.path) is not f:
-            later = self._draw(f, {})
-            if self.scan.files.get(f.path) is f:
-                self._later[f.path] = later
-        return later
+        """`f`'s facts: from the analysis, or drawn now (once) for a file outside its set."""
+        if self.scan.files.get(f.path) is not f:  # not this image's file: drawn, not kept
+            return self._draw(f, {})
+        known = self.executables.get(f.path) or self._later.get(f.path)
+        if known is None:
+            known = self._later[f.path] = self._draw(f, {})
+        return known
 
     def facts_of(self, path: str) -> ExecFacts | None:
         """The facts of the file at `path` (None: no such ELF file or script)."""
