@@ -41,7 +41,7 @@ class ExecFacts:
 def _judged(f: ScannedFile) -> bool:
     """Whether `f` gets its facts with the image's analysis: an ELF file with an x bit,
     or an executable script (as the binaries report has always described them)."""
-    return (f.elf is not None and f.executable) or (f.script is not None and f.executable)
+    return f.executable and (f.elf is not None or f.script is not None)
 
 
 @dataclass
