@@ -1,19 +1,22 @@
-"""An image's analysis, what every `check` of it starts from: its Scan and the summary
-of its binaries. Both depend only on the image's layers, its environment and kcompat's
-code, so the result is cached by those (ResultCache "images"); a warm `check` reads
-one file instead of merging the layers' results and walking every executable's
-libraries again. The layers' own results are cached too (kcompat.layerscan), so an
-image that shares base layers with one checked before scans only its new layers.
+"""An image's analysis, what every `check` and `run` of it starts from: its Scan, each
+executable's facts (kcompat.facts: loader, C library, library closure, missing
+libraries, syscall needs) and the summary of its binaries. All depend only on the
+image's layers, its environment and kcompat's code, so the result is cached by those
+(ResultCache "images"); a warm `check` reads one file instead of merging the layers'
+results and walking every executable's libraries again, and the rules only read it.
+The layers' own results are cached too (kcompat.layerscan), so an image that shares
+base layers with one checked before scans only its new layers.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kcompat.cache import ResultCache, code_key
 from kcompat.layers import VerifyingReader
@@ -21,6 +24,9 @@ from kcompat.merged import max_file_size
 from kcompat.pull import OpenImage
 from kcompat.scan import Scan
 from kcompat.store import BlobStore
+
+if TYPE_CHECKING:
+    from kcompat.facts import ExecFacts, ImageFacts
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -37,18 +43,30 @@ def analysis_key() -> str:
 
 @dataclass
 class Analysis:
-    scan: Scan
+    facts: ImageFacts  # the Scan and each executable's facts, drawn once
     summary: dict[str, Any]  # binaries.summary_json
+
+    @classmethod
+    def of(cls, scan: Scan) -> Analysis:
+        from kcompat.binaries import summary_json  # the facts' imports only when drawing
+        from kcompat.facts import ImageFacts
+
+        facts = ImageFacts.of(scan)
+        return cls(facts, summary_json(facts))
+
+    @property
+    def scan(self) -> Scan:
+        return self.facts.scan
+
+    def facts_of(self, path: str) -> ExecFacts | None:
+        return self.facts.facts_of(path)
 
 
 def analyse(opened: OpenImage, store: BlobStore | None = None) -> Analysis:
-    from kcompat.binaries import binaries_report
-
     store = store or BlobStore()
     img = opened.image
     if opened.source.rootfs_dir() is not None or not img.layers:  # a directory: no digests
-        scan = scan_image(opened, store)
-        return Analysis(scan, binaries_report(scan)["summary"])
+        return Analysis.of(scan_image(opened, store))
     # The config's diff_ids are part of the key: a hit means they were verified against
     # these very layers (kcompat.layerscan), not just that the same blobs were seen.
     what = json.dumps(  # and the size limit, which changes what the merged image holds
@@ -57,11 +75,16 @@ def analyse(opened: OpenImage, store: BlobStore | None = None) -> Analysis:
     ).encode()  # fmt: skip
     key = "sha256:" + hashlib.sha256(what).hexdigest()
     cache_ = ResultCache(store.root, "images", analysis_key())
-    hit = cache_.read(key)
+    collecting = gc.isenabled()
+    gc.disable()  # a cached analysis is ~100,000 objects, none of them garbage: without
+    try:  # this the collector walks them all, again and again, while they are unpickled
+        hit = cache_.read(key)
+    finally:
+        if collecting:
+            gc.enable()
     if isinstance(hit, Analysis):
         return hit
-    scan = scan_image(opened, store)
-    result = Analysis(scan, binaries_report(scan)["summary"])
+    result = Analysis.of(scan_image(opened, store))
     cache_.write(key, result)
     return result
 

@@ -1,7 +1,7 @@
 """The binaries report: each executable's facts and needs, and the image-level summary.
 
-Built from a Scan (kcompat.scan) as plain data, for `inspect --binaries` and for the
-rules that judge an image.
+Plain data built from an image's facts (kcompat.facts), for `inspect --binaries`, `scan`
+and the summary in `check`'s report.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from kcompat.facts import ExecFacts, ImageFacts
 from kcompat.filescan import ScannedFile
 from kcompat.formats import Format
-from kcompat.needs import BinaryNeeds, Memo, needs_of
+from kcompat.needs import BinaryNeeds
 from kcompat.scan import Scan
 from kcompat.versions import version_key
 
@@ -31,40 +32,6 @@ def glibc_required(f: ScannedFile) -> str | None:
         if (m := _GLIBC_VERSION.match(v))
     ]
     return max(found, key=version_key) if found else None
-
-
-@dataclass(frozen=True)
-class BinaryFacts:
-    file: ScannedFile
-    needs: BinaryNeeds | None
-    missing: tuple[str, ...]  # "libfoo.so.1 (needed by /usr/lib/x)"
-    interpreter_found: bool | None
-
-
-def facts(scan: Scan, as_root: bool = True) -> list[BinaryFacts]:
-    """Each executable's facts; `as_root` False (files that are not a root filesystem,
-    e.g. `kcompat scan /usr/bin`): nothing is judged missing, as their loaders and
-    interpreters live elsewhere."""
-    glibc = next((c.version for c in scan.libc() if c.family == "glibc"), None)
-    out = []
-    memo: Memo = {}
-    for f in sorted(scan.executables(), key=lambda f: f.path):
-        needs = None
-        missing: tuple[str, ...] = ()
-        interp_found: bool | None = None
-        if f.elf and f.executable:
-            libraries, not_found = scan.load(f)  # one loader walk for both uses
-            needs = needs_of(scan, f, glibc, libraries, memo)
-            if f.elf.interpreter:
-                interp_found = scan.tree.resolve(f.elf.interpreter) in scan.files
-                if interp_found:
-                    missing = tuple(f"{m.library} (needed by {m.needed_by})" for m in not_found)
-        elif f.script is not None:
-            interp_found = scan.script_interpreter_found(f)
-        if not as_root:
-            missing, interp_found = (), None
-        out.append(BinaryFacts(f, needs, missing, interp_found))
-    return out
 
 
 def _needs_json(n: BinaryNeeds) -> dict[str, Any]:
@@ -88,7 +55,36 @@ def _needs_json(n: BinaryNeeds) -> dict[str, Any]:
     }
 
 
-def binary_json(b: BinaryFacts) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Item:
+    """One executable as the report describes it: its file and what is reported of its
+    facts."""
+
+    file: ScannedFile
+    needs: BinaryNeeds | None
+    missing: tuple[str, ...]  # "libfoo.so.1 (needed by /usr/lib/x)"
+    interpreter_found: bool | None
+
+
+def _item(f: ScannedFile, facts: ExecFacts | None, as_root: bool) -> _Item:
+    """`as_root` False: nothing is missing and no loader judged."""
+    if facts is None:  # a file the analysis describes but does not judge
+        return _Item(f, None, (), None)
+    missing = tuple(f"{m.library} (needed by {m.needed_by})" for m in facts.missing)
+    return _Item(f, facts.needs, missing if as_root else (),
+                 facts.interpreter_found if as_root else None)  # fmt: skip
+
+
+def _items(facts: ImageFacts, as_root: bool) -> list[_Item]:
+    """Every executable of the image, by path, with the facts of those the analysis
+    judges (an ELF file without an x bit is described, not judged)."""
+    return [
+        _item(f, facts.executables.get(f.path), as_root)
+        for f in sorted(facts.scan.executables(), key=lambda f: f.path)
+    ]
+
+
+def binary_json(b: _Item) -> dict[str, Any]:
     f = b.file
     d: dict[str, Any] = {"path": f.path, "format": f.format.value, "mode": f"{f.mode:04o}"}
     if f.unreadable:
@@ -127,7 +123,12 @@ def binary_json(b: BinaryFacts) -> dict[str, Any]:
     return d
 
 
-def summary_json(scan: Scan, items: list[BinaryFacts], as_root: bool = True) -> dict[str, Any]:
+def summary_json(facts: ImageFacts, as_root: bool = True) -> dict[str, Any]:
+    """The image-level summary (in `check`'s report, and cached with the analysis)."""
+    return _summary(facts, _items(facts, as_root), as_root)
+
+
+def _summary(facts: ImageFacts, items: list[_Item], as_root: bool) -> dict[str, Any]:
     formats = Counter(b.file.format.value for b in items)
     arches = Counter(str(b.file.elf.arch.platform) for b in items if b.file.elf)
     tags = [b.file.elf.abi_tag for b in items if b.file.elf and b.file.elf.abi_tag]
@@ -137,9 +138,9 @@ def summary_json(scan: Scan, items: list[BinaryFacts], as_root: bool = True) -> 
     return {
         "libc": [
             {"family": c.family, "version": c.version, "path": c.path, "evidence": c.evidence}
-            for c in scan.libc()
+            for c in facts.libc
         ],
-        "interpreters": scan.interpreters() if as_root else {},
+        "interpreters": dict(facts.interpreters) if as_root else {},
         "formats": dict(sorted(formats.items())),
         "architectures": dict(sorted(arches.items())),
         "max_abi_tag": max(tags, key=version_key) if tags else None,
@@ -157,9 +158,13 @@ def summary_json(scan: Scan, items: list[BinaryFacts], as_root: bool = True) -> 
     }
 
 
-def binaries_report(scan: Scan, as_root: bool = True) -> dict[str, Any]:
-    items = facts(scan, as_root)
+def binaries_report(scan: Scan | ImageFacts, as_root: bool = True) -> dict[str, Any]:
+    """`inspect --binaries` and `scan`: the summary and every executable. `as_root` False
+    (files that are not a root filesystem, e.g. `kcompat scan /usr/bin`): nothing is
+    judged missing, as their loaders and interpreters live elsewhere."""
+    facts = scan if isinstance(scan, ImageFacts) else ImageFacts.of(scan)
+    items = _items(facts, as_root)
     return {
-        "summary": summary_json(scan, items, as_root),
+        "summary": _summary(facts, items, as_root),
         "binaries": [binary_json(b) for b in items],
     }

@@ -21,6 +21,7 @@ from kcompat.binaries import summary_json
 from kcompat.cache import ResultCache
 from kcompat.errors import KcompatError
 from kcompat.execve import Command
+from kcompat.facts import ImageFacts
 from kcompat.merged import max_file_size
 from kcompat.platform import Platform, host_platform
 from kcompat.pull import OpenImage, open_image
@@ -167,8 +168,8 @@ def _judge_each(
     return out
 
 
-def _empty_scan() -> Scan:
-    return Scan({}, Tree(), {})
+def _empty_facts() -> ImageFacts:
+    return ImageFacts.of(Scan({}, Tree(), {}))
 
 
 def run_check(
@@ -181,8 +182,9 @@ def run_check(
     the report (ci/report.schema.json)."""
     config = opened.image.config
     if config.foreign_os:  # foreign layers: nothing to scan
-        result = check(_empty_scan(), config, target, command)
-        return report(opened, target, result, summary_json(_empty_scan(), []), chosen_because)
+        empty = _empty_facts()
+        result = check(empty, config, target, command)
+        return report(opened, target, result, summary_json(empty), chosen_because)
     opened.source.check_present(opened.image)  # broken where it lives: never from cache
     reports = _report_cache(opened)
     key = _report_key(opened, target, command, chosen_because)
@@ -226,7 +228,7 @@ def _judged(
     config = opened.image.config
     analysis = analyse(opened)
     scan = analysis.scan
-    result = check(scan, config, target, command)
+    result = check(analysis.facts, config, target, command)  # the rules read the facts
     if scan.issues:
         result.findings.append(
             Finding(
@@ -352,7 +354,7 @@ def error_report(reference: str, target: Target | None, error: KcompatError) -> 
                 "exit_code": int(error.exit_code),
             }
         ],
-        "image_summary": summary_json(_empty_scan(), []),
+        "image_summary": summary_json(_empty_facts()),
         "error": {"message": str(error), "exit_code": int(error.exit_code)},
     }
 

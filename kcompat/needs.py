@@ -159,7 +159,8 @@ def needs_of(
 ) -> BinaryNeeds | None:
     """The syscalls `f` needs; None for files that are not Linux executables kcompat can
     judge (no ELF, or an ABI without a syscall table). `libraries`: what Scan.load found
-    for `f`, when the caller has it already; `memo`: shared by calls for one image."""
+    for `f`, when the caller has it already (kcompat.facts); `memo`: shared by calls for
+    one image."""
     e = f.elf
     if e is None or e.arch.abi is None or e.linkage is Linkage.NONE:
         return None
@@ -202,7 +203,7 @@ def needs_of(
                             NeedPath("start-up", f.path, None, r.fallback),
                         )
         if libraries is None:
-            libraries = scan.library_closure(f)
+            libraries = scan.load(f)[0]
         memo = {} if memo is None else memo
         version = glibc if glibc_linked else None
         for obj in [f, *libraries]:

@@ -6,8 +6,9 @@ the same way from a directory walk (`scan_items`, `scan_path`) and from the laye
 cached results (kcompat.layerscan.assemble): by a `ScanBuilder`.
 
 After the pass, the image-level facts: the C library and its version, the ELF
-interpreters present, and for each dynamic executable the libraries the image's own
-search path cannot find (what ld.so would fail on).
+interpreters present, and the loader's search (`Scan.load`): for a dynamic executable
+the libraries ld.so maps and those the image's own search path cannot find (what ld.so
+would fail on). kcompat.facts draws each executable's facts from these, once.
 """
 
 from __future__ import annotations
@@ -297,12 +298,6 @@ class Scan:
                     found.append(lib)
                     queue.append(lib)
         return found, missing
-
-    def missing_libraries(self, exe: ScannedFile) -> list[MissingLibrary]:
-        return self.load(exe)[1]
-
-    def library_closure(self, exe: ScannedFile) -> list[ScannedFile]:
-        return self.load(exe)[0]
 
     def script_interpreter_found(self, f: ScannedFile) -> bool | None:
         """Whether a script's `#!` interpreter exists (for `/usr/bin/env X`, X on PATH)."""

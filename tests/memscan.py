@@ -1,4 +1,5 @@
-"""Build kcompat scans in memory, for offline unit tests of the rules.
+"""Build kcompat scans in memory, and their facts (kcompat.facts), for offline unit tests
+of the rules.
 
 The facts are the ones kcompat.elf and kcompat.disasm would read off real files; the
 integration tests hold the same rules against real binaries from Debian packages.
@@ -10,6 +11,7 @@ from collections.abc import Iterable
 
 from kcompat.disasm import SyscallScan
 from kcompat.elf import ElfArch, ElfInfo, ElfType, Linkage, Symbol, VersionNeed
+from kcompat.facts import ImageFacts
 from kcompat.filescan import ScannedFile
 from kcompat.formats import Format
 from kcompat.image import ImageConfig
@@ -99,6 +101,13 @@ def scan_of(
     for path, target in all_links.items():
         tree.add(path, Node(FileKind.SYMLINK, target, 0o777))
     return Scan(by_path, tree, {}, {"PATH": "/usr/local/bin:/usr/bin:/bin"}, banners or {})
+
+
+def facts_of(
+    *files: ScannedFile, links: dict[str, str] | None = None, banners: dict[str, str] | None = None
+) -> ImageFacts:
+    """The facts the rules read of `scan_of(...)`, drawn as an image's analysis draws them."""
+    return ImageFacts.of(scan_of(*files, links=links, banners=banners))
 
 
 def config(*cmd: str, arch: str = "amd64") -> ImageConfig:

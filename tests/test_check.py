@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 
 from kcompat.analysis import scan_image
+from kcompat.facts import ImageFacts
 from kcompat.pull import open_image
 from kcompat.rules import Severity, Verdict, check
 from kcompat.scan import Scan
@@ -40,6 +41,11 @@ def check_json(*args: str) -> tuple[int, dict[str, Any]]:
     return r.returncode, rep
 
 
+def judge(scan: Scan, config: Any, target: Any, command: list[str] | None) -> Any:
+    """The rules on `scan`'s facts, drawn now (some tests change the scan in between)."""
+    return check(ImageFacts.of(scan), config, target, command)
+
+
 def rules(rep: dict[str, Any], severity: str | None = None) -> set[str]:
     return {f["rule"] for f in rep["findings"] if severity is None or f["severity"] == severity}
 
@@ -54,21 +60,21 @@ def bullseye(binaries: Binaries) -> tuple[Scan, Any]:
 def test_kernel_too_old_below_glibc_minimum(bullseye: tuple[Scan, Any]) -> None:
     """compat-facts: Debian 11 (glibc 2.31) at 3.1 prints FATAL: kernel too old; at 3.2 runs."""
     scan, config = bullseye
-    old = check(scan, config, described("3.1"), ["/bin/true"])
+    old = judge(scan, config, described("3.1"), ["/bin/true"])
     assert old.verdict is Verdict.INCOMPATIBLE
     fatal = [f for f in old.findings if f.severity is Severity.FATAL]
     assert [f.rule for f in fatal] == ["kernel-too-old"]
     assert "FATAL: kernel too old" in fatal[0].explanation
     assert any(".note.ABI-tag 3.2.0" in e for e in fatal[0].evidence)
-    assert check(scan, config, described("3.2"), ["/bin/true"]).verdict is Verdict.NATIVE
-    assert check(scan, config, described("3.2.0"), ["/bin/true"]).verdict is Verdict.NATIVE
+    assert judge(scan, config, described("3.2"), ["/bin/true"]).verdict is Verdict.NATIVE
+    assert judge(scan, config, described("3.2.0"), ["/bin/true"]).verdict is Verdict.NATIVE
 
 
 @pytest.mark.integration
 def test_fallbacks_are_not_failures(bullseye: tuple[Scan, Any]) -> None:
     """ls imports statx (4.11): glibc 2.28+ falls back, so on 3.10 it is compatible."""
     scan, config = bullseye
-    r = check(scan, config, described("3.10"), ["ls", "-l"])
+    r = judge(scan, config, described("3.10"), ["ls", "-l"])
     assert r.verdict is Verdict.NATIVE
     handled = next(f for f in r.findings if f.rule == "syscalls-with-fallback")
     assert any(
@@ -87,7 +93,7 @@ def test_missing_syscall_without_fallback_is_uncertain(bullseye: tuple[Scan, Any
         and f.path.rsplit("/", 1)[-1] not in ("bash",)
     ]  # fmt: skip
     assert users, "bullseye has programs importing getrandom"
-    r = check(scan, config, described("3.10"), [users[0]])
+    r = judge(scan, config, described("3.10"), [users[0]])
     assert r.verdict is Verdict.UNCERTAIN
     (finding,) = [f for f in r.findings if f.rule == "syscalls-newer-than-kernel"]
     assert any(e.startswith("getrandom (Linux 3.17)") for e in finding.evidence)
@@ -96,14 +102,14 @@ def test_missing_syscall_without_fallback_is_uncertain(bullseye: tuple[Scan, Any
 @pytest.mark.integration
 def test_entrypoint_problems(bullseye: tuple[Scan, Any]) -> None:
     scan, config = bullseye
-    r = check(scan, config, described("6.1"), ["no-such-program"])
+    r = judge(scan, config, described("6.1"), ["no-such-program"])
     assert r.verdict is Verdict.INCOMPATIBLE and rules_of(r) == {"entrypoint-missing"}
     ls = scan.files["/bin/ls"]
     lib = scan.find_library("libselinux.so.1", ls, musl=False)
     assert lib is not None
     saved = scan.files.pop(lib.path)
     try:
-        r = check(scan, config, described("6.1"), ["ls"])
+        r = judge(scan, config, described("6.1"), ["ls"])
         assert "library-missing" in rules_of(r) and r.verdict is Verdict.INCOMPATIBLE
         (f,) = [f for f in r.findings if f.rule == "library-missing"]
         assert "error while loading shared libraries: libselinux.so.1" in f.explanation
@@ -118,7 +124,7 @@ def rules_of(r: Any) -> set[str]:
 @pytest.mark.integration
 def test_vsyscall_none_only_hits_old_glibc(bullseye: tuple[Scan, Any]) -> None:
     scan, config = bullseye
-    r = check(scan, config, described("5.10", vsyscall="none"), ["/bin/true"])
+    r = judge(scan, config, described("5.10", vsyscall="none"), ["/bin/true"])
     assert "vsyscall" not in rules_of(r)  # glibc 2.31 >= 2.14
 
 
@@ -287,7 +293,7 @@ def test_musl_on_old_docker(tmp_path: Path, binaries: Binaries) -> None:
 
     def judged(program: str, runtime: str) -> Any:
         config = ImageConfig(Platform("linux", "amd64"), None, (program,), (), None, None, ())
-        return check(scan, config, described("5.10", runtime=runtime), None)
+        return judge(scan, config, described("5.10", runtime=runtime), None)
 
     hello = judged("/bin/hello", "docker:19.03.15")
     assert hello.verdict is Verdict.NATIVE
@@ -329,9 +335,9 @@ def test_vsyscall_none_with_old_glibc(bullseye: tuple[Scan, Any]) -> None:
     real = scan.banners[libc.path]
     scan.banners[libc.path] = "2.12"
     try:
-        r = check(scan, config, described("4.19", vsyscall="none"), ["/bin/true"])
+        r = judge(scan, config, described("4.19", vsyscall="none"), ["/bin/true"])
         assert r.verdict is Verdict.INCOMPATIBLE and "vsyscall" in rules_of(r)
-        ok = check(scan, config, described("4.19", vsyscall="emulate"), ["/bin/true"])
+        ok = judge(scan, config, described("4.19", vsyscall="emulate"), ["/bin/true"])
         assert "vsyscall" not in rules_of(ok)
     finally:
         scan.banners[libc.path] = real
@@ -396,10 +402,10 @@ def test_go_minimum_kernel(binaries: Binaries) -> None:
 
     scan = scan_path(binaries.root / "bin")
     config = ImageConfig(Platform("linux", "amd64"), None, ("/fzf-amd64",), (), None, None, ())
-    r = check(scan, config, described("2.6.30"), None)
+    r = judge(scan, config, described("2.6.30"), None)
     (f,) = [f for f in r.findings if f.rule == "go-min-kernel"]
     assert f.severity is Severity.UNCERTAIN and "go1.19.8" in f.title
-    assert not [f for f in check(scan, config, described("3.10"), None).findings
+    assert not [f for f in judge(scan, config, described("3.10"), None).findings
                 if f.rule == "go-min-kernel"]  # fmt: skip
 
 
@@ -419,12 +425,12 @@ def test_systemd_on_cgroup_v2(binaries: Binaries) -> None:
     assert real.elf is not None and any(
         n.startswith("libsystemd-shared-252") for n in real.elf.needed
     )
-    ok = check(scan, config, described("5.10", cgroup="v2"), ["/systemd-amd64"])
+    ok = judge(scan, config, described("5.10", cgroup="v2"), ["/systemd-amd64"])
     assert "cgroup-v2-systemd" not in rules_of(ok)
     old_needed = tuple(n.replace("252", "219") for n in real.elf.needed)
     scan.files["/systemd-amd64"] = replace(real, elf=replace(real.elf, needed=old_needed))
-    bad = check(scan, config, described("5.10", cgroup="v2"), ["/systemd-amd64"])
+    bad = judge(scan, config, described("5.10", cgroup="v2"), ["/systemd-amd64"])
     (f,) = [f for f in bad.findings if f.rule == "cgroup-v2-systemd"]
     assert f.severity is Severity.FATAL and "systemd 219" in f.title
-    v1 = check(scan, config, described("5.10", cgroup="v1"), ["/systemd-amd64"])
+    v1 = judge(scan, config, described("5.10", cgroup="v1"), ["/systemd-amd64"])
     assert "cgroup-v2-systemd" not in rules_of(v1)

@@ -14,7 +14,7 @@ from kcompat.families import load_families
 from kcompat.rules import Severity, Verdict, check
 from kcompat.rules import syscalls as syscall_rules
 from kcompat.target import described
-from tests.memscan import config, elf, libc, scan_of
+from tests.memscan import config, elf, facts_of, libc
 
 TABLE = load_families({
     "schema": 1,
@@ -51,8 +51,8 @@ def _table(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(syscall_rules, "families", lambda: TABLE)
 
 
-def judged(scan: Any, *cmd: str, kernel: str = "3.2", runtime: str | None = None) -> Any:
-    return check(scan, config(*cmd), described(kernel, "amd64", runtime=runtime), None)
+def judged(facts: Any, *cmd: str, kernel: str = "3.2", runtime: str | None = None) -> Any:
+    return check(facts, config(*cmd), described(kernel, "amd64", runtime=runtime), None)
 
 
 def rules(result: Any, severity: Severity | None = None) -> set[str]:
@@ -66,7 +66,7 @@ def lib(*imports: str) -> Any:
 def test_fallback_in_a_library_family_is_handled() -> None:
     """getrandom (3.17) reached only through libfoo, which falls back: runs on 3.2."""
     prog = elf("/usr/bin/app", imports=("puts",), needed=("libfoo.so.1", "libc.so.6"))
-    r = judged(scan_of(prog, lib("getrandom"), *libc()), "/usr/bin/app")
+    r = judged(facts_of(prog, lib("getrandom"), *libc()), "/usr/bin/app")
     assert r.verdict is Verdict.NATIVE, r.findings
     (f,) = [f for f in r.findings if f.rule == "syscalls-with-fallback"]
     assert "getrandom" in f.explanation and "libfoo" in f.explanation
@@ -75,7 +75,7 @@ def test_fallback_in_a_library_family_is_handled() -> None:
 def test_unknown_caller_stays_uncertain_and_says_what_decides() -> None:
     """The same call imported by the program itself, a family kcompat knows nothing of."""
     prog = elf("/usr/bin/app", imports=("getrandom",))
-    r = judged(scan_of(prog, *libc()), "/usr/bin/app")
+    r = judged(facts_of(prog, *libc()), "/usr/bin/app")
     assert r.verdict is Verdict.UNCERTAIN
     (f,) = [f for f in r.findings if f.rule == "syscalls-newer-than-kernel"]
     assert "getrandom" in " ".join(f.evidence) and "--verify" in (f.fix or "")
@@ -83,7 +83,7 @@ def test_unknown_caller_stays_uncertain_and_says_what_decides() -> None:
 
 def test_path_only_call_is_uncertain_with_the_path_named() -> None:
     prog = elf("/usr/bin/app", imports=("foo_dgram_open",), needed=("libfoo.so.1", "libc.so.6"))
-    r = judged(scan_of(prog, lib("pidfd_open"), *libc()), "/usr/bin/app", kernel="4.19")
+    r = judged(facts_of(prog, lib("pidfd_open"), *libc()), "/usr/bin/app", kernel="4.19")
     (f,) = [f for f in r.findings if f.rule == "syscalls-on-a-path"]
     assert f.severity is Severity.UNCERTAIN and "datagram I/O" in f.explanation
     assert r.verdict is Verdict.UNCERTAIN
@@ -91,7 +91,7 @@ def test_path_only_call_is_uncertain_with_the_path_named() -> None:
 
 def test_path_not_reached_without_its_imports() -> None:
     prog = elf("/usr/bin/app", imports=("puts",), needed=("libfoo.so.1", "libc.so.6"))
-    r = judged(scan_of(prog, lib("pidfd_open"), *libc()), "/usr/bin/app", kernel="4.19")
+    r = judged(facts_of(prog, lib("pidfd_open"), *libc()), "/usr/bin/app", kernel="4.19")
     assert "syscalls-on-a-path" not in rules(r) and r.verdict is Verdict.NATIVE
     (f,) = [f for f in r.findings if f.rule == "syscalls-with-fallback"]
     assert "foo_dgram_open" in f.explanation
@@ -99,11 +99,11 @@ def test_path_not_reached_without_its_imports() -> None:
 
 def test_start_up_call_fails_at_start() -> None:
     prog = elf("/usr/bin/vm", imports=("memfd_create",))
-    r = judged(scan_of(prog, *libc()), "/usr/bin/vm")
+    r = judged(facts_of(prog, *libc()), "/usr/bin/vm")
     (f,) = [f for f in r.findings if f.rule == "syscall-required-at-start"]
     assert f.severity is Severity.FATAL and f.title.startswith("fails at start: memfd_create")
     assert r.verdict is Verdict.INCOMPATIBLE
-    assert judged(scan_of(prog, *libc()), "/usr/bin/vm", kernel="3.17").verdict is Verdict.NATIVE
+    assert judged(facts_of(prog, *libc()), "/usr/bin/vm", kernel="3.17").verdict is Verdict.NATIVE
 
 
 def test_multi_call_binary_judged_by_its_applet() -> None:
@@ -111,10 +111,10 @@ def test_multi_call_binary_judged_by_its_applet() -> None:
     box = elf("/bin/box", interpreter=None, syscalls=("read", "write", "setns"),
               markers=("BoxBox v",))  # fmt: skip
     links = {"/bin/sh": "box", "/usr/bin/nsenter": "/bin/box"}
-    scan = scan_of(box, links=links)
-    sh = judged(scan, "/bin/sh", "-c", "true", kernel="2.6.32")
+    facts = facts_of(box, links=links)
+    sh = judged(facts, "/bin/sh", "-c", "true", kernel="2.6.32")
     assert "syscalls-on-a-path" not in rules(sh) and "syscalls-newer-than-kernel" not in rules(sh)
-    ns = judged(scan, "/usr/bin/nsenter", kernel="2.6.32")
+    ns = judged(facts, "/usr/bin/nsenter", kernel="2.6.32")
     assert "syscalls-on-a-path" in rules(ns, Severity.UNCERTAIN)
 
 
@@ -126,17 +126,17 @@ def test_old_runtime_rule_is_per_binary() -> None:
     threads = elf("/usr/bin/app", imports=("pthread_create",))
     vm = elf("/usr/bin/vm", imports=("pthread_create",))
     musl = elf("/usr/bin/m", interpreter=None, syscalls=("read", "write", "clone"), glibc="")
-    scan = scan_of(plain, threads, vm, musl, *libc("2.36"))
+    facts = facts_of(plain, threads, vm, musl, *libc("2.36"))
     rt = "docker:20.10.7"
-    assert "runtime-seccomp" not in rules(judged(scan, "/usr/bin/plain", kernel="5.10",
+    assert "runtime-seccomp" not in rules(judged(facts, "/usr/bin/plain", kernel="5.10",
                                                   runtime=rt))  # fmt: skip
-    assert "runtime-seccomp" not in rules(judged(scan, "/usr/bin/m", kernel="5.10", runtime=rt))
-    app = judged(scan, "/usr/bin/app", kernel="5.10", runtime=rt)
+    assert "runtime-seccomp" not in rules(judged(facts, "/usr/bin/m", kernel="5.10", runtime=rt))
+    app = judged(facts, "/usr/bin/app", kernel="5.10", runtime=rt)
     assert "runtime-seccomp" in rules(app, Severity.UNCERTAIN)
-    vmr = judged(scan, "/usr/bin/vm", kernel="5.10", runtime=rt)
+    vmr = judged(facts, "/usr/bin/vm", kernel="5.10", runtime=rt)
     (f,) = [f for f in vmr.findings if f.rule == "runtime-seccomp"]
     assert f.severity is Severity.FATAL and f.title.startswith("fails at start")
-    fixed = judged(scan, "/usr/bin/vm", kernel="5.10", runtime="docker:20.10.9")
+    fixed = judged(facts, "/usr/bin/vm", kernel="5.10", runtime="docker:20.10.9")
     assert "runtime-seccomp" not in rules(fixed)
 
 
@@ -148,14 +148,14 @@ def test_program_fact_decides_the_paths_through_its_libraries() -> None:
                  imports=("pthread_create",))
     java = elf("/usr/bin/jvm", imports=("puts",), needed=("libjli.so", "libc.so.6"))
     other = elf("/usr/bin/other", imports=("puts",), needed=("libjli.so", "libc.so.6"))
-    scan = scan_of(libjli, java, other, *libc("2.36"))
+    facts = facts_of(libjli, java, other, *libc("2.36"))
     rt = "docker:20.10.7"
-    (f,) = [f for f in judged(scan, "/usr/bin/jvm", kernel="5.10", runtime=rt).findings
+    (f,) = [f for f in judged(facts, "/usr/bin/jvm", kernel="5.10", runtime=rt).findings
             if f.rule == "runtime-seccomp"]  # fmt: skip
     assert f.severity is Severity.FATAL and "its library starts the threads" in f.explanation
-    assert "runtime-seccomp" in rules(judged(scan, "/usr/bin/other", kernel="5.10", runtime=rt),
+    assert "runtime-seccomp" in rules(judged(facts, "/usr/bin/other", kernel="5.10", runtime=rt),
                                       Severity.UNCERTAIN)  # fmt: skip
-    assert "syscall-required-at-start" not in rules(judged(scan, "/usr/bin/jvm", kernel="4.19"))
+    assert "syscall-required-at-start" not in rules(judged(facts, "/usr/bin/jvm", kernel="4.19"))
     with pytest.raises(ValueError, match="program is true or false"):
         fam_mod.load_families({"schema": 1, "families": [{"id": "x", "calls": [
             {"syscall": "clone3", "on_enosys": "fallback", "note": "n", "source": "s",
@@ -168,8 +168,8 @@ def test_emulated_binary_judged_by_the_host_table() -> None:
     from tests.memscan import ARM64
 
     prog = elf("/bin/tool", interpreter=None, syscalls=("read", "write", "openat"), arch=ARM64)
-    scan = scan_of(prog)
-    r = check(scan, config("/bin/tool", arch="arm64"), described("3.2", "amd64"), None)
+    facts = facts_of(prog)
+    r = check(facts, config("/bin/tool", arch="arm64"), described("3.2", "amd64"), None)
     assert "syscalls-newer-than-kernel" not in rules(r), r.findings
 
 
@@ -181,13 +181,13 @@ def test_emulated_binary_under_an_old_runtime_depends_on_the_hosts_qemu() -> Non
 
     prog = elf("/bin/tool", interpreter=None, syscalls=("read", "write"), arch=ARM64, glibc="")
     native = elf("/bin/tool", interpreter=None, syscalls=("read", "write"), glibc="")
-    emulated = check(scan_of(prog), config("/bin/tool", arch="arm64"),
+    emulated = check(facts_of(prog), config("/bin/tool", arch="arm64"),
                      described("5.10", "amd64", runtime="docker:20.10.7"), None)  # fmt: skip
     assert "emulator-seccomp" in rules(emulated, Severity.UNCERTAIN), emulated.findings
-    fixed = check(scan_of(prog), config("/bin/tool", arch="arm64"),
+    fixed = check(facts_of(prog), config("/bin/tool", arch="arm64"),
                   described("5.10", "amd64", runtime="docker:20.10.9"), None)  # fmt: skip
     assert "emulator-seccomp" not in rules(fixed)
-    here = check(scan_of(native), config("/bin/tool"),
+    here = check(facts_of(native), config("/bin/tool"),
                  described("5.10", "amd64", runtime="docker:20.10.7"), None)  # fmt: skip
     assert "emulator-seccomp" not in rules(here)
 

@@ -18,6 +18,7 @@ import pytest
 from kcompat import elf, formats
 from kcompat.analysis import scan_image
 from kcompat.binaries import binaries_report, glibc_required
+from kcompat.facts import ImageFacts
 from kcompat.filescan import scan_file
 from kcompat.formats import Format
 from kcompat.pull import open_image
@@ -277,8 +278,12 @@ def test_missing_library_is_found(binaries: Binaries) -> None:
     libselinux = scan.find_library("libselinux.so.1", ls, musl=False)
     assert libselinux is not None
     del scan.files[libselinux.path]
-    assert [m.library for m in scan.missing_libraries(ls)] == ["libselinux.so.1"]
-    assert scan.missing_libraries(scan.files["/bin/cat"]) == []
+    assert [m.library for m in scan.load(ls)[1]] == ["libselinux.so.1"]
+    facts = ImageFacts.of(scan)  # what the rules and the report read
+    ls_facts, cat_facts = facts.facts_of("/bin/ls"), facts.facts_of("/bin/cat")
+    assert ls_facts is not None and cat_facts is not None
+    assert [m.library for m in ls_facts.missing] == ["libselinux.so.1"]
+    assert cat_facts.missing == () and cat_facts.interpreter_found is True
 
 
 @pytest.mark.integration
@@ -322,7 +327,7 @@ def test_musl(binaries: Binaries) -> None:
     hello = scan.files["/bin/hello"]
     assert hello.elf is not None and hello.elf.libc == "musl"
     assert hello.elf.interpreter == "/lib/ld-musl-x86_64.so.1"
-    assert scan.missing_libraries(hello) == []  # libc.so found through /etc/ld-musl-x86_64.path
+    assert scan.load(hello)[1] == []  # libc.so found through /etc/ld-musl-x86_64.path
     deb = next((binaries.root / "downloads").glob("musl_*_amd64.deb"))
     version = subprocess.run(
         ["dpkg-deb", "-f", str(deb), "Version"], check=True, capture_output=True, text=True

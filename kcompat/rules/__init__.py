@@ -15,6 +15,7 @@ import posixpath
 from kcompat import execve
 from kcompat.binfmt import QEMU_NAMES
 from kcompat.execve import Command, container_argv
+from kcompat.facts import ImageFacts
 from kcompat.filescan import ScannedFile
 from kcompat.formats import Format
 from kcompat.image import ImageConfig
@@ -96,12 +97,14 @@ def _fatal_entry(
 
 
 def check(
-    scan: Scan,
+    facts: ImageFacts,
     config: ImageConfig,
     target: Target,
     command: Command | list[str] | None = None,
 ) -> Result:
-    """Judge what the image runs (docker's meaning of `command`) on `target`."""
+    """Judge what the image runs (docker's meaning of `command`) on `target`, from the
+    image's facts (kcompat.facts: drawn once, with its analysis)."""
+    scan = facts.scan
     if not isinstance(command, Command):
         command = Command(args=tuple(command or ()))
     if config.foreign_os:  # the OS decides; no PATH lookup
@@ -122,11 +125,11 @@ def check(
         arch_findings = _arch_rule(binary, config, target)
         findings += arch_findings
         arch_ok = not any(f.severity is Severity.FATAL for f in arch_findings)
-        findings += _loader_rule(scan, binary)
+        findings += _loader_rule(facts, binary)
     if arch_ok and target.kernel is not None and binary is not None and binary.elf is not None:
-        findings += kernel_rules(scan, binary, target, run_names(entry))
-    findings += vsyscall_rule(scan, binary, target)
-    findings += runtime_rule(scan, binary, target, run_names(entry))
+        findings += kernel_rules(facts, binary, target, run_names(entry))
+    findings += vsyscall_rule(facts, binary, target)
+    findings += runtime_rule(facts, binary, target, run_names(entry))
     if arch_ok:
         findings += emulator_rule(binary, target)
     findings += cgroup_rule(scan, entry, target)
@@ -313,12 +316,13 @@ def _arch_rule(binary: ScannedFile, config: ImageConfig, target: Target) -> list
     return out
 
 
-def _loader_rule(scan: Scan, binary: ScannedFile) -> list[Finding]:
+def _loader_rule(facts: ImageFacts, binary: ScannedFile) -> list[Finding]:
     e = binary.elf
     assert e is not None
     if e.interpreter is None:
         return []
-    if scan.tree.resolve(e.interpreter) not in scan.files:
+    mine = facts.of_file(binary)
+    if not mine.interpreter_found:
         return [
             Finding(
                 "interpreter-missing",
@@ -334,7 +338,7 @@ def _loader_rule(scan: Scan, binary: ScannedFile) -> list[Finding]:
                 KNOWLEDGE.exec_facts["exit_codes"]["execve_ENOENT"],
             )
         ]
-    missing = scan.missing_libraries(binary)
+    missing = mine.missing
     if missing:
         first = missing[0].library
         return [

@@ -10,13 +10,12 @@ reaches the call is not hit.
 
 from __future__ import annotations
 
+from kcompat.facts import ImageFacts
 from kcompat.filescan import ScannedFile
 from kcompat.knowledge import KNOWLEDGE
-from kcompat.needs import needs_of
 from kcompat.rules.common import glibc_of
 from kcompat.rules.findings import Finding, Severity
 from kcompat.rules.syscalls import Outcome, Program, judge
-from kcompat.scan import Scan
 from kcompat.target import Target
 from kcompat.versions import version_key
 
@@ -71,22 +70,22 @@ def emulator_rule(binary: ScannedFile | None, target: Target) -> list[Finding]:
 
 
 def runtime_rule(
-    scan: Scan, binary: ScannedFile | None, target: Target, names: tuple[str, ...] = ()
+    facts: ImageFacts, binary: ScannedFile | None, target: Target, names: tuple[str, ...] = ()
 ) -> list[Finding]:
     if not target.runtime or binary is None or binary.elf is None:
         return []
     e = binary.elf
-    libc = e.libc
-    glibc, _, _ = glibc_of(scan)
-    versions = {c.family: c.version for c in scan.libc() if c.version}
-    needs = needs_of(scan, binary, glibc if libc == "glibc" else None)
+    mine = facts.of_file(binary)
+    libc = mine.libc
+    glibc, _, _ = glibc_of(facts)
+    needs = mine.needs
     if needs is None or libc is None:
         return []
     by_name = {s.name: s for s in needs.syscalls}
-    prog = Program.of(scan, binary, names, glibc)
+    prog = Program.of(facts, binary, names, glibc)
     out = []
     for fix in KNOWLEDGE.runtime_eperm(target.runtime):
-        have = versions.get(fix.libc)
+        have = mine.libc_version  # fix.libc is its C library, or the fix is skipped
         if fix.libc != libc or (fix.only_32bit and e.arch.bits != 32):
             continue
         need = by_name.get(fix.call)

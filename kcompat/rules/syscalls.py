@@ -9,10 +9,11 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from kcompat.facts import ImageFacts
 from kcompat.families import KERNEL_TOO_OLD, CallFact, Family, OnError, families, recognise
 from kcompat.filescan import ScannedFile
 from kcompat.knowledge import KNOWLEDGE
-from kcompat.needs import NeedPath, SyscallNeed, needs_of
+from kcompat.needs import NeedPath, SyscallNeed
 from kcompat.rules.common import glibc_of
 from kcompat.rules.findings import Finding, Severity
 from kcompat.scan import Scan
@@ -22,7 +23,7 @@ from kcompat.versions import version_key
 
 
 def kernel_rules(
-    scan: Scan, binary: ScannedFile, target: Target, names: tuple[str, ...] = ()
+    facts: ImageFacts, binary: ScannedFile, target: Target, names: tuple[str, ...] = ()
 ) -> list[Finding]:
     """`names`: what the program runs as besides its file (the name it is exec'd by:
     a multi-call binary such as busybox picks its applet by it)."""
@@ -30,7 +31,7 @@ def kernel_rules(
     e = binary.elf
     kernel = target.kernel
     out: list[Finding] = []
-    glibc, libc_tag, libc_path = glibc_of(scan)
+    glibc, libc_tag, libc_path = glibc_of(facts)
     dynamic_glibc = e.interpreter is not None and e.libc == "glibc"
     static = e.interpreter is None
     # ABI tag: glibc < 2.36 refuses to start below its configured minimum kernel
@@ -66,7 +67,7 @@ def kernel_rules(
             )
         )
     elif static and e.abi_tag and version_key(kernel) < version_key(e.abi_tag) and not e.go_version:
-        facts = KNOWLEDGE.raw["glibc"]
+        known = KNOWLEDGE.raw["glibc"]
         if KERNEL_TOO_OLD in binary.markers:
             out.append(
                 Finding(
@@ -76,14 +77,14 @@ def kernel_rules(
                     f"the target has {kernel}",
                     "A static glibc before 2.36 compares the running kernel with its ABI tag "
                     f"at start-up and aborts: '{KERNEL_TOO_OLD}' (exit "
-                    f"{facts['kernel_too_old_static_exit']}). The check and its message are in "
+                    f"{known['kernel_too_old_static_exit']}). The check and its message are in "
                     "the file.",
                     (f"{binary.path}: .note.ABI-tag {e.abi_tag}",
                      f"{binary.path}: contains '{KERNEL_TOO_OLD}'",
-                     facts["kernel_too_old_static_source"]),
+                     known["kernel_too_old_static_source"]),
                     f"run on Linux >= {e.abi_tag}, or rebuild against glibc >= 2.36",
                     binary.path,
-                    int(facts["kernel_too_old_static_exit"]),
+                    int(known["kernel_too_old_static_exit"]),
                 )
             )
             return out
@@ -96,7 +97,7 @@ def kernel_rules(
                 "in every static glibc before 2.36, is not in the file): 2.36 and later go "
                 "on; what decides is whether the syscalls it uses exist (below).",
                 (f"{binary.path}: .note.ABI-tag {e.abi_tag}",
-                 f"{binary.path}: no '{KERNEL_TOO_OLD}'", facts["kernel_too_old_static_source"]),
+                 f"{binary.path}: no '{KERNEL_TOO_OLD}'", known["kernel_too_old_static_source"]),
                 None,
                 binary.path,
             )
@@ -120,7 +121,7 @@ def kernel_rules(
                     binary.path,
                 )
             )
-    out += _syscall_rule(scan, binary, target, glibc, names)
+    out += _syscall_rule(facts, binary, target, glibc, names)
     return out
 
 
@@ -156,11 +157,12 @@ class Program:
 
     @classmethod
     def of(
-        cls, scan: Scan, binary: ScannedFile, names: tuple[str, ...], glibc: str | None
+        cls, facts: ImageFacts, binary: ScannedFile, names: tuple[str, ...], glibc: str | None
     ) -> Program:
         assert binary.elf is not None
-        libraries = scan.library_closure(binary) if binary.elf.interpreter else []
-        return cls(scan, binary, libraries, tuple(dict.fromkeys((binary.path, *names))), glibc)
+        libraries = facts.libraries_of(binary)  # a static program maps none
+        names = tuple(dict.fromkeys((binary.path, *names)))
+        return cls(facts.scan, binary, libraries, names, glibc)
 
     def __post_init__(self) -> None:
         self.imports = frozenset(
@@ -370,14 +372,14 @@ def _line(s: SyscallNeed) -> str:
 
 
 def _syscall_rule(
-    scan: Scan,
+    facts: ImageFacts,
     binary: ScannedFile,
     target: Target,
     glibc: str | None,
     names: tuple[str, ...] = (),
 ) -> list[Finding]:
     assert binary.elf is not None and target.kernel is not None
-    needs = needs_of(scan, binary, glibc if binary.elf.libc == "glibc" else None)
+    needs = facts.of_file(binary).needs
     if needs is None:
         return []
     out: list[Finding] = []
@@ -393,7 +395,7 @@ def _syscall_rule(
                 binary.path,
             )
         )
-    prog = Program.of(scan, binary, names, glibc)
+    prog = Program.of(facts, binary, names, glibc)
     own = table(needs.abi)
     # under emulation qemu-user makes the host's syscalls of the same name: the host's
     # table decides (an arm64 table dates everything from 3.7, the port's first kernel)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from kcompat.facts import ImageFacts
 from kcompat.filescan import ScannedFile
 from kcompat.knowledge import KNOWLEDGE
 from kcompat.rules.common import glibc_of
 from kcompat.rules.findings import Finding, Severity
-from kcompat.scan import Scan
 from kcompat.target import Target
 
 
-def vsyscall_rule(scan: Scan, binary: ScannedFile | None, target: Target) -> list[Finding]:
+def vsyscall_rule(
+    facts: ImageFacts, binary: ScannedFile | None, target: Target
+) -> list[Finding]:
     """The legacy vsyscall page: old dynamic glibc (< 2.14) calls it, and so does any code
     that names its addresses (kcompat.vsyscall): a call needs `emulate` or `xonly`, a
     read needs `emulate`."""
@@ -31,7 +33,7 @@ def vsyscall_rule(scan: Scan, binary: ScannedFile | None, target: Target) -> lis
         else "with vsyscall=xonly the page can be executed but not read: the load faults with "
         "SIGSEGV (docker run exits 139)"
     )
-    glibc, _, libc_path = glibc_of(scan)
+    glibc, _, libc_path = glibc_of(facts)
     if (
         mode == "none"
         and binary.elf.interpreter
@@ -51,8 +53,7 @@ def vsyscall_rule(scan: Scan, binary: ScannedFile | None, target: Target) -> lis
             )
         ]
     out: list[Finding] = []
-    libraries = scan.library_closure(binary) if binary.elf.interpreter else []
-    for f in (binary, *libraries):
+    for f in (binary, *facts.libraries_of(binary)):  # a static program maps none
         use = f.vsyscall
         if use is None or (use.kind == "call" and mode == "xonly"):
             continue
