@@ -15,12 +15,17 @@ from dataclasses import replace
 from typing import Any
 
 from kcompat.elf import ElfArch
+from kcompat.facts import ImageFacts
 from kcompat.platform import Platform
 from kcompat.rules import Verdict, check
 from kcompat.target import described
 from tests.memscan import config, elf, libc, scan_of
 
 RISCV64 = ElfArch(Platform("linux", "riscv64"), 64, "little", 243, "riscv64")
+
+
+def _check(scan: Any, *cmd: str, kernel: str, arch: str = "amd64") -> Any:
+    return check(ImageFacts.of(scan), config(*cmd, arch=arch), described(kernel, arch), None)
 
 SHARED = "libsystemd-shared-252.so"
 SHARED_PATH = f"/usr/lib/x86_64-linux-gnu/{SHARED}"  # (Debian: systemd/, by RUNPATH)
@@ -33,7 +38,7 @@ def _judge(program: str, kernel: str) -> Any:
     shared = elf(SHARED_PATH, soname=SHARED, imports=IMPORTS)
     prog = elf(program, imports=("puts",), needed=(SHARED, "libc.so.6"))
     scan = scan_of(prog, shared, *libc())
-    return check(scan, config(program, "--version"), described(kernel, "amd64"), None)
+    return _check(scan, program, "--version", kernel=kernel)
 
 
 def _syscall_findings(r: Any) -> dict[str, Any]:
@@ -64,8 +69,7 @@ def test_an_unknown_systemd_release_gets_no_facts() -> None:
     shared = elf(f"/usr/lib/x86_64-linux-gnu/{name}", soname=name,
                  imports=("copy_file_range", "puts"))  # fmt: skip
     prog = elf("/usr/bin/x", imports=("puts",), needed=(name, "libc.so.6"))
-    r = check(scan_of(prog, shared, *libc()), config("/usr/bin/x"), described("3.10", "amd64"),
-              None)  # fmt: skip
+    r = _check(scan_of(prog, shared, *libc()), "/usr/bin/x", kernel="3.10")
     assert r.verdict is Verdict.UNCERTAIN
 
 
@@ -81,7 +85,7 @@ def _rust(arch: ElfArch | None = None) -> Any:
 
 def test_getrandom_crate_falls_back_where_rust_supports_old_kernels() -> None:
     """x86_64: the getrandom crate reads /dev/urandom on ENOSYS (every release)."""
-    r = check(_rust(), config("/usr/bin/tool"), described("3.10", "amd64"), None)
+    r = _check(_rust(), "/usr/bin/tool", kernel="3.10")
     assert r.verdict is Verdict.NATIVE, r.findings
     text = " ".join(f.explanation for f in r.findings if f.rule == "syscalls-with-fallback")
     assert "getrandom" in text
@@ -90,6 +94,6 @@ def test_getrandom_crate_falls_back_where_rust_supports_old_kernels() -> None:
 def test_getrandom_crate_has_no_fallback_on_riscv64() -> None:
     """riscv64: getrandom 0.2.13 and later call getrandom(2) only: a crate's path."""
     scan = _rust(RISCV64)
-    r = check(scan, config("/usr/bin/tool", arch="riscv64"), described("3.10", "riscv64"), None)
+    r = _check(scan, "/usr/bin/tool", kernel="3.10", arch="riscv64")
     assert r.verdict is Verdict.UNCERTAIN, r.findings
     assert "syscalls-on-a-path" in {f.rule for f in r.findings}
