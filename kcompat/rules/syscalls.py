@@ -342,9 +342,21 @@ def _judge_path(
                 fb = KNOWLEDGE.program_fallback(posixpath.basename(name), need.name)
                 if fb:
                     return Outcome.HANDLED, fb
-        return Outcome.UNKNOWN, None
+        return Outcome.UNKNOWN, _undecided(path)
     judged = [_classify(f, eperm, prog) for f in facts]
-    return max(judged, key=lambda j: _ORDER[j[0]])
+    outcome, reason = max(judged, key=lambda j: _ORDER[j[0]])
+    if outcome is Outcome.UNKNOWN:  # the error goes to a caller no fact speaks for
+        return outcome, f"{_undecided(path)}: {reason}"
+    return outcome, reason
+
+
+def _undecided(path: NeedPath) -> str:
+    """The path no fact decides, as the undecided verdict names it."""
+    if path.kind == "import":
+        return f"{path.obj} imports {path.symbol}"
+    if path.kind == "start-up":
+        return f"glibc's start-up in {path.obj}"
+    return f"the machine code of {path.obj}"
 
 
 def judge(need: SyscallNeed, eperm: bool, prog: Program) -> Judged:
@@ -503,7 +515,9 @@ def _report(
                 f"{len(unknown)} syscall(s) {words} without a known fallback",
                 explanation
                 + " What decides it: what the code that makes each call does with "
-                f"{errno}, which no fact kcompat holds says; {verify}.",
+                f"{errno}, which no fact kcompat holds says ("
+                + "; ".join(f"{j.need.name}: {', '.join(j.reasons)}" for j in unknown)
+                + f"); {verify}.",
                 tuple(_line(j.need) + (" (probed: ENOSYS)" if probed else "") for j in unknown),
                 f"{fix}; {verify}",
                 binary.path,
