@@ -97,3 +97,13 @@ def test_getrandom_crate_has_no_fallback_on_riscv64() -> None:
     r = _check(scan, "/usr/bin/tool", kernel="3.10", arch="riscv64")
     assert r.verdict is Verdict.UNCERTAIN, r.findings
     assert "syscalls-on-a-path" in {f.rule for f in r.findings}
+
+
+def test_pid1_library_probes_mount_options_and_goes_on() -> None:
+    """libsystemd-core-252.so (linked by systemd-analyze): fsopen and fsconfig only in
+    mount_option_supported(), which treats any failure of fsopen as "supported"."""
+    core = "libsystemd-core-252.so"
+    lib = elf(f"/usr/lib/x86_64-linux-gnu/{core}", soname=core, imports=("fsopen", "fsconfig"))
+    prog = elf("/usr/bin/systemd-analyze", imports=("puts",), needed=(core, "libc.so.6"))
+    r = _check(scan_of(prog, lib, *libc()), "/usr/bin/systemd-analyze", kernel="4.19")
+    assert r.verdict is Verdict.NATIVE, r.findings

@@ -227,8 +227,8 @@ class Program:
         if e.soname == "libsystemd.so.0":  # symbol versions LIBSYSTEMD_209 ... _257
             found = [int(v[11:]) for v in e.version_defs if re.fullmatch(r"LIBSYSTEMD_\d+", v)]
             return str(max(found)) if found else None
-        if e.soname and (m := re.fullmatch(r"libsystemd-shared-(\d+)\.so", e.soname)):
-            return m.group(1)  # systemd's private library carries its release in its name
+        if e.soname and (m := re.fullmatch(r"libsystemd-(?:shared|core)-(\d+)\.so", e.soname)):
+            return m.group(1)  # systemd's private libraries carry the release in their name
         for text in (*self.names, *e.needed):  # python3.11, libpython3.11.so.1.0
             m = re.search(r"python(\d+\.\d+)", text)
             if m and fam.programs and any("python" in p for p in fam.programs):
