@@ -163,7 +163,7 @@ def main() -> None:
     ap.add_argument("--compare", metavar="REV", help="git revision whose check output must match")
     args = ap.parse_args()
     tags = args.images.split(",")
-    layout = speed_corpus.build(speed_corpus.default_out())
+    layout = speed_corpus.build(speed_corpus.default_out(), tuple(tags))
     work = Path(tempfile.mkdtemp(prefix="kcompat-speed-"))
     registry = RealRegistry(work / "registry")
     try:

@@ -27,11 +27,13 @@ import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-
-import capstone
+from typing import TYPE_CHECKING
 
 from kcompat import disasm_isas
 from kcompat.elf import CodeRange
+
+if TYPE_CHECKING:  # imported where code is decoded: loading capstone costs about 50 ms of
+    import capstone  # CPU, which a check answered from the caches never needs
 
 WINDOW = 48  # bytes decoded before an x86 site
 MAX_BACK = 12  # instructions searched backwards
@@ -39,8 +41,8 @@ MAX_BACK = 12  # instructions searched backwards
 
 @dataclass(frozen=True)
 class _Isa:
-    cs_arch: int
-    cs_mode: int
+    cs_arch: str  # capstone's names for its constants (CS_ARCH_X86, CS_MODE_64...)
+    cs_mode: tuple[str, ...]  # OR-ed together
     patterns: tuple[bytes, ...]  # syscall instruction encodings
     align: int  # instruction alignment
     fixed: bool  # fixed-width instructions: the window before a site decodes from any aligned start
@@ -50,8 +52,8 @@ class _Isa:
 
 
 _X86_64 = _Isa(
-    capstone.CS_ARCH_X86,
-    capstone.CS_MODE_64,
+    "CS_ARCH_X86",
+    ("CS_MODE_64",),
     (b"\x0f\x05",),
     1,
     False,
@@ -60,8 +62,8 @@ _X86_64 = _Isa(
     "qword ptr [rsp]",
 )
 _I386 = _Isa(
-    capstone.CS_ARCH_X86,
-    capstone.CS_MODE_32,
+    "CS_ARCH_X86",
+    ("CS_MODE_32",),
     (b"\xcd\x80",),
     1,
     False,
@@ -70,8 +72,8 @@ _I386 = _Isa(
     "dword ptr [esp]",
 )
 _ARM64 = _Isa(
-    capstone.CS_ARCH_ARM64,
-    capstone.CS_MODE_ARM,
+    "CS_ARCH_ARM64",
+    ("CS_MODE_ARM",),
     ((0xD4000001).to_bytes(4, "little"),),
     4,
     True,
@@ -80,8 +82,8 @@ _ARM64 = _Isa(
     None,
 )
 _ARM = _Isa(
-    capstone.CS_ARCH_ARM,
-    capstone.CS_MODE_ARM,
+    "CS_ARCH_ARM",
+    ("CS_MODE_ARM",),
     ((0xEF000000).to_bytes(4, "little"),),
     4,
     True,
@@ -91,8 +93,8 @@ _ARM = _Isa(
 )
 # Debian's armhf is built as Thumb-2: `svc #0` is `df00`, two bytes, in mixed 2/4-byte code
 _THUMB = _Isa(
-    capstone.CS_ARCH_ARM,
-    capstone.CS_MODE_THUMB,
+    "CS_ARCH_ARM",
+    ("CS_MODE_THUMB",),
     (b"\x00\xdf",),
     2,
     False,
@@ -128,10 +130,16 @@ class SyscallScan:
     unresolved_at: tuple[int, ...] = field(default=(), repr=False)  # first few addresses
 
 
-# ABIs with a syscall table whose machine code is not read, and why
+# ABIs with a syscall table whose machine code is not read, and why ({version}: capstone's)
 UNSUPPORTED: Mapping[str, str] = {
-    "loong64": f"capstone {capstone.__version__} has no LoongArch disassembler",
+    "loong64": "capstone {version} has no LoongArch disassembler",
 }
+
+
+def capstone_version() -> str:
+    import capstone
+
+    return str(capstone.__version__)
 
 
 def supported(abi: str | None) -> bool:
@@ -141,6 +149,7 @@ def supported(abi: str | None) -> bool:
 def unsupported_reason(abi: str) -> str:
     """Why the machine code of `abi` is not read, for the "syscalls unknown" method text."""
     why = UNSUPPORTED.get(abi)
+    why = why.format(version=capstone_version()) if why else None
     return f"static syscall recovery is not implemented for {abi}" + (f" ({why})" if why else "")
 
 
@@ -186,7 +195,20 @@ def decoder(arch: int, mode: int) -> capstone.Cs:
     """One capstone handle per (arch, mode) and process: opening one costs about 1 ms,
     which per file was a tenth of a layer's scan. Used with disasm_lite only (no options
     set), so sharing it is safe."""
+    import capstone
+
     return capstone.Cs(arch, mode)
+
+
+@functools.cache
+def named_decoder(arch: str, modes: tuple[str, ...]) -> capstone.Cs:
+    """`decoder` for an ISA described by capstone's constant names."""
+    import capstone
+
+    mode = 0
+    for name in modes:
+        mode |= getattr(capstone, name)
+    return decoder(getattr(capstone, arch), mode)
 
 
 def _window(md: capstone.Cs, code: CodeRange, pos: int, isa: _Isa) -> list[Insn] | None:
@@ -211,7 +233,7 @@ def _window(md: capstone.Cs, code: CodeRange, pos: int, isa: _Isa) -> list[Insn]
 def _find_calls(code: CodeRange, isa: _Isa, targets: Mapping[int, str]) -> Iterable[int]:
     """Offsets of direct calls to the Go syscall functions."""
     data = code.data
-    if isa.cs_arch == capstone.CS_ARCH_X86:
+    if isa.cs_arch == "CS_ARCH_X86":
         for m in re.finditer(b"\xe8", data):
             off = m.start()
             if off + 5 > len(data):
@@ -246,8 +268,8 @@ def scan_code(
     unresolved_at: list[int] = []
     code = list(code)
     for isa in isas:
-        md = decoder(isa.cs_arch, isa.cs_mode)
-        x86 = isa.cs_arch == capstone.CS_ARCH_X86
+        md = named_decoder(isa.cs_arch, isa.cs_mode)
+        x86 = isa.cs_arch == "CS_ARCH_X86"
 
         def site(
             code_range: CodeRange,
@@ -286,7 +308,7 @@ def scan_code(
 
 
 def _method(abi: str, go_syscall_funcs: Mapping[int, str] | None) -> str:
-    method = f"capstone {capstone.__version__}: {abi} syscall instructions"
+    method = f"capstone {capstone_version()}: {abi} syscall instructions"
     if go_syscall_funcs:
         method += " and calls to Go's syscall functions"
     return method
@@ -405,7 +427,7 @@ def _scan_isa(
     that start is then read the same way (three calls deep at most); the site counts as
     resolved when every such call gives a number, and its numbers count in any case."""
     isa = disasm_isas.ISAS[abi]
-    md = decoder(isa.cs_arch, isa.cs_mode)
+    md = named_decoder(isa.cs_arch, isa.cs_mode)
     ranges = list(code)
     calls: dict[int, list[tuple[CodeRange, int]]] = {}  # target -> direct calls, when needed
 
