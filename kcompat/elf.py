@@ -266,18 +266,33 @@ def _undefined(r: Reader, version_index: dict[int, str]) -> tuple[Symbol, ...]:
     usable = len(raw) - len(raw) % entsize
     nstrings, find, nversions = len(strings), strings.find, len(versions)
     out: list[Symbol] = []
-    for i, (name_off, *rest) in enumerate(struct.iter_unpack(fmt, raw[:usable])):
-        if not i or not name_off or rest[-1] != 0:  # the null symbol; SHN_UNDEF == 0
+    interned = _SYMBOLS
+    if len(interned) > _SYMBOLS_MAX:
+        interned.clear()
+    for i, (name_off, shndx) in enumerate(struct.iter_unpack(fmt, raw[:usable])):
+        if not i or not name_off or shndx != 0:  # the null symbol; SHN_UNDEF == 0
             continue
         end = find(b"\0", name_off)
         if name_off >= nstrings or end < 0:
             raise UnreadableError(".dynsym names a string outside its string table")
         if end == name_off:
             continue
-        name = strings[name_off:end].decode("utf-8", "replace")
         ndx = versions[i] & 0x7FFF if i < nversions else 0
-        out.append(Symbol(name, version_index.get(ndx) if ndx > 1 else None))
+        key = (strings[name_off:end].decode("utf-8", "replace"),
+               version_index.get(ndx) if ndx > 1 else None)  # fmt: skip
+        sym = interned.get(key)
+        if sym is None:
+            sym = interned[key] = Symbol(*key)
+        out.append(sym)
     return tuple(out)
+
+
+# One Symbol object per (name, version) seen by this process: the same imports recur in
+# every file of an image (an image has ~100,000 undefined symbols, a few thousand
+# distinct), and pickle stores an object it has seen once as a reference: a layer's
+# cached result shrinks, and loading it builds each Symbol once.
+_SYMBOLS: dict[tuple[str, str | None], Symbol] = {}
+_SYMBOLS_MAX = 1 << 18
 
 
 def _dynamic(r: Reader) -> dict[int, list[int | str]]:
