@@ -29,11 +29,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from kcompat import disasm_isas
 from kcompat.elf import CodeRange
 
 if TYPE_CHECKING:  # imported where code is decoded: loading capstone costs about 50 ms of
     import capstone  # CPU, which a check answered from the caches never needs
+
+    from kcompat import disasm_isas  # so is this (its tables and patterns, four arches)
 
 WINDOW = 48  # bytes decoded before an x86 site
 MAX_BACK = 12  # instructions searched backwards
@@ -143,6 +144,8 @@ def capstone_version() -> str:
 
 
 def supported(abi: str | None) -> bool:
+    from kcompat import disasm_isas
+
     return abi in ISAS or abi in disasm_isas.ISAS
 
 
@@ -256,6 +259,8 @@ def scan_code(
     abi: str, code: Iterable[CodeRange], go_syscall_funcs: Mapping[int, str] | None = None
 ) -> SyscallScan | None:
     """Recover syscall numbers from executable segments; None if the ABI is not supported."""
+    from kcompat import disasm_isas
+
     if abi in disasm_isas.ISAS:
         found, n_sites, n_unresolved, at = _scan_isa(abi, code, go_syscall_funcs)
         return SyscallScan(abi, tuple(sorted(found)), n_sites, n_unresolved,
@@ -316,7 +321,6 @@ def _method(abi: str, go_syscall_funcs: Mapping[int, str] | None) -> str:
 
 # -- s390x, ppc64le, riscv64, mips64le (their encodings and semantics: kcompat.disasm_isas) --
 
-Kind = disasm_isas.Kind
 _NOP4 = b"\0\0\0\0"  # MIPS `nop` (sll $0, $0, 0)
 
 
@@ -332,6 +336,9 @@ class _Found:
 def _resolve(isa: disasm_isas.Isa, insns: list[Insn], end: int, loc: disasm_isas.Loc,
              depth: int = 0) -> _Found:  # fmt: skip
     """What `loc` holds on the fall-through path just before insns[end]."""
+    from kcompat import disasm_isas
+
+    Kind = disasm_isas.Kind
     if loc == isa.zero:
         return _Found(0)
     for j in range(end - 1, max(-1, end - 1 - disasm_isas.MAX_BACK), -1):
@@ -360,6 +367,9 @@ def _resolve(isa: disasm_isas.Isa, insns: list[Insn], end: int, loc: disasm_isas
 
 def _go_number(isa: disasm_isas.Isa, insns: list[Insn]) -> int | None:
     """The first argument of a call to a Go syscall function (kcompat.disasm_isas says how)."""
+    from kcompat import disasm_isas
+
+    Kind = disasm_isas.Kind
     slot = _resolve(isa, insns, len(insns), isa.go_slot)
     if isa.go_reg is None:
         return slot.value
@@ -380,6 +390,8 @@ def _decode(md: capstone.Cs, isa: disasm_isas.Isa, code: CodeRange, pos: int, si
             ) -> list[Insn] | None:  # fmt: skip
     """The instructions before the one of `size` bytes at offset `pos` (for variable-width
     ISAs the decoding must also land on it), or None."""
+    from kcompat import disasm_isas
+
     data, vaddr = code.data, code.vaddr
     if isa.length is None:
         start = max(0, pos - disasm_isas.MAX_BACK * 4)
@@ -426,6 +438,8 @@ def _scan_isa(
     and, since 2.41, __syscall_cancel take the number as an argument. Each direct call to
     that start is then read the same way (three calls deep at most); the site counts as
     resolved when every such call gives a number, and its numbers count in any case."""
+    from kcompat import disasm_isas
+
     isa = disasm_isas.ISAS[abi]
     md = named_decoder(isa.cs_arch, isa.cs_mode)
     ranges = list(code)
