@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from kcompat.elf import CodeRange
+from kcompat.elf import CodeRange, CodeView
 
 if TYPE_CHECKING:  # imported where code is decoded: loading capstone costs about 50 ms of
     import capstone  # CPU, which a check answered from the caches never needs
@@ -193,6 +193,14 @@ def _recover(insns: list[Insn], dests: frozenset[str], x86: bool) -> int | None:
 Insn = tuple[int, int, str, str]  # capstone lite: address, size, mnemonic, operands
 
 
+@dataclass(frozen=True)
+class _Code:
+    """A CodeRange with its bytes in hand (a CodeView copied out)."""
+
+    vaddr: int
+    data: bytes
+
+
 @functools.cache
 def decoder(arch: int, mode: int) -> capstone.Cs:
     """One capstone handle per (arch, mode) and process: opening one costs about 1 ms,
@@ -214,7 +222,7 @@ def named_decoder(arch: str, modes: tuple[str, ...]) -> capstone.Cs:
     return decoder(getattr(capstone, arch), mode)
 
 
-def _window(md: capstone.Cs, code: CodeRange, pos: int, isa: _Isa) -> list[Insn] | None:
+def _window(md: capstone.Cs, code: _Code, pos: int, isa: _Isa) -> list[Insn] | None:
     """Decoded instructions ending exactly with the one at offset `pos`."""
     if isa.fixed:
         start = max(0, pos - MAX_BACK * isa.align)
@@ -233,7 +241,7 @@ def _window(md: capstone.Cs, code: CodeRange, pos: int, isa: _Isa) -> list[Insn]
     return None
 
 
-def _find_calls(code: CodeRange, isa: _Isa, targets: Mapping[int, str]) -> Iterable[int]:
+def _find_calls(code: _Code, isa: _Isa, targets: Mapping[int, str]) -> Iterable[int]:
     """Offsets of direct calls to the Go syscall functions."""
     data = code.data
     if isa.cs_arch == "CS_ARCH_X86":
@@ -261,8 +269,12 @@ def scan_code(
     """Recover syscall numbers from executable segments; None if the ABI is not supported."""
     from kcompat import disasm_isas
 
+    if abi not in disasm_isas.ISAS and abi not in ISAS:
+        return None
+    ranges = [_Code(c.vaddr, c.data.materialized() if isinstance(c.data, CodeView) else c.data)
+              for c in code]  # read byte by byte below: copied out of the file once  # fmt: skip
     if abi in disasm_isas.ISAS:
-        found, n_sites, n_unresolved, at = _scan_isa(abi, code, go_syscall_funcs)
+        found, n_sites, n_unresolved, at = _scan_isa(abi, ranges, go_syscall_funcs)
         return SyscallScan(abi, tuple(sorted(found)), n_sites, n_unresolved,
                            _method(abi, go_syscall_funcs), tuple(at))  # fmt: skip
     isas = ISAS.get(abi)
@@ -271,13 +283,12 @@ def scan_code(
     numbers: set[int] = set()
     sites = unresolved = 0
     unresolved_at: list[int] = []
-    code = list(code)
     for isa in isas:
         md = named_decoder(isa.cs_arch, isa.cs_mode)
         x86 = isa.cs_arch == "CS_ARCH_X86"
 
         def site(
-            code_range: CodeRange,
+            code_range: _Code,
             pos: int,
             dests: frozenset[str],
             isa: _Isa = isa,
@@ -297,7 +308,7 @@ def scan_code(
             else:
                 numbers.add(number)
 
-        for c in code:
+        for c in ranges:
             for pattern in isa.patterns:
                 start = 0
                 while (pos := c.data.find(pattern, start)) >= 0:
@@ -386,7 +397,7 @@ def _go_number(isa: disasm_isas.Isa, insns: list[Insn]) -> int | None:
     return reg.value
 
 
-def _decode(md: capstone.Cs, isa: disasm_isas.Isa, code: CodeRange, pos: int, size: int
+def _decode(md: capstone.Cs, isa: disasm_isas.Isa, code: _Code, pos: int, size: int
             ) -> list[Insn] | None:  # fmt: skip
     """The instructions before the one of `size` bytes at offset `pos` (for variable-width
     ISAs the decoding must also land on it), or None."""
@@ -429,7 +440,7 @@ def _decode(md: capstone.Cs, isa: disasm_isas.Isa, code: CodeRange, pos: int, si
 
 
 def _scan_isa(
-    abi: str, code: Iterable[CodeRange], go_funcs: Mapping[int, str] | None
+    abi: str, code: list[_Code], go_funcs: Mapping[int, str] | None
 ) -> tuple[set[int], int, int, list[int]]:
     """(numbers, sites, unresolved sites, the first unresolved addresses) for `abi`.
 
@@ -443,9 +454,9 @@ def _scan_isa(
     isa = disasm_isas.ISAS[abi]
     md = named_decoder(isa.cs_arch, isa.cs_mode)
     ranges = list(code)
-    calls: dict[int, list[tuple[CodeRange, int]]] = {}  # target -> direct calls, when needed
+    calls: dict[int, list[tuple[_Code, int]]] = {}  # target -> direct calls, when needed
 
-    def callers(addr: int) -> list[tuple[CodeRange, int]]:
+    def callers(addr: int) -> list[tuple[_Code, int]]:
         if not calls:
             calls[-1] = []
             for c in ranges:
