@@ -92,16 +92,19 @@ def _commit_stage(layout: Path, base: str, tag: str, tar: Path, work: Path, cmd:
     run("umoci", "gc", "--layout", str(layout))
 
 
-def build(out: Path) -> Path:
-    """Build every missing stage; the OCI layout holding them all."""
+def build(out: Path, tags: tuple[str, ...] | None = None) -> Path:
+    """Build every missing stage (or only those the images `tags` need: speed:N needs
+    stages 1 to N, speed:runtimes none of them); the OCI layout holding them all."""
     layout = out / "layout"
     out.mkdir(parents=True, exist_ok=True)
     if not layout.exists():
         run("umoci", "init", "--layout", str(layout))
         run("umoci", "new", "--image", f"{layout}:0")
+    wanted = [int(t) for t in tags if t.isdigit()] if tags is not None else [len(STAGES)]
+    last = max(wanted, default=0)
     packages: list[str] = []
     previous = "0"
-    for tag, added in STAGES:
+    for tag, added in STAGES[:last]:
         packages += added
         done = out / f"stage{tag}.done"
         if not done.exists():
@@ -111,7 +114,8 @@ def build(out: Path) -> Path:
                 _commit_stage(layout, previous, tag, tar, Path(tmp), "bash")
             done.write_text(" ".join(packages) + "\n")
         previous = tag
-    _build_runtimes(out, layout)
+    if tags is None or "runtimes" in tags:
+        _build_runtimes(out, layout)
     return layout
 
 

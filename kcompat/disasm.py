@@ -27,11 +27,14 @@ import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import capstone
+from kcompat.elf import CodeRange, CodeView
 
-from kcompat import disasm_isas
-from kcompat.elf import CodeRange
+if TYPE_CHECKING:  # imported where code is decoded: loading capstone costs about 50 ms of
+    import capstone  # CPU, which a check answered from the caches never needs
+
+    from kcompat import disasm_isas  # so is this (its tables and patterns, four arches)
 
 WINDOW = 48  # bytes decoded before an x86 site
 MAX_BACK = 12  # instructions searched backwards
@@ -39,8 +42,8 @@ MAX_BACK = 12  # instructions searched backwards
 
 @dataclass(frozen=True)
 class _Isa:
-    cs_arch: int
-    cs_mode: int
+    cs_arch: str  # capstone's names for its constants (CS_ARCH_X86, CS_MODE_64...)
+    cs_mode: tuple[str, ...]  # OR-ed together
     patterns: tuple[bytes, ...]  # syscall instruction encodings
     align: int  # instruction alignment
     fixed: bool  # fixed-width instructions: the window before a site decodes from any aligned start
@@ -50,8 +53,8 @@ class _Isa:
 
 
 _X86_64 = _Isa(
-    capstone.CS_ARCH_X86,
-    capstone.CS_MODE_64,
+    "CS_ARCH_X86",
+    ("CS_MODE_64",),
     (b"\x0f\x05",),
     1,
     False,
@@ -60,8 +63,8 @@ _X86_64 = _Isa(
     "qword ptr [rsp]",
 )
 _I386 = _Isa(
-    capstone.CS_ARCH_X86,
-    capstone.CS_MODE_32,
+    "CS_ARCH_X86",
+    ("CS_MODE_32",),
     (b"\xcd\x80",),
     1,
     False,
@@ -70,8 +73,8 @@ _I386 = _Isa(
     "dword ptr [esp]",
 )
 _ARM64 = _Isa(
-    capstone.CS_ARCH_ARM64,
-    capstone.CS_MODE_ARM,
+    "CS_ARCH_ARM64",
+    ("CS_MODE_ARM",),
     ((0xD4000001).to_bytes(4, "little"),),
     4,
     True,
@@ -80,8 +83,8 @@ _ARM64 = _Isa(
     None,
 )
 _ARM = _Isa(
-    capstone.CS_ARCH_ARM,
-    capstone.CS_MODE_ARM,
+    "CS_ARCH_ARM",
+    ("CS_MODE_ARM",),
     ((0xEF000000).to_bytes(4, "little"),),
     4,
     True,
@@ -91,8 +94,8 @@ _ARM = _Isa(
 )
 # Debian's armhf is built as Thumb-2: `svc #0` is `df00`, two bytes, in mixed 2/4-byte code
 _THUMB = _Isa(
-    capstone.CS_ARCH_ARM,
-    capstone.CS_MODE_THUMB,
+    "CS_ARCH_ARM",
+    ("CS_MODE_THUMB",),
     (b"\x00\xdf",),
     2,
     False,
@@ -128,19 +131,28 @@ class SyscallScan:
     unresolved_at: tuple[int, ...] = field(default=(), repr=False)  # first few addresses
 
 
-# ABIs with a syscall table whose machine code is not read, and why
+# ABIs with a syscall table whose machine code is not read, and why ({version}: capstone's)
 UNSUPPORTED: Mapping[str, str] = {
-    "loong64": f"capstone {capstone.__version__} has no LoongArch disassembler",
+    "loong64": "capstone {version} has no LoongArch disassembler",
 }
 
 
+def capstone_version() -> str:
+    import capstone
+
+    return str(capstone.__version__)
+
+
 def supported(abi: str | None) -> bool:
+    from kcompat import disasm_isas
+
     return abi in ISAS or abi in disasm_isas.ISAS
 
 
 def unsupported_reason(abi: str) -> str:
     """Why the machine code of `abi` is not read, for the "syscalls unknown" method text."""
     why = UNSUPPORTED.get(abi)
+    why = why.format(version=capstone_version()) if why else None
     return f"static syscall recovery is not implemented for {abi}" + (f" ({why})" if why else "")
 
 
@@ -181,15 +193,36 @@ def _recover(insns: list[Insn], dests: frozenset[str], x86: bool) -> int | None:
 Insn = tuple[int, int, str, str]  # capstone lite: address, size, mnemonic, operands
 
 
+@dataclass(frozen=True)
+class _Code:
+    """A CodeRange with its bytes in hand (a CodeView copied out)."""
+
+    vaddr: int
+    data: bytes
+
+
 @functools.cache
 def decoder(arch: int, mode: int) -> capstone.Cs:
     """One capstone handle per (arch, mode) and process: opening one costs about 1 ms,
     which per file was a tenth of a layer's scan. Used with disasm_lite only (no options
     set), so sharing it is safe."""
+    import capstone
+
     return capstone.Cs(arch, mode)
 
 
-def _window(md: capstone.Cs, code: CodeRange, pos: int, isa: _Isa) -> list[Insn] | None:
+@functools.cache
+def named_decoder(arch: str, modes: tuple[str, ...]) -> capstone.Cs:
+    """`decoder` for an ISA described by capstone's constant names."""
+    import capstone
+
+    mode = 0
+    for name in modes:
+        mode |= getattr(capstone, name)
+    return decoder(getattr(capstone, arch), mode)
+
+
+def _window(md: capstone.Cs, code: _Code, pos: int, isa: _Isa) -> list[Insn] | None:
     """Decoded instructions ending exactly with the one at offset `pos`."""
     if isa.fixed:
         start = max(0, pos - MAX_BACK * isa.align)
@@ -208,10 +241,10 @@ def _window(md: capstone.Cs, code: CodeRange, pos: int, isa: _Isa) -> list[Insn]
     return None
 
 
-def _find_calls(code: CodeRange, isa: _Isa, targets: Mapping[int, str]) -> Iterable[int]:
+def _find_calls(code: _Code, isa: _Isa, targets: Mapping[int, str]) -> Iterable[int]:
     """Offsets of direct calls to the Go syscall functions."""
     data = code.data
-    if isa.cs_arch == capstone.CS_ARCH_X86:
+    if isa.cs_arch == "CS_ARCH_X86":
         for m in re.finditer(b"\xe8", data):
             off = m.start()
             if off + 5 > len(data):
@@ -234,8 +267,14 @@ def scan_code(
     abi: str, code: Iterable[CodeRange], go_syscall_funcs: Mapping[int, str] | None = None
 ) -> SyscallScan | None:
     """Recover syscall numbers from executable segments; None if the ABI is not supported."""
+    from kcompat import disasm_isas
+
+    if abi not in disasm_isas.ISAS and abi not in ISAS:
+        return None
+    ranges = [_Code(c.vaddr, c.data.materialized() if isinstance(c.data, CodeView) else c.data)
+              for c in code]  # read byte by byte below: copied out of the file once  # fmt: skip
     if abi in disasm_isas.ISAS:
-        found, n_sites, n_unresolved, at = _scan_isa(abi, code, go_syscall_funcs)
+        found, n_sites, n_unresolved, at = _scan_isa(abi, ranges, go_syscall_funcs)
         return SyscallScan(abi, tuple(sorted(found)), n_sites, n_unresolved,
                            _method(abi, go_syscall_funcs), tuple(at))  # fmt: skip
     isas = ISAS.get(abi)
@@ -244,13 +283,12 @@ def scan_code(
     numbers: set[int] = set()
     sites = unresolved = 0
     unresolved_at: list[int] = []
-    code = list(code)
     for isa in isas:
-        md = decoder(isa.cs_arch, isa.cs_mode)
-        x86 = isa.cs_arch == capstone.CS_ARCH_X86
+        md = named_decoder(isa.cs_arch, isa.cs_mode)
+        x86 = isa.cs_arch == "CS_ARCH_X86"
 
         def site(
-            code_range: CodeRange,
+            code_range: _Code,
             pos: int,
             dests: frozenset[str],
             isa: _Isa = isa,
@@ -270,7 +308,7 @@ def scan_code(
             else:
                 numbers.add(number)
 
-        for c in code:
+        for c in ranges:
             for pattern in isa.patterns:
                 start = 0
                 while (pos := c.data.find(pattern, start)) >= 0:
@@ -286,7 +324,7 @@ def scan_code(
 
 
 def _method(abi: str, go_syscall_funcs: Mapping[int, str] | None) -> str:
-    method = f"capstone {capstone.__version__}: {abi} syscall instructions"
+    method = f"capstone {capstone_version()}: {abi} syscall instructions"
     if go_syscall_funcs:
         method += " and calls to Go's syscall functions"
     return method
@@ -294,7 +332,6 @@ def _method(abi: str, go_syscall_funcs: Mapping[int, str] | None) -> str:
 
 # -- s390x, ppc64le, riscv64, mips64le (their encodings and semantics: kcompat.disasm_isas) --
 
-Kind = disasm_isas.Kind
 _NOP4 = b"\0\0\0\0"  # MIPS `nop` (sll $0, $0, 0)
 
 
@@ -310,6 +347,9 @@ class _Found:
 def _resolve(isa: disasm_isas.Isa, insns: list[Insn], end: int, loc: disasm_isas.Loc,
              depth: int = 0) -> _Found:  # fmt: skip
     """What `loc` holds on the fall-through path just before insns[end]."""
+    from kcompat import disasm_isas
+
+    Kind = disasm_isas.Kind
     if loc == isa.zero:
         return _Found(0)
     for j in range(end - 1, max(-1, end - 1 - disasm_isas.MAX_BACK), -1):
@@ -338,6 +378,9 @@ def _resolve(isa: disasm_isas.Isa, insns: list[Insn], end: int, loc: disasm_isas
 
 def _go_number(isa: disasm_isas.Isa, insns: list[Insn]) -> int | None:
     """The first argument of a call to a Go syscall function (kcompat.disasm_isas says how)."""
+    from kcompat import disasm_isas
+
+    Kind = disasm_isas.Kind
     slot = _resolve(isa, insns, len(insns), isa.go_slot)
     if isa.go_reg is None:
         return slot.value
@@ -354,10 +397,12 @@ def _go_number(isa: disasm_isas.Isa, insns: list[Insn]) -> int | None:
     return reg.value
 
 
-def _decode(md: capstone.Cs, isa: disasm_isas.Isa, code: CodeRange, pos: int, size: int
+def _decode(md: capstone.Cs, isa: disasm_isas.Isa, code: _Code, pos: int, size: int
             ) -> list[Insn] | None:  # fmt: skip
     """The instructions before the one of `size` bytes at offset `pos` (for variable-width
     ISAs the decoding must also land on it), or None."""
+    from kcompat import disasm_isas
+
     data, vaddr = code.data, code.vaddr
     if isa.length is None:
         start = max(0, pos - disasm_isas.MAX_BACK * 4)
@@ -395,7 +440,7 @@ def _decode(md: capstone.Cs, isa: disasm_isas.Isa, code: CodeRange, pos: int, si
 
 
 def _scan_isa(
-    abi: str, code: Iterable[CodeRange], go_funcs: Mapping[int, str] | None
+    abi: str, code: list[_Code], go_funcs: Mapping[int, str] | None
 ) -> tuple[set[int], int, int, list[int]]:
     """(numbers, sites, unresolved sites, the first unresolved addresses) for `abi`.
 
@@ -404,12 +449,14 @@ def _scan_isa(
     and, since 2.41, __syscall_cancel take the number as an argument. Each direct call to
     that start is then read the same way (three calls deep at most); the site counts as
     resolved when every such call gives a number, and its numbers count in any case."""
-    isa = disasm_isas.ISAS[abi]
-    md = decoder(isa.cs_arch, isa.cs_mode)
-    ranges = list(code)
-    calls: dict[int, list[tuple[CodeRange, int]]] = {}  # target -> direct calls, when needed
+    from kcompat import disasm_isas
 
-    def callers(addr: int) -> list[tuple[CodeRange, int]]:
+    isa = disasm_isas.ISAS[abi]
+    md = named_decoder(isa.cs_arch, isa.cs_mode)
+    ranges = list(code)
+    calls: dict[int, list[tuple[_Code, int]]] = {}  # target -> direct calls, when needed
+
+    def callers(addr: int) -> list[tuple[_Code, int]]:
         if not calls:
             calls[-1] = []
             for c in ranges:

@@ -42,8 +42,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Union
 
-import capstone
-
 MAX_BACK = 24  # instructions searched backwards (glibc 2.41 passes syscall numbers on)
 MASK = (1 << 64) - 1
 
@@ -415,8 +413,8 @@ Leads = tuple[tuple[bytes, int], ...]  # byte strings that start a search, and w
 
 @dataclass(frozen=True)
 class Isa:
-    cs_arch: int
-    cs_mode: int
+    cs_arch: str  # capstone's constant names (kcompat.disasm.named_decoder): capstone is
+    cs_mode: tuple[str, ...]  # imported only where code is decoded
     sites: Leads  # the syscall instruction
     site_size: int
     align: int
@@ -453,22 +451,22 @@ def _mips_syscall(data: bytes, off: int) -> bool:  # SPECIAL, any code field, fu
 
 ISAS: Mapping[str, Isa] = {
     "s390x": Isa(
-        capstone.CS_ARCH_SYSZ, capstone.CS_MODE_BIG_ENDIAN, ((b"\x0a", 0),), 2, 2,
+        "CS_ARCH_SYSZ", ("CS_MODE_BIG_ENDIAN",), ((b"\x0a", 0),), 2, 2,
         lambda d, o: (2, 4, 4, 6)[d[o] >> 6], 96, "%r1", _s390, "",
         ((b"\xc0\xe5", 0),), 6, _s390_calls, None, ("%r15", 8), number_at=1,
     ),
     "ppc64le": Isa(
-        capstone.CS_ARCH_PPC, capstone.CS_MODE_64 | capstone.CS_MODE_LITTLE_ENDIAN,
+        "CS_ARCH_PPC", ("CS_MODE_64", "CS_MODE_LITTLE_ENDIAN"),
         ((b"\x02\x00\x00\x44", 0), (b"\x01\x00\x00\x44", 0)), 4, 4, None, 0, "r0", _ppc, "",
         tuple((bytes([b]), 3) for b in range(0x48, 0x4C)), 4, _ppc_calls, "r3", ("r1", 32),
     ),
     "riscv64": Isa(
-        capstone.CS_ARCH_RISCV, capstone.CS_MODE_RISCV64 | capstone.CS_MODE_RISCVC,
+        "CS_ARCH_RISCV", ("CS_MODE_RISCV64", "CS_MODE_RISCVC"),
         ((b"\x73\x00\x00\x00", 0),), 4, 2, _riscv_length, 96, "a7", _riscv, "zero",
         ((b"\xef", 0), (b"\x97", 0)), 4, _riscv_calls, "a0", ("sp", 8),
     ),
     "mips64le": Isa(
-        capstone.CS_ARCH_MIPS, capstone.CS_MODE_MIPS64 | capstone.CS_MODE_LITTLE_ENDIAN,
+        "CS_ARCH_MIPS", ("CS_MODE_MIPS64", "CS_MODE_LITTLE_ENDIAN"),
         tuple((bytes([b]), 0) for b in (0x0C, 0x4C, 0x8C, 0xCC)), 4, 4, None, 0, "$v0",
         _mips, "$zero", ((b"\x11\x04", 2), *((bytes([b]), 3) for b in range(0x0C, 0x10))),
         4, _mips_calls, None, ("$sp", 8), is_site=_mips_syscall, delay_slot=True,

@@ -23,7 +23,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 from kcompat.elffile import ELF_MAGIC as ELF_MAGIC
 from kcompat.elffile import EM_386 as EM_386
@@ -110,12 +110,53 @@ class Symbol(NamedTuple):  # a tuple: an image has ~100,000 of them to cache and
     version: str | None  # "GLIBC_2.34"; None when unversioned
 
 
+class CodeView:
+    """Bytes of a file held in memory, from `start`, `size` long, read in place: what
+    kcompat.vsyscall uses of them (find, len, an index, a short slice, which is a copy of
+    those bytes only). The executable segments of every x86-64 file are searched that
+    way, and copying them doubled what a large library holds (libLLVM: 110 MB of file,
+    about 60 MB of it code)."""
+
+    __slots__ = ("_data", "_size", "_start")
+
+    def __init__(self, data: bytes, start: int, size: int) -> None:
+        self._data, self._start, self._size = data, start, max(0, min(size, len(data) - start))
+
+    def __len__(self) -> int:
+        return self._size
+
+    def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
+        base, size = self._start, self._size
+        lo = max(start + size if start < 0 else start, 0)
+        if lo > size:
+            return -1
+        hi = size if end is None else min(max(end + size if end < 0 else end, 0), size)
+        at = self._data.find(sub, base + lo, base + hi)
+        return at - base if at >= 0 else -1
+
+    @overload
+    def __getitem__(self, key: int) -> int: ...
+    @overload
+    def __getitem__(self, key: slice) -> bytes: ...
+    def __getitem__(self, key: int | slice) -> int | bytes:
+        if isinstance(key, slice):
+            r = range(self._size)[key]
+            if r.step != 1:
+                return self.materialized()[key]
+            return self._data[self._start + r.start : self._start + max(r.start, r.stop)]
+        return self._data[self._start + range(self._size)[key]]
+
+    def materialized(self) -> bytes:
+        """A copy, of the type of the file's bytes (bytes or bytearray)."""
+        return self._data[self._start : self._start + self._size]
+
+
 @dataclass(frozen=True)
 class CodeRange:
     """Executable bytes and the address they are loaded at, for the disassembler."""
 
     vaddr: int
-    data: bytes = field(repr=False)
+    data: bytes | CodeView = field(repr=False)  # the disassemblers copy a view out first
 
 
 @dataclass(frozen=True)
@@ -266,18 +307,33 @@ def _undefined(r: Reader, version_index: dict[int, str]) -> tuple[Symbol, ...]:
     usable = len(raw) - len(raw) % entsize
     nstrings, find, nversions = len(strings), strings.find, len(versions)
     out: list[Symbol] = []
-    for i, (name_off, *rest) in enumerate(struct.iter_unpack(fmt, raw[:usable])):
-        if not i or not name_off or rest[-1] != 0:  # the null symbol; SHN_UNDEF == 0
+    interned = _SYMBOLS
+    if len(interned) > _SYMBOLS_MAX:
+        interned.clear()
+    for i, (name_off, shndx) in enumerate(struct.iter_unpack(fmt, raw[:usable])):
+        if not i or not name_off or shndx != 0:  # the null symbol; SHN_UNDEF == 0
             continue
         end = find(b"\0", name_off)
         if name_off >= nstrings or end < 0:
             raise UnreadableError(".dynsym names a string outside its string table")
         if end == name_off:
             continue
-        name = strings[name_off:end].decode("utf-8", "replace")
         ndx = versions[i] & 0x7FFF if i < nversions else 0
-        out.append(Symbol(name, version_index.get(ndx) if ndx > 1 else None))
+        key = (strings[name_off:end].decode("utf-8", "replace"),
+               version_index.get(ndx) if ndx > 1 else None)  # fmt: skip
+        sym = interned.get(key)
+        if sym is None:
+            sym = interned[key] = Symbol(*key)
+        out.append(sym)
     return tuple(out)
+
+
+# One Symbol object per (name, version) seen by this process: the same imports recur in
+# every file of an image (an image has ~100,000 undefined symbols, a few thousand
+# distinct), and pickle stores an object it has seen once as a reference: a layer's
+# cached result shrinks, and loading it builds each Symbol once.
+_SYMBOLS: dict[tuple[str, str | None], Symbol] = {}
+_SYMBOLS_MAX = 1 << 18
 
 
 def _dynamic(r: Reader) -> dict[int, list[int | str]]:
@@ -340,12 +396,13 @@ def _code(r: Reader) -> tuple[CodeRange, ...]:
                 p = next((p for p in segments if p.offset <= s.offset
                           and s.offset + s.size <= p.offset + p.filesz), None)  # fmt: skip
                 if p is not None:
-                    sections.append(CodeRange(p.vaddr + s.offset - p.offset, r.bytes_of(s)))
+                    sections.append(CodeRange(p.vaddr + s.offset - p.offset,
+                                              CodeView(r.data, s.offset, s.size)))  # fmt: skip
         if sections:
             return tuple(sections)
-    # one copy of each segment (a slice of the file's bytes or bytearray: both have find,
-    # and re and capstone read either), not two: libLLVM's 108 MB of code took 0.3 s more
-    return tuple(CodeRange(p.vaddr, r.data[p.offset : p.offset + p.filesz]) for p in segments)
+    # the segments in place (CodeView), not copied: the disassemblers copy the few
+    # programs' they read (CodeRange.materialized), kcompat.vsyscall reads every file's
+    return tuple(CodeRange(p.vaddr, CodeView(r.data, p.offset, p.filesz)) for p in segments)
 
 
 def has_interpreter(head: bytes) -> bool | None:

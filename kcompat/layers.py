@@ -536,3 +536,32 @@ class Prefetch:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class HashThread:
+    """A hash updated in a thread of its own, `depth` chunks behind the caller (hashlib
+    releases the GIL for large updates): a layer's diff_id is hashed beside the thread
+    that inflates it and the one that parses it, not after either."""
+
+    def __init__(self, h: Any, depth: int = 4) -> None:
+        self._hash = h
+        self._queue: queue.Queue[bytes | None] = queue.Queue(depth)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self._hash.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def hexdigest(self) -> str:
+        """The digest of every chunk given (the thread is ended first)."""
+        self.close()
+        return str(self._hash.hexdigest())

@@ -47,6 +47,7 @@ from kcompat.elf import UnreadableError
 from kcompat.filescan import KEEP_MAX, ScannedFile, keep_text, scan_file
 from kcompat.formats import Format
 from kcompat.layers import (
+    HashThread,
     LayerIssue,
     Prefetch,
     VerifyingReader,
@@ -101,9 +102,15 @@ def scan_layer(reader: VerifyingReader, digest: str) -> LayerScan:
     what = f"layer {digest}"
     out = LayerScan(digest)
     limit = max_file_size()
-    tar_hash = diff_id_hash()
-    prefetch = Prefetch(decompressed_chunks(reader, what, tar_hash))
-    chunks = iter(prefetch)
+    tar_hash = HashThread(diff_id_hash())  # inflating, hashing, parsing: three threads
+    prefetch = Prefetch(decompressed_chunks(reader, what))
+
+    def hashed() -> Iterator[bytes]:
+        for chunk in prefetch:
+            tar_hash.update(chunk)
+            yield chunk
+
+    chunks = hashed()
     tar = TarStream(chunks)
     try:
         for i, h in enumerate(tar):
@@ -133,6 +140,7 @@ def scan_layer(reader: VerifyingReader, digest: str) -> LayerScan:
         raise corrupt(what, str(e)) from None
     finally:
         prefetch.close()
+        tar_hash.close()
     out.diff_id = f"sha256:{tar_hash.hexdigest()}"
     return out
 

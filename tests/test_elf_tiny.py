@@ -463,3 +463,30 @@ def test_reader_alone(name: str) -> None:
                 Reader(bytes(bad))
             except elf.UnreadableError as e:
                 assert not _FALLBACK.match(str(e))
+
+
+def test_code_view_reads_as_the_bytes_it_stands_for() -> None:
+    """A CodeView (an executable segment read in place) answers find, len, an index and
+    a slice as the copied-out bytes would, bounds and negative positions included."""
+    data = bytearray(b"\x0f\x05xx\x60\xffab\x0f\x05" * 7 + b"tail")
+    for start, size in ((0, len(data)), (3, 40), (10, 0), (len(data) - 5, 50)):
+        view = elf.CodeView(data, start, size)
+        want = bytes(data[start : start + size])
+        assert len(view) == len(want) and view.materialized() == want
+        for sub in (b"\x0f\x05", b"\x60\xff", b"a", b"zz", b""):
+            for lo in (0, 1, 5, -3, -100, 200):
+                for hi in (None, 0, 7, -2, 500):
+                    assert view.find(sub, lo, hi) == want.find(sub, lo, hi), (start, sub, lo, hi)
+        for i in (0, 1, len(want) - 1, -1, -len(want)) if want else ():
+            assert view[i] == want[i]
+        for sl in (slice(2, 9), slice(-4, None), slice(None, 3), slice(5, 2), slice(0, 99, 3)):
+            assert view[sl] == want[sl]
+        with pytest.raises(IndexError):
+            view[len(want)]
+
+
+def test_code_ranges_are_read_in_place() -> None:
+    """read_elf(with_code=True) copies no segment: vsyscall reads every x86-64 file's."""
+    data = _data(FILES[0])
+    info = elf.read_elf(data, with_code=True)
+    assert info.code and all(isinstance(c.data, elf.CodeView) for c in info.code)

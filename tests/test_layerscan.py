@@ -126,6 +126,15 @@ def test_inflate_formats_members_padding_and_bombs() -> None:
     assert max(len(c) for c in _chunks(bomb)) <= CHUNK
 
 
+def test_damaged_zstd_frames_are_one_corrupt_layer_error() -> None:
+    """zstandard is imported only for a zstd layer; its errors still end as the one
+    BadImageError of a damaged compressed stream, in words."""
+    good = zstandard.ZstdCompressor().compress(tar_bytes([E("a", data=os.urandom(5000))]))
+    for bad in (good[:4] + b"\xff\xff\xff" + good[7:], good[:6] + b"\xff" * 8 + good[14:]):
+        with pytest.raises(BadImageError, match="the compressed data is damaged"):
+            _chunks(bad)
+
+
 @pytest.mark.parametrize(
     "damage,error",
     [

@@ -10,11 +10,16 @@ by kcompat.render (lines of styled spans) and printed by kcompat.cli.common.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import traceback
-from typing import Annotated, NoReturn
+from collections.abc import Iterator, MutableMapping
+from typing import Annotated, Any, NoReturn
 
 import typer
+import typer.main
+from typer.core import TyperCommand
+from typer.models import CommandInfo, TyperInfo
 
 from kcompat import __version__
 from kcompat.cli.binfmt import binfmt_app
@@ -25,6 +30,106 @@ from kcompat.cli.images import inspect_cmd, pull_cmd, scan_cmd
 from kcompat.cli.run import run_cmd
 from kcompat.errors import ExitCode, KcompatError
 
+# The commands, registered here in the order `--help` lists them; the app's group
+# (_Root) turns one into its click command only when it is run or its help is shown:
+# typer reads every parameter of every command to build one, about 9 ms of a start-up
+# that runs one command.
+_commands = typer.Typer()
+_commands.command("pull", cls=Command)(pull_cmd)
+_commands.command("inspect", cls=Command)(inspect_cmd)
+_commands.command("scan", cls=Command)(scan_cmd)
+_commands.command("check", cls=Command)(check_cmd)
+_commands.command("host", cls=Command)(host_cmd)
+_commands.command("run", cls=Command, context_settings={"allow_interspersed_args": False})(
+    run_cmd
+)
+_commands.add_typer(binfmt_app, name="binfmt")
+
+
+class _LazyCommands(MutableMapping[str, Any]):
+    """The root group's commands by name, each built by typer on first access."""
+
+    def __init__(self, infos: dict[str, CommandInfo | TyperInfo]) -> None:
+        self.infos = infos
+        self.built: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.built:
+            info = self.infos[name]  # KeyError: no such command
+            if isinstance(info, TyperInfo):
+                self.built[name] = typer.main.get_group_from_info(
+                    info, pretty_exceptions_short=True, suggest_commands=True,
+                    rich_markup_mode=None)  # fmt: skip
+            else:
+                self.built[name] = typer.main.get_command_from_info(
+                    info, pretty_exceptions_short=True, rich_markup_mode=None
+                )
+        return self.built[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self.infos.setdefault(name, CommandInfo(name=name))
+        self.built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self.infos[name]
+        self.built.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.infos)
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+    def short_help(self, name: str, limit: int) -> str:
+        """What `--help` lists for a command, from its registration (as click makes
+        it from the built command's help), without building it."""
+        if name in self.built:
+            return str(self.built[name].get_short_help_str(limit))
+        info = self.infos[name]
+        if isinstance(info, TyperInfo):
+            text = typer.main.solve_typer_info_help(info)
+        else:
+            text = info.help or inspect.getdoc(info.callback) or ""
+        stub = TyperCommand(name, help=inspect.cleandoc(text))
+        return str(stub.get_short_help_str(limit))
+
+    def hidden(self, name: str) -> bool:
+        if name in self.built:
+            return bool(self.built[name].hidden)
+        return bool(getattr(self.infos[name], "hidden", False))
+
+
+def _registered() -> dict[str, CommandInfo | TyperInfo]:
+    infos: dict[str, CommandInfo | TyperInfo] = {}
+    for info in _commands.registered_commands:
+        assert info.name is not None
+        infos[info.name] = info
+    for group in _commands.registered_groups:
+        assert isinstance(group.name, str)
+        infos[group.name] = group
+    return infos
+
+
+class _Root(Group):
+    """The `kcompat` group: its commands built on demand (_LazyCommands)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = _LazyCommands(_registered())
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands)  # names only: the commands themselves are not built
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        lazy = self.commands
+        assert isinstance(lazy, _LazyCommands)
+        names = [n for n in lazy if not lazy.hidden(n)]
+        if names:  # as click's Group.format_commands lays them out
+            limit = formatter.width - 6 - max(len(n) for n in names)
+            with formatter.section("Commands"):
+                formatter.write_dl([(n, lazy.short_help(n, limit)) for n in names])
+
+
 app = typer.Typer(
     name="kcompat",
     help="Will this container image run on this host, and if not, why?",
@@ -33,7 +138,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help texts are plain: "OS/ARCH[/VARIANT]" is not markup
     context_settings={"help_option_names": ["-h", "--help"]},
-    cls=Group,
+    cls=_Root,
 )
 
 
@@ -63,13 +168,6 @@ def _main(
     state["no_color"] = no_color
 
 
-app.command("pull", cls=Command)(pull_cmd)
-app.command("inspect", cls=Command)(inspect_cmd)
-app.command("scan", cls=Command)(scan_cmd)
-app.command("check", cls=Command)(check_cmd)
-app.command("host", cls=Command)(host_cmd)
-app.command("run", cls=Command, context_settings={"allow_interspersed_args": False})(run_cmd)
-app.add_typer(binfmt_app, name="binfmt")
 
 
 def _interrupted() -> NoReturn:
