@@ -14,11 +14,9 @@ import gc
 import hashlib
 import json
 from dataclasses import dataclass, replace
-from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kcompat.cache import ResultCache, code_key
+from kcompat.cache import ResultCache, analysis_key
 from kcompat.layers import VerifyingReader
 from kcompat.merged import max_file_size
 from kcompat.pull import OpenImage
@@ -27,19 +25,6 @@ from kcompat.store import BlobStore
 
 if TYPE_CHECKING:
     from kcompat.facts import ExecFacts, ImageFacts
-
-_PACKAGE = Path(__file__).resolve().parent
-
-
-@cache
-def analysis_key() -> str:
-    """Every module and data file of kcompat: any change to them is a new key."""
-    files = sorted(_PACKAGE.rglob("*.py")) + sorted(_PACKAGE.rglob("*.json"))
-    tables = _PACKAGE.parent / "syscall_tables" / "data"  # a source checkout's layout
-    if tables.is_dir():
-        files += sorted(tables.glob("*.json"))
-    return code_key(files)
-
 
 @dataclass
 class Analysis:

@@ -20,10 +20,24 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 
 from kcompat import __version__
 from kcompat.errors import BadImageError
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+@cache
+def analysis_key() -> str:
+    """Every module and data file of kcompat: any change to them is a new key (of the
+    images' analyses and of the reports made from them)."""
+    files = sorted(_PACKAGE.rglob("*.py")) + sorted(_PACKAGE.rglob("*.json"))
+    tables = _PACKAGE.parent / "syscall_tables" / "data"  # a source checkout's layout
+    if tables.is_dir():
+        files += sorted(tables.glob("*.json"))
+    return code_key(files)
 
 
 def code_key(files: Sequence[Path]) -> str:

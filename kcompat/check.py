@@ -13,24 +13,24 @@ import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kcompat import __version__
-from kcompat.analysis import analyse, analysis_key
-from kcompat.binaries import summary_json
-from kcompat.cache import ResultCache
+from kcompat.cache import ResultCache, analysis_key
 from kcompat.errors import KcompatError
-from kcompat.execve import Command
-from kcompat.facts import ImageFacts
 from kcompat.merged import max_file_size
 from kcompat.platform import Platform, host_platform
 from kcompat.pull import OpenImage, open_image
 from kcompat.reference import parse_reference
-from kcompat.rules import Finding, Result, Severity, check
-from kcompat.scan import Scan, Tree
 from kcompat.sources import Options, open_source
 from kcompat.store import BlobStore
 from kcompat.target import Target
+
+if TYPE_CHECKING:  # the analysis and the rules are imported where a report is made: a
+    # warm check answered from the report cache never loads them
+    from kcompat.execve import Command
+    from kcompat.facts import ImageFacts
+    from kcompat.rules import Finding, Result
 
 REPORT_SCHEMA = 1
 
@@ -169,7 +169,16 @@ def _judge_each(
 
 
 def _empty_facts() -> ImageFacts:
+    from kcompat.facts import ImageFacts
+    from kcompat.scan import Scan, Tree
+
     return ImageFacts.of(Scan({}, Tree(), {}))
+
+
+def _empty_summary() -> dict[str, Any]:
+    from kcompat.binaries import summary_json
+
+    return summary_json(_empty_facts())
 
 
 def run_check(
@@ -182,6 +191,9 @@ def run_check(
     the report (ci/report.schema.json)."""
     config = opened.image.config
     if config.foreign_os:  # foreign layers: nothing to scan
+        from kcompat.binaries import summary_json
+        from kcompat.rules import check
+
         empty = _empty_facts()
         result = check(empty, config, target, command)
         return report(opened, target, result, summary_json(empty), chosen_because)
@@ -225,6 +237,9 @@ def _judged(
     command: Command | list[str] | None,
     chosen_because: str | None,
 ) -> dict[str, Any]:
+    from kcompat.analysis import analyse
+    from kcompat.rules import Finding, Severity, check
+
     config = opened.image.config
     analysis = analyse(opened)
     scan = analysis.scan
@@ -310,11 +325,11 @@ def report(
     }
 
 
-_SARIF_LEVEL = {
-    Severity.FATAL: "error",
-    Severity.UNCERTAIN: "warning",
-    Severity.WARNING: "warning",
-    Severity.INFO: "note",
+_SARIF_LEVEL = {  # by kcompat.rules.Severity's values
+    "fatal": "error",
+    "uncertain": "warning",
+    "warning": "warning",
+    "info": "note",
 }
 
 
@@ -354,7 +369,7 @@ def error_report(reference: str, target: Target | None, error: KcompatError) -> 
                 "exit_code": int(error.exit_code),
             }
         ],
-        "image_summary": summary_json(_empty_facts()),
+        "image_summary": _empty_summary(),
         "error": {"message": str(error), "exit_code": int(error.exit_code)},
     }
 
@@ -400,11 +415,11 @@ def sarif(rep: dict[str, Any]) -> dict[str, Any]:
             "fullDescription": {"text": f["explanation"]},
             "help": {"text": f["fix"] or "no fix needed: information only"},
             "helpUri": HELP_URI,
-            "defaultConfiguration": {"level": _SARIF_LEVEL[Severity(f["severity"])]},
+            "defaultConfiguration": {"level": _SARIF_LEVEL[f["severity"]]},
         })  # fmt: skip
         results.append({
             "ruleId": f["rule"],
-            "level": _SARIF_LEVEL[Severity(f["severity"])],
+            "level": _SARIF_LEVEL[f["severity"]],
             "message": {"text": f"{f['title']}: {f['explanation']}{_fix(f['fix'])}"},
             "locations": [_location(f, image)],
         })  # fmt: skip
