@@ -5,6 +5,7 @@ rules are tested, not kcompat/data/families.json (tests/test_knowledge.py checks
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -237,6 +238,41 @@ def test_verify_runs_under_the_old_runtimes_profile(tmp_path: Any) -> None:
     assert "EPERM for clone3" in old["observed"]["simulated"]
     new = verify("docker:20.10.24")["verify"]
     assert new["observed"]["outcome"] == "runs" and new["agreement"] == "agree", new
+
+
+@pytest.mark.integration
+def test_verify_does_not_blame_the_kernel_for_qemu_users_answers(tmp_path: Any) -> None:
+    """A static program that probes getrandom as Rust's getrandom crate does: under
+    `--kernel 3.10` qemu-user (the release faker) answers the NULL probe with EFAULT and
+    the real call fails, though a real 3.10 answers ENOSYS and the program reads
+    /dev/urandom. --verify runs it again without qemu-user: it runs, so the failure
+    decides nothing (no settled verdict, no disagreement)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("gcc") is None or shutil.which("qemu-x86_64-static") is None:
+        pytest.skip("needs gcc with static glibc and qemu-user-static (installed by ci/setup)")
+    if os.uname().machine != "x86_64":
+        pytest.skip("the release faker is qemu-x86_64 on this test's arch only")
+    repo = Path(__file__).resolve().parents[1]
+    root = tmp_path / "root" / "bin"
+    root.mkdir(parents=True)
+    src = repo / "tests" / "fixtures" / "getrandom_probe.c"
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(root / "probe"), str(src)], check=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "kcompat", "check", "--kernel", "3.10", "--verify", "--format",
+         "json", f"dir:{tmp_path / 'root'}", "--", "/bin/probe"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    rep = json.loads(r.stdout)
+    v = rep["verify"]
+    assert v["observed"]["outcome"] == "fails", v  # the simulation's own failure
+    assert "getrandom" in (v["observed"]["first_error"] or "")
+    assert v["agreement"] == "uncertain" and "without qemu-user" in v["summary"], v
+    assert rep.get("verdict_basis") != "observed" and rep["verdict"] != "incompatible", rep
 
 
 # -- on real binaries from Debian packages -------------------------------------------------
