@@ -8,6 +8,7 @@ must run; `uncertain` agrees with either outcome and says which happened.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -159,7 +160,7 @@ def observe_without_faker(
     simulate a kernel with the release faked (a VM, this host, an old runtime)."""
     if target.source in ("host",) or target.source.startswith("vm:") or not target.kernel:
         return None
-    if _runtime_profile(target) is not None:
+    if target.runtime:  # observe ran that runtime's EPERM answers, not a faked release
         return None
     from kcompat.seccomp import simulation
     from kcompat.syscalls import ABI_OF_ARCH
@@ -170,7 +171,7 @@ def observe_without_faker(
     doc = dict(DEFAULTS.seccomp)
     doc["syscalls"] = [
         {"names": list(simulation(abi, target.kernel).names), "action": "SCMP_ACT_ERRNO",
-         "errnoRet": 38},  # ENOSYS
+         "errnoRet": errno.ENOSYS},
         *DEFAULTS.seccomp["syscalls"],
     ]  # fmt: skip
     fd, path = tempfile.mkstemp(prefix="kcompat-enosys-", suffix=".json")
