@@ -22,6 +22,7 @@ import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import IO, NamedTuple, TypeVar
 
@@ -195,7 +196,10 @@ class Scan:
 
     # -- the loader's search --------------------------------------------------------
 
-    def _conf_dirs(self) -> list[str]:
+    @cached_property
+    def _conf_dirs(self) -> tuple[str, ...]:
+        """/etc/ld.so.conf's directories with its includes, read once per Scan (the
+        loader's walk asks for them for every DT_NEEDED entry of every object)."""
         dirs: list[str] = []
         seen: set[str] = set()
 
@@ -220,7 +224,7 @@ class Scan:
                     dirs.extend(d for d in re.split(r"[:\s,]+", line) if d)
 
         read("/etc/ld.so.conf", 0)
-        return dirs
+        return tuple(dirs)
 
     def search_path(self, obj: ScannedFile, musl: bool) -> list[str]:
         """Where ld.so looks for `obj`'s DT_NEEDED entries (LD_LIBRARY_PATH from the image's
@@ -245,7 +249,7 @@ class Scan:
                 else ["/lib", "/usr/local/lib", "/usr/lib"]
             )
             return [d for d in out if d]
-        out += self._conf_dirs()
+        out += self._conf_dirs
         triplet = _TRIPLETS.get((e.arch.platform.architecture, e.arch.detail)) or _TRIPLETS.get(
             (e.arch.platform.architecture, None)
         )
