@@ -27,6 +27,8 @@ def run() -> None:
     except KeyboardInterrupt:  # one that reached past the CLI's own handling
         os.write(2, b"kcompat: interrupted\n")
         os._exit(130)
+    finally:  # the command is done, its output written: a late interrupt changes nothing
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -228,7 +228,8 @@ def scan_layers(
                 found[d] = _scan_and_save(d)[0]  # in this process: no round trip
         else:
             ctx = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(workers, ctx, initializer=after_fork) as pool:
+            start = partial(_worker_start, os.getpid(), after_fork)
+            with ProcessPoolExecutor(workers, ctx, initializer=start) as pool:
                 futures = {d: pool.submit(_worker, d) for _, d in todo}
                 try:
                     for d, fut in futures.items():
@@ -242,6 +243,21 @@ def scan_layers(
     scans: list[LayerScan] = [found[d] for d, _ in layers]  # type: ignore[misc]
     verify_diff_ids(scans, diff_ids)
     return scans
+
+
+def _worker_start(parent: int, after_fork: Callable[[], None] | None) -> None:
+    """A scan worker ends with kcompat: an interrupted kcompat leaves at once
+    (os._exit), and a worker it left behind would keep the caller's stdout and stderr
+    open, waiting for work that never comes."""
+    import signal
+
+    from kcompat.linuxapi import set_pdeathsig
+
+    set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != parent:  # kcompat ended before the line above
+        os._exit(1)
+    if after_fork is not None:
+        after_fork()
 
 
 def assemble(scans: Sequence[LayerScan], env: dict[str, str]) -> tuple[Scan, list[LayerIssue]]:
