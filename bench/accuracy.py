@@ -292,7 +292,7 @@ class ObservedCache:
 
     def observe(self, c: Case, variant: str = "") -> tuple[str, int | None, str | None]:
         """`variant` "": `run --kernel K`; "no-qemu" and "qemu": the emulation check's
-        two runs (emulation_runs)."""
+        two runs (observe_variant)."""
         path = self._path(c, variant)
         try:
             got = json.loads(path.read_text())
@@ -314,7 +314,7 @@ def observe_variant(c: Case, variant: str) -> tuple[str, int | None, str | None]
     ENOSYS with the real release, "no-qemu" through `--security-opt seccomp=PROFILE`
     (the program alone, as a real old kernel would answer it) and "qemu" through qemu-user
     as `--kernel` runs the first process (census.py's narrowed simulation, `--simrun`)."""
-    from census import ERRNO, profile_file
+    from census import ERRNO, HOST_ARCH, profile_file
 
     from kcompat.seccomp import simulation
     from kcompat.syscalls import ABI_OF_ARCH
@@ -341,12 +341,11 @@ def _run_observed(cmd: list[str]) -> tuple[str, int | None, str | None]:
     return ("runs" if r.returncode == 0 else "fails"), r.returncode, err
 
 
-HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
-
-
 def native(c: Case) -> bool:
     """The image's programs are this machine's arch (the corpus names foreign images by
     their arch)."""
+    from census import HOST_ARCH
+
     return not any(a in c.image for a in ("arm64", "s390x", "ppc64le") if a != HOST_ARCH)
 
 

@@ -400,8 +400,8 @@ def _code(r: Reader) -> tuple[CodeRange, ...]:
                                               CodeView(r.data, s.offset, s.size)))  # fmt: skip
         if sections:
             return tuple(sections)
-    # the segments in place (CodeView), not copied: the disassemblers copy the few
-    # programs' they read (CodeRange.materialized), kcompat.vsyscall reads every file's
+    # the segments in place (CodeView), not copied: the disassemblers copy out the few
+    # programs they decode (CodeView.materialized); kcompat.vsyscall reads every file's
     return tuple(CodeRange(p.vaddr, CodeView(r.data, p.offset, p.filesz)) for p in segments)
 
 

@@ -15,6 +15,7 @@ memory.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from kcompat.elf import ElfArch
@@ -65,6 +66,11 @@ class ImageFacts:
                 facts.executables[f.path] = facts._draw(f, memo)
         return facts
 
+    @cached_property
+    def _libc_versions(self) -> dict[str, str]:
+        """Each C library family's version in the image (the last that shows one)."""
+        return {c.family: c.version for c in self.libc if c.version}
+
     @property
     def glibc(self) -> str | None:
         """The image's glibc version (the first libc.so.6 found): what needs are read for."""
@@ -103,14 +109,13 @@ class ImageFacts:
             found = scan.tree.resolve(e.interpreter) in scan.files
             if found:
                 missing = tuple(not_found)
-        versions = {c.family: c.version for c in self.libc if c.version}
         return ExecFacts(
             f.path,
             e.arch,
             e.interpreter,
             found,
             e.libc,
-            versions.get(e.libc) if e.libc else None,
+            self._libc_versions.get(e.libc) if e.libc else None,
             tuple(lib.path for lib in libraries),
             missing,
             needs_of(scan, f, self.glibc, libraries, memo),

@@ -127,7 +127,8 @@ def observe(
     simulated = "this host as it is"
     if target.source.startswith("vm:"):  # extra has --vm-kernel: the real kernel, booted
         simulated = f"a VM booting {target.source[3:]}"
-    elif target.source != "host" and target.kernel:
+    elif _simulates_kernel(target):
+        assert target.kernel is not None
         cmd += ["--kernel", target.kernel]
         simulated = f"Linux {target.kernel} (seccomp ENOSYS for newer syscalls, faked release)"
     profile = _runtime_profile(target)
@@ -158,25 +159,15 @@ def observe_without_faker(
     `--security-opt seccomp=` (kcompat's default profile with them first) and this
     host's release: no qemu-user as the first process. None where `observe` did not
     simulate a kernel with the release faked (a VM, this host, an old runtime)."""
-    if target.source in ("host",) or target.source.startswith("vm:") or not target.kernel:
-        return None
-    if target.runtime:  # observe ran that runtime's EPERM answers, not a faked release
+    if not _simulates_kernel(target) or target.runtime:  # a runtime's run fakes no release
         return None
     from kcompat.seccomp import simulation
     from kcompat.syscalls import ABI_OF_ARCH
 
     abi = ABI_OF_ARCH.get(host_platform().architecture)
-    if abi is None:
+    if abi is None or target.kernel is None:
         return None
-    doc = dict(DEFAULTS.seccomp)
-    doc["syscalls"] = [
-        {"names": list(simulation(abi, target.kernel).names), "action": "SCMP_ACT_ERRNO",
-         "errnoRet": errno.ENOSYS},
-        *DEFAULTS.seccomp["syscalls"],
-    ]  # fmt: skip
-    fd, path = tempfile.mkstemp(prefix="kcompat-enosys-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f)
+    path = _profile_file(simulation(abi, target.kernel).names, errno.ENOSYS, "enosys")
     cmd = [sys.executable, "-m", "kcompat", "run", "--force", *extra,
            "--security-opt", f"seccomp={path}"]  # fmt: skip
     simulated = f"Linux {target.kernel}'s ENOSYS answers with this host's release"
@@ -194,15 +185,27 @@ def _runtime_profile(target: Target) -> tuple[str, tuple[str, ...]] | None:
     calls = tuple(dict.fromkeys(f.call for f in KNOWLEDGE.runtime_eperm(target.runtime)))
     if not calls:
         return None
+    return _profile_file(calls, errno.EPERM, "runtime"), calls
+
+
+def _simulates_kernel(target: Target) -> bool:
+    """Whether `observe` runs `--kernel K` (seccomp answers, the release faked), not a
+    VM's real kernel or this host as it is."""
+    return not target.source.startswith("vm:") and target.source != "host" and bool(target.kernel)
+
+
+def _profile_file(names: Sequence[str], answer: int, kind: str) -> str:
+    """kcompat's default seccomp profile with `names` answered `answer` first (the first
+    matching rule decides), in a temporary file the caller removes."""
     doc = dict(DEFAULTS.seccomp)
     doc["syscalls"] = [
-        {"names": list(calls), "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+        {"names": list(names), "action": "SCMP_ACT_ERRNO", "errnoRet": answer},
         *DEFAULTS.seccomp["syscalls"],
     ]
-    fd, path = tempfile.mkstemp(prefix="kcompat-runtime-", suffix=".json")
+    fd, path = tempfile.mkstemp(prefix=f"kcompat-{kind}-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(doc, f)
-    return path, calls
+    return path
 
 
 def _observe(

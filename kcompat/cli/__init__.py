@@ -168,8 +168,6 @@ def _main(
     state["no_color"] = no_color
 
 
-
-
 def _interrupted() -> NoReturn:
     """Say so and end with 130 at once: an interpreter shutdown would join the scan's
     worker processes and could meet a second SIGINT with the default handler back."""
