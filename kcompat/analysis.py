@@ -10,13 +10,12 @@ base layers with one checked before scans only its new layers.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from kcompat.cache import ResultCache, analysis_key
+from kcompat.cache import ResultCache, analysis_key, gc_paused
 from kcompat.layers import VerifyingReader
 from kcompat.merged import max_file_size
 from kcompat.pull import OpenImage
@@ -51,7 +50,8 @@ def analyse(opened: OpenImage, store: BlobStore | None = None) -> Analysis:
     store = store or BlobStore()
     img = opened.image
     if opened.source.rootfs_dir() is not None or not img.layers:  # a directory: no digests
-        return Analysis.of(scan_image(opened, store))
+        with gc_paused():
+            return Analysis.of(scan_image(opened, store))
     # The config's diff_ids are part of the key: a hit means they were verified against
     # these very layers (kcompat.layerscan), not just that the same blobs were seen.
     what = json.dumps(  # and the size limit, which changes what the merged image holds
@@ -60,17 +60,12 @@ def analyse(opened: OpenImage, store: BlobStore | None = None) -> Analysis:
     ).encode()  # fmt: skip
     key = "sha256:" + hashlib.sha256(what).hexdigest()
     cache_ = ResultCache(store.root, "images", analysis_key())
-    collecting = gc.isenabled()
-    gc.disable()  # a cached analysis is ~100,000 objects, none of them garbage: without
-    try:  # this the collector walks them all, again and again, while they are unpickled
+    with gc_paused():
         hit = cache_.read(key)
-    finally:
-        if collecting:
-            gc.enable()
-    if isinstance(hit, Analysis):
-        return hit
-    result = Analysis.of(scan_image(opened, store))
-    cache_.write(key, result)
+        if isinstance(hit, Analysis):
+            return hit
+        result = Analysis.of(scan_image(opened, store))
+        cache_.write(key, result)
     return result
 
 

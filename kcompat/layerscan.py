@@ -42,7 +42,7 @@ from functools import partial
 from pathlib import Path
 
 from kcompat import formats
-from kcompat.cache import ResultCache, code_key
+from kcompat.cache import ResultCache, code_key, gc_paused
 from kcompat.elf import UnreadableError
 from kcompat.filescan import KEEP_MAX, ScannedFile, keep_text, scan_file
 from kcompat.formats import Format
@@ -196,8 +196,9 @@ _JOB: tuple[Opener, LayerCache] | None = None  # inherited by forked workers
 def _scan_and_save(digest: str) -> tuple[LayerScan, bytes]:
     assert _JOB is not None
     opener, cache = _JOB
-    scan = scan_layer(opener(digest), digest)
-    return scan, cache.save(scan)
+    with gc_paused():
+        scan = scan_layer(opener(digest), digest)
+        return scan, cache.save(scan)
 
 
 def _worker(digest: str) -> bytes:
