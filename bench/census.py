@@ -654,11 +654,12 @@ def predict(image: Image, progs: list[Program], kernels: list[str], modes: list[
         return out
     host = probe_host(syscalls=False, runtimes=False)
     plat = parse_platform(f"linux/{image.arch}")
-    import kcompat.check as kc_check
+    import kcompat.analysis as kc_analysis
 
     # The image's analysis (its merged tree, a large pickle) is the same for every
-    # target: loaded once here, as a long-running process would, not once per check.
-    load = getattr(kc_check, "analyse")  # noqa: B009
+    # target: loaded once here, as a long-running process would, not once per check
+    # (check._judged imports analyse from kcompat.analysis when it is called).
+    load = kc_analysis.analyse
     memo: list[Any] = []
 
     def analyse_once(opened: Any, store: Any = None) -> Any:
@@ -666,11 +667,11 @@ def predict(image: Image, progs: list[Program], kernels: list[str], modes: list[
             memo.append(load(opened, store))
         return memo[0]
 
-    setattr(kc_check, "analyse", analyse_once)  # noqa: B010
+    setattr(kc_analysis, "analyse", analyse_once)  # noqa: B010
     try:
         _predict_all(image, todo, host, plat, cache, out)
     finally:
-        setattr(kc_check, "analyse", load)  # noqa: B010
+        setattr(kc_analysis, "analyse", load)  # noqa: B010
     return out
 
 
