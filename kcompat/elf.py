@@ -146,6 +146,10 @@ class CodeView:
             return self._data[self._start + r.start : self._start + max(r.start, r.stop)]
         return self._data[self._start + range(self._size)[key]]
 
+    def span(self) -> tuple[bytes, int, int]:
+        """The file's bytes and where in them this view starts and ends."""
+        return self._data, self._start, self._start + self._size
+
     def materialized(self) -> bytes:
         """A copy, of the type of the file's bytes (bytes or bytearray)."""
         return self._data[self._start : self._start + self._size]

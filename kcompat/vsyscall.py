@@ -21,12 +21,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kcompat.elf import CodeRange
+from kcompat.elf import CodeRange, CodeView
 
 PAGE = 0xFFFFFFFFFF600000
 # the operand's top bytes, `[0x00-0x0f] 0x60 0xff`: searched as the literal 0x60 0xff
 # (a leading class makes the regex engine try every byte: 30x slower on large code)
-_NEEDLE = b"\x60\xff"
+_NEEDLE = re.compile(b"\x60\xff")  # re's literal search: 3x bytes.find's for two bytes
 _ADDR = re.compile(r"0xffffffffff60[0-9a-f]{4}")
 MAX_SITES = 64  # candidate byte patterns examined per file (data in code segments)
 
@@ -64,23 +64,23 @@ def find(code: Iterable[CodeRange]) -> VsyscallUse | None:
     found: VsyscallUse | None = None
     examined = 0
     for c in code:
-        data = c.data
-        at = data.find(_NEEDLE, 1)
-        while at != -1:
-            hit_at, at = at, data.find(_NEEDLE, at + 1)
-            if data[hit_at - 1] > 0x0F:
+        buf, lo, hi = _span(c.data)
+        for m in _NEEDLE.finditer(buf, lo + 1, hi):
+            hit_at = m.start()
+            if buf[hit_at - 1] > 0x0F:
                 continue
             examined += 1
             if examined > MAX_SITES:
                 return found
             imm = hit_at - 2  # the operand's first byte
-            if imm < 0:
+            if imm < lo:
                 continue
             for back in range(1, 11):  # an x86 instruction before its 4-byte operand
                 start = imm - back
-                if start < 0:
+                if start < lo:
                     break
-                insn = next(md.disasm_lite(c.data[start : start + 15], c.vaddr + start, 1), None)
+                at = c.vaddr + start - lo
+                insn = next(md.disasm_lite(bytes(buf[start : min(start + 15, hi)]), at, 1), None)
                 if insn is None:
                     continue
                 address, size, mnemonic, op_str = insn
@@ -96,3 +96,11 @@ def find(code: Iterable[CodeRange]) -> VsyscallUse | None:
                 found = found or use
                 break
     return found
+
+
+def _span(data: bytes | CodeView) -> tuple[bytes, int, int]:
+    """The buffer that holds the code and where in it the code starts and ends: searched
+    in place, not through CodeView's methods (a call per candidate byte pair)."""
+    if isinstance(data, CodeView):
+        return data.span()
+    return data, 0, len(data)
