@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 from kcompat import disasm
 from kcompat.elf import Linkage
@@ -78,9 +78,10 @@ for _r in WRAPPERS:
         _BY_SYMBOL.setdefault(_s, []).append(_r)
 
 
-@dataclass(frozen=True)
-class NeedPath:
-    """One way the program reaches a syscall."""
+class NeedPath(NamedTuple):
+    """One way the program reaches a syscall. A tuple, as elf.Symbol: an image's
+    executables reach ~100,000 of them, hashed while they are merged and pickled with
+    the analysis (a frozen dataclass's hash is a Python call each time)."""
 
     kind: str  # "start-up" (glibc's own start-up), "import" (a libc function), "code"
     obj: str  # the file whose start-up, import or machine code it is
@@ -130,9 +131,11 @@ def _pick(t: SyscallTable, spec: str) -> str | None:
 # triples and whether it imports syscall(). A library shared by hundreds of executables
 # is looked at once per image.
 Imports = tuple[tuple[tuple[str, str, "str | None"], ...], bool]
-# The same resolved for one image: (syscall, how it is reached, the path) triples and
-# whether it imports syscall(), by (path, abi, glibc, whether it is the executable itself)
-Resolved = tuple[tuple[tuple[str, str, "NeedPath"], ...], bool]
+# The same resolved for one image, by syscall in the order first reached: (syscall, how
+# it is reached, the paths), and whether it imports syscall(); by (path, abi, glibc,
+# whether it is the executable itself). Grouped by syscall, an executable merges a
+# library's few dozen syscalls, not its hundreds of (import, syscall) pairs.
+Resolved = tuple[tuple[tuple[str, tuple[str, ...], tuple["NeedPath", ...]], ...], bool]
 Memo = dict[tuple[str, str, "str | None", bool], Resolved]
 
 
@@ -148,6 +151,24 @@ def _imports(obj: ScannedFile, abi: str, glibc: str | None) -> Imports:
                 label = sym.name + (f"@{sym.version}" if sym.version else "")
                 out.extend((spec, label, r.fallback) for spec in r.syscalls)
     return tuple(out), raw_import
+
+
+def _resolved(t: SyscallTable, obj: ScannedFile, glibc: str | None, own: bool) -> Resolved:
+    """What `obj`'s imports add, grouped by syscall: its first four ways of reaching each
+    (as an executable keeps at most four) and every path, in order."""
+    adds, raw = _imports(obj, t.abi, glibc)
+    who = "" if own else f" (in {obj.path})"
+    hows: dict[str, dict[str, None]] = {}
+    reached: dict[str, dict[NeedPath, None]] = {}
+    for spec, label, fallback in adds:
+        name = _pick(t, spec)
+        if name is None:
+            continue
+        hows.setdefault(name, {})[f"imports {label}{who}"] = None
+        reached.setdefault(name, {})[
+            NeedPath("import", obj.path, label.split("@", 1)[0], fallback)
+        ] = None
+    return tuple((n, tuple(hows[n])[:4], tuple(reached[n])) for n in hows), raw
 
 
 def needs_of(
@@ -211,21 +232,17 @@ def needs_of(
                 continue
             key = (obj.path, t.abi, version, obj is f)
             if key not in memo:  # once per image for a library hundreds of programs load
-                adds, raw = _imports(obj, t.abi, version)
-                who = "" if obj is f else f" (in {obj.path})"
-                memo[key] = tuple(
-                    (name, f"imports {label}{who}",
-                     NeedPath("import", obj.path, label.split("@", 1)[0], fallback))
-                    for spec, label, fallback in adds
-                    if (name := _pick(t, spec)) is not None
-                ), raw  # fmt: skip
+                memo[key] = _resolved(t, obj, version, obj is f)
             resolved, raw = memo[key]
             raw_import = raw_import or raw
-            for name, how, path in resolved:
+            for name, hows, reached in resolved:
                 vias = found.setdefault(name, [])
-                paths.setdefault(name, {})[path] = None
-                if how not in vias and len(vias) < 4:
-                    vias.append(how)
+                paths.setdefault(name, {}).update(dict.fromkeys(reached))
+                for how in hows:
+                    if len(vias) >= 4:
+                        break
+                    if how not in vias:
+                        vias.append(how)
         methods.append("imported libc functions (kcompat/data/libc_syscalls.json)")
     needs = []
     glibc_facts = glibc if glibc and e.libc == "glibc" else None  # libc: a property, once
