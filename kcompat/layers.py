@@ -77,19 +77,24 @@ class VerifyingReader(_Wrapper):
     """Reads a blob and checks its digest and size once it has been read to the end.
 
     `finish()` drains what the consumer left unread (tar padding, trailing zeros) and
-    verifies; a mismatch raises IntegrityError naming the blob.
+    verifies; a mismatch raises IntegrityError naming the blob. `checked`: the blob's
+    digest was computed by this process as it was downloaded into the store a moment
+    ago, so only its size is checked again.
     """
 
-    def __init__(self, raw: IO[bytes], digest: str, size: int | None, what: str) -> None:
+    def __init__(
+        self, raw: IO[bytes], digest: str, size: int | None, what: str, checked: bool = False
+    ) -> None:
         super().__init__(raw)
         self.digest = digest
         self.size = size
         self.what = what
-        self._hash = hashlib.new(digest.split(":", 1)[0])
+        self._hash = None if checked else hashlib.new(digest.split(":", 1)[0])
         self._count = 0
 
     def _seen(self, data: bytes) -> None:
-        self._hash.update(data)
+        if self._hash is not None:
+            self._hash.update(data)
         self._count += len(data)
         if self.size is not None and self._count > self.size:
             raise IntegrityError(
@@ -101,6 +106,13 @@ class VerifyingReader(_Wrapper):
         buf = bytearray(READ_BUFFER)
         while self.readinto(buf):
             pass
+        if self._hash is None:  # digest-checked as downloaded: its length is what is left
+            if self.size is not None and self._count != self.size:
+                raise IntegrityError(
+                    f"{self.what} is {self._count} bytes, not the {self.size} declared",
+                    hint="the image is corrupt or hostile; pull it again",
+                )
+            return
         got = f"{self.digest.split(':', 1)[0]}:{self._hash.hexdigest()}"
         if got != self.digest:
             raise IntegrityError(

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kcompat.errors import AuthError, IntegrityError, NetworkError, NotFoundError
+from kcompat.layers import VerifyingReader
 from kcompat.platform import parse_platform
 from kcompat.pull import inspect_report, open_image, pull, unpack
 from kcompat.sources import Options
@@ -140,6 +141,41 @@ def test_tampered_blob_fails_and_leaves_nothing(
             assert not store.partial_path(target.digest).exists()
         finally:
             blob.write_bytes(original)
+
+
+def _read_through(reader: VerifyingReader) -> None:
+    with reader:
+        while reader.read(1 << 20):
+            pass
+        reader.finish()
+
+
+def test_a_stored_blob_is_checked_again_unless_this_process_just_checked_it(
+    registry: RealRegistry, images: Fixtures, tmp_path: Path
+) -> None:
+    """A layer downloaded by this process had its digest computed as it streamed in, so
+    scanning it checks only its length; one found in the store (from an earlier run) is
+    digest-checked as it is read."""
+    registry.push(images.oci("busybox-s390x"), "stored/busybox:1")
+    ref = f"{registry.host}/stored/busybox:1"
+    store = BlobStore(tmp_path / "cache")
+    with open_image(ref) as o:
+        desc = o.image.layers[0]
+        o.source.fetch_layer(desc, store)
+        _read_through(o.source.open_layer(desc))  # just downloaded and checked
+        stored = store.path(desc.digest)
+        original = stored.read_bytes()
+        stored.chmod(0o600)
+        stored.write_bytes(original[:-1])
+        with pytest.raises(IntegrityError, match="bytes, not the"):
+            _read_through(o.source.open_layer(desc))
+        stored.write_bytes(original[:-10] + b"0123456789")
+    with open_image(ref) as o:  # a later run finds it in the store: read and digest-checked
+        o.source.fetch_layer(desc, store)
+        with pytest.raises(IntegrityError, match="content has digest"):
+            _read_through(o.source.open_layer(desc))
+        stored.write_bytes(original)
+        _read_through(o.source.open_layer(desc))
 
 
 def test_basic_auth(auth_registry: RealRegistry) -> None:

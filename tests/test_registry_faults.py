@@ -236,6 +236,15 @@ def test_slow_body_succeeds_and_a_stalled_one_times_out(
 # -- interrupted and concurrent pulls --------------------------------------------------
 
 
+def _size(path: Path) -> int:
+    """A partial download's size; 0 once it is gone (completed and renamed since the
+    glob listed it: the test failed once on that FileNotFoundError)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def test_kill_9_mid_pull_then_resume(
     faulty: FaultyProxy, registry: RealRegistry, _private_cache: Path
 ) -> None:
@@ -249,7 +258,7 @@ def test_kill_9_mid_pull_then_resume(
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if any(p.stat().st_size > 200_000 for p in blobs.glob("*.partial")):
+            if any(_size(p) > 200_000 for p in blobs.glob("*.partial")):
                 break
             time.sleep(0.05)
         else:
