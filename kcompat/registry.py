@@ -330,9 +330,15 @@ class RegistryClient:
 
     # -- layers ----------------------------------------------------------------------
     def fetch_blob(
-        self, desc: Descriptor, store: BlobStore, progress: Progress | None = None
+        self,
+        desc: Descriptor,
+        store: BlobStore,
+        progress: Progress | None = None,
+        durable: bool = True,
     ) -> Path:
-        """Download a blob into the store (resuming a partial file), return its path."""
+        """Download a blob into the store (resuming a partial file), return its path.
+        `durable`: flushed to the disk before it is renamed into place; without, the
+        caller syncs it (kcompat.sources: while the layer is scanned)."""
         progress = progress or NoProgress()
         store.ensure_dirs(desc.digest)
         with store.lock(desc.digest):
@@ -344,7 +350,7 @@ class RegistryClient:
             try:
                 for attempt in range(self.retries + 1):
                     try:
-                        hasher = self._download(desc, partial, progress)
+                        hasher = self._download(desc, partial, progress, durable)
                         break
                     except _Interrupted as e:
                         if attempt >= self.retries:
@@ -366,7 +372,9 @@ class RegistryClient:
             finally:
                 progress.finish(key)
 
-    def _download(self, desc: Descriptor, partial: Path, progress: Progress) -> Any:
+    def _download(
+        self, desc: Descriptor, partial: Path, progress: Progress, durable: bool = True
+    ) -> Any:
         """Bring `partial` to the full blob; return the hash of its whole content."""
         offset = partial.stat().st_size if partial.exists() else 0
         if offset > desc.size:
@@ -406,7 +414,8 @@ class RegistryClient:
                     hasher.update(chunk)
                     progress.advance(desc.digest, len(chunk))
                 out.flush()
-                os.fsync(out.fileno())
+                if durable:
+                    os.fsync(out.fileno())
         except IntegrityError:
             partial.unlink(missing_ok=True)
             raise

@@ -174,7 +174,10 @@ def test_a_stored_blob_is_checked_again_unless_this_process_just_checked_it(
         o.source.fetch_layer(desc, store)
         with pytest.raises(IntegrityError, match="content has digest"):
             _read_through(o.source.open_layer(desc))
-        stored.write_bytes(original)
+        assert not store.has(desc.digest)  # removed: pulling again downloads it
+    with open_image(ref) as o:
+        o.source.fetch_layer(desc, store)
+        assert stored.read_bytes() == original
         _read_through(o.source.open_layer(desc))
 
 
