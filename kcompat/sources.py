@@ -135,7 +135,8 @@ class RegistrySource(Source):
 
 
 def _flush(path: Path) -> None:
-    """Best effort, as the write was: a failed flush leaves a blob the next run checks."""
+    """No error if it fails: this process has the blob's checked bytes already, and a
+    later run digest-checks what it finds in the store (and removes a damaged copy)."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
