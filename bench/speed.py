@@ -58,6 +58,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# syft on PATH, or installed beside this Python (the venv's `.[bench]` extra)
+SYFT = shutil.which("syft") or shutil.which("syft", path=str(Path(sys.executable).parent))
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -234,7 +236,7 @@ def report(registry: RealRegistry, tags: list[str], work: Path, repeat: int,
     print(run_startup.compile_bytecode())
     print(f"engines: {', '.join(dec)}; kcompat inflates with {GZIP_ENGINE}; "
           f"{os.cpu_count()} cores; median of {repeat}; "
-          f"syft: {shutil.which('syft') or 'not installed'}")  # fmt: skip
+          f"syft: {SYFT or 'not installed (pip install -e .[bench])'}")  # fmt: skip
     rows = []
     previous_cache: Path | None = None
     for tag in tags:
@@ -359,10 +361,10 @@ def measure(
              f"oci:{dest}:x"])  # fmt: skip
 
     syft = None
-    if shutil.which("syft"):
+    if SYFT:
         syft_env = {**base_env, "SYFT_REGISTRY_INSECURE_USE_HTTP": "true",
                     "SYFT_CHECK_FOR_APP_UPDATE": "false"}  # fmt: skip
-        syft = median_time(lambda: run(["syft", "scan", "-q", "-o", "json", f"registry:{ref}"],
+        syft = median_time(lambda: run([SYFT, "scan", "-q", "-o", "json", f"registry:{ref}"],
                                        syft_env), repeat)  # fmt: skip
 
     row = {
