@@ -102,6 +102,10 @@ class VerifyingReader(_Wrapper):
                 hint="the image is corrupt or hostile",
             )
 
+    def after_error(self) -> None:
+        """Reading the blob failed (its compression, its tar): nothing to do here; a
+        reader of kcompat's own store checks whether its copy is damaged."""
+
     def finish(self) -> None:
         buf = bytearray(READ_BUFFER)
         while self.readinto(buf):
@@ -403,6 +407,7 @@ def iter_tar(
             pass
         check_diff_id(digest or what, f"sha256:{tar_hash.hexdigest()}", diff_id)
     except _TAR_ERRORS as e:
+        reader.after_error()
         raise corrupt(what, reason_words(e)) from None
     finally:
         prefetch.close()
@@ -491,6 +496,7 @@ def decompressed_chunks(
             yield chunk
         reader.finish()
     except CORRUPT_ERRORS as e:
+        reader.after_error()
         raise corrupt(what, reason_words(e)) from None
     finally:
         reader.close()

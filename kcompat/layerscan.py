@@ -137,6 +137,7 @@ def scan_layer(reader: VerifyingReader, digest: str) -> LayerScan:
         for _ in chunks:  # to the blob's end: the digest is checked there
             pass
     except TarError as e:
+        reader.after_error()
         raise corrupt(what, str(e)) from None
     finally:
         prefetch.close()

@@ -154,8 +154,8 @@ def _imports(obj: ScannedFile, abi: str, glibc: str | None) -> Imports:
 
 
 def _resolved(t: SyscallTable, obj: ScannedFile, glibc: str | None, own: bool) -> Resolved:
-    """What `obj`'s imports add, grouped by syscall: its first four ways of reaching each
-    (as an executable keeps at most four) and every path, in order."""
+    """What `obj`'s imports add, grouped by syscall: its ways of reaching each and every
+    path, in order (an executable keeps the first four ways, needs_of)."""
     adds, raw = _imports(obj, t.abi, glibc)
     who = "" if own else f" (in {obj.path})"
     hows: dict[str, dict[str, None]] = {}
@@ -168,7 +168,7 @@ def _resolved(t: SyscallTable, obj: ScannedFile, glibc: str | None, own: bool) -
         reached.setdefault(name, {})[
             NeedPath("import", obj.path, label.split("@", 1)[0], fallback)
         ] = None
-    return tuple((n, tuple(hows[n])[:4], tuple(reached[n])) for n in hows), raw
+    return tuple((n, tuple(hows[n]), tuple(reached[n])) for n in hows), raw
 
 
 def needs_of(

@@ -336,14 +336,25 @@ class RegistryClient:
         progress: Progress | None = None,
         durable: bool = True,
     ) -> Path:
-        """Download a blob into the store (resuming a partial file), return its path.
-        `durable`: flushed to the disk before it is renamed into place; without, the
-        caller syncs it (kcompat.sources: while the layer is scanned)."""
+        """Download a blob into the store (resuming a partial file), return its path."""
+        return self.download(desc, store, progress, durable)[0]
+
+    def download(
+        self,
+        desc: Descriptor,
+        store: BlobStore,
+        progress: Progress | None = None,
+        durable: bool = True,
+    ) -> tuple[Path, bool]:
+        """fetch_blob, and whether this call downloaded (and digest-checked) the blob:
+        False when it was in the store already (another process may have put it there
+        meanwhile). `durable`: flushed to the disk before it is renamed into place;
+        without, the caller syncs it (kcompat.sources: while the layer is scanned)."""
         progress = progress or NoProgress()
         store.ensure_dirs(desc.digest)
         with store.lock(desc.digest):
             if store.has(desc.digest):
-                return store.path(desc.digest)
+                return store.path(desc.digest), False
             partial = store.partial_path(desc.digest)
             key = desc.digest
             progress.start(key, desc.digest.split(":")[1][:12], desc.size)
@@ -368,7 +379,7 @@ class RegistryClient:
                         hint="the registry's copy is corrupt or was tampered with; "
                         "the download was deleted",
                     )
-                return store.commit_partial(desc.digest)
+                return store.commit_partial(desc.digest), True
             finally:
                 progress.finish(key)
 

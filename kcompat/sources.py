@@ -11,6 +11,7 @@ an OCI layout (kcompat.layout), an archive (kcompat.archives), or an engine's st
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import threading
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kcompat.archives import DOCKER_LAYER_TAR, DockerArchiveSource, OCIArchiveSource
-from kcompat.errors import BadImageError, IntegrityError, NotFoundError
+from kcompat.errors import BadImageError, IntegrityError, LocalIOError, NotFoundError
 from kcompat.image import Descriptor, ImageConfig, ResolvedImage, check_digest, sha256_digest
 from kcompat.layers import VerifyingReader
 from kcompat.layout import OCILayoutSource
@@ -87,11 +88,12 @@ class RegistrySource(Source):
             return
         progress = progress or NoProgress()
         with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
-            futures = [pool.submit(self.client.fetch_blob, d, store, progress) for d in todo]
+            futures = [pool.submit(self.client.download, d, store, progress) for d in todo]
             first_error: BaseException | None = None
-            for f in futures:
+            for d, f in zip(todo, futures):
                 try:
-                    f.result()
+                    if f.result()[1]:
+                        self._checked.add(d.digest)
                 except BaseException as e:  # keep the first; let the rest finish or fail
                     if first_error is None:
                         first_error = e
@@ -99,7 +101,6 @@ class RegistrySource(Source):
                             other.cancel()
             if first_error is not None:
                 raise first_error
-        self._checked.update(d.digest for d in todo)
 
     def fetch_layer(self, desc: Descriptor, store: BlobStore) -> None:
         """The layer into the store, to be scanned: flushed to the disk in a thread while
@@ -108,11 +109,12 @@ class RegistrySource(Source):
         digest-checks what it finds in the store (open_layer)."""
         self._store = store
         if not store.has(desc.digest):
-            path = self.client.fetch_blob(desc, store, durable=False)
-            self._checked.add(desc.digest)
-            sync = threading.Thread(target=_flush, args=(path,), daemon=False)
-            sync.start()
-            self._syncing[desc.digest] = sync
+            path, downloaded = self.client.download(desc, store, durable=False)
+            if downloaded:
+                self._checked.add(desc.digest)
+                sync = threading.Thread(target=_flush, args=(path,), daemon=False)
+                sync.start()
+                self._syncing[desc.digest] = sync
 
     def verify(self, image: ResolvedImage) -> None:
         """Nothing more: every blob was digest- and size-checked while it streamed in."""
@@ -130,7 +132,7 @@ class RegistrySource(Source):
                 hint="run 'kcompat pull' first",
             )
         return _StoredLayer(open(path, "rb"), desc.digest, desc.size, f"layer {desc.digest}",
-                            checked=desc.digest in self._checked, path=path,
+                            checked=desc.digest in self._checked, store=store,
                             sync=self._syncing.pop(desc.digest, None))  # fmt: skip
 
 
@@ -145,34 +147,61 @@ def _flush(path: Path) -> None:
             os.close(fd)
 
 
-class _StoredLayer(VerifyingReader):
-    """A layer blob read from kcompat's own store: a blob whose digest does not match is
-    removed, so that pulling it again downloads it (the store holds only what was
-    checked when it came in; a damaged copy would otherwise be found again and again);
-    closing waits for the flush of a blob just downloaded."""
+def _file_digest(path: Path, algo: str) -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return f"{algo}:{h.hexdigest()}"
 
-    def __init__(self, raw: IO[bytes], digest: str, size: int | None, what: str,
-                 checked: bool, path: Path, sync: threading.Thread | None) -> None:  # fmt: skip
+
+class _StoredLayer(VerifyingReader):
+    """A layer blob read from kcompat's own store. When reading it fails (its digest or
+    length, its compression, its tar), the file is hashed again from the disk, and a
+    copy whose digest does not match is removed, so that running again downloads it
+    (the store holds only what was checked when it came in: a damaged copy, after a
+    crash before the flush or a disk error, would otherwise be found again and again).
+    A copy that matches is the registry's own content, and stays. Closing waits for the
+    flush of a blob just downloaded."""
+
+    def __init__(
+        self,
+        raw: IO[bytes],
+        digest: str,
+        size: int | None,
+        what: str,
+        checked: bool,
+        store: BlobStore,
+        sync: threading.Thread | None,
+    ) -> None:
         super().__init__(raw, digest, size, what, checked=checked)
-        self._path, self._sync = path, sync
+        st = os.fstat(raw.fileno())
+        self._identity = (st.st_dev, st.st_ino)  # the copy read, whatever the path holds later
+        self._store, self._sync = store, sync
 
     def _seen(self, data: bytes) -> None:
         try:
             super()._seen(data)
         except IntegrityError:
-            self._discard()
+            self.after_error()
             raise
 
     def finish(self) -> None:
         try:
             super().finish()
         except IntegrityError:
-            self._discard()
+            self.after_error()
             raise
 
-    def _discard(self) -> None:
-        with contextlib.suppress(OSError):
-            self._path.unlink()
+    def after_error(self) -> None:
+        store, digest = self._store, self.digest
+        path = store.path(digest)
+        with contextlib.suppress(OSError, LocalIOError), store.lock(digest):
+            there = os.stat(path)
+            if (there.st_dev, there.st_ino) != self._identity:
+                return  # replaced meanwhile by another process's good copy
+            if _file_digest(path, digest.split(":", 1)[0]) != digest:
+                path.unlink()
 
     def close(self) -> None:
         super().close()
