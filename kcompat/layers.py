@@ -97,14 +97,16 @@ class VerifyingReader(_Wrapper):
             self._hash.update(data)
         self._count += len(data)
         if self.size is not None and self._count > self.size:
+            self.after_error()
             raise IntegrityError(
                 f"{self.what} is longer than the {self.size} bytes declared",
                 hint="the image is corrupt or hostile",
             )
 
     def after_error(self) -> None:
-        """Reading the blob failed (its compression, its tar): nothing to do here; a
-        reader of kcompat's own store checks whether its copy is damaged."""
+        """Reading the blob failed (its digest, its length here; its compression or tar,
+        by the callers): nothing to do here; a reader of kcompat's own store checks
+        whether its copy is damaged (kcompat.sources)."""
 
     def finish(self) -> None:
         buf = bytearray(READ_BUFFER)
@@ -112,6 +114,7 @@ class VerifyingReader(_Wrapper):
             pass
         if self._hash is None:  # digest-checked as downloaded: its length is what is left
             if self.size is not None and self._count != self.size:
+                self.after_error()
                 raise IntegrityError(
                     f"{self.what} is {self._count} bytes, not the {self.size} declared",
                     hint="the image is corrupt or hostile; pull it again",
@@ -119,6 +122,7 @@ class VerifyingReader(_Wrapper):
             return
         got = f"{self.digest.split(':', 1)[0]}:{self._hash.hexdigest()}"
         if got != self.digest:
+            self.after_error()
             raise IntegrityError(
                 f"{self.what}: content has digest {got}, expected {self.digest}",
                 hint="the image is corrupt or was tampered with; pull it again",

@@ -36,7 +36,7 @@ from kcompat.errors import (
 from kcompat.image import ACCEPT, Descriptor, check_digest, sha256_digest
 from kcompat.progress import NoProgress, Progress
 from kcompat.reference import RegistryRef
-from kcompat.store import BlobStore
+from kcompat.store import BlobStore, hash_file
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # distribution's own limit for a manifest
@@ -329,16 +329,6 @@ class RegistryClient:
         return data
 
     # -- layers ----------------------------------------------------------------------
-    def fetch_blob(
-        self,
-        desc: Descriptor,
-        store: BlobStore,
-        progress: Progress | None = None,
-        durable: bool = True,
-    ) -> Path:
-        """Download a blob into the store (resuming a partial file), return its path."""
-        return self.download(desc, store, progress, durable)[0]
-
     def download(
         self,
         desc: Descriptor,
@@ -346,10 +336,11 @@ class RegistryClient:
         progress: Progress | None = None,
         durable: bool = True,
     ) -> tuple[Path, bool]:
-        """fetch_blob, and whether this call downloaded (and digest-checked) the blob:
-        False when it was in the store already (another process may have put it there
-        meanwhile). `durable`: flushed to the disk before it is renamed into place;
-        without, the caller syncs it (kcompat.sources: while the layer is scanned)."""
+        """Download a blob into the store (resuming a partial file): its path, and
+        whether this call downloaded (and digest-checked) it, False when it was in the
+        store already (another process may have put it there meanwhile). `durable`:
+        flushed to the disk before it is renamed into place; without, the caller syncs
+        it (kcompat.sources: while the layer is scanned)."""
         progress = progress or NoProgress()
         store.ensure_dirs(desc.digest)
         with store.lock(desc.digest):
@@ -393,7 +384,7 @@ class RegistryClient:
             offset = 0
         hasher = hashlib.new(desc.digest.split(":")[0])
         if offset == desc.size and offset > 0:
-            _hash_file(hasher, partial)
+            hash_file(hasher, partial)
             return hasher
         what = f"blob {desc.digest} of {self.ref.name}"
         headers = {"Range": f"bytes={offset}-"} if offset else {}
@@ -407,7 +398,7 @@ class RegistryClient:
         mode = "ab" if response.status_code == 206 and offset else "wb"
         written = offset if mode == "ab" else 0
         if written:
-            _hash_file(hasher, partial)  # the kept prefix, once, on resume only
+            hash_file(hasher, partial)  # the kept prefix, once, on resume only
         progress.advance(desc.digest, written)
         received = 0  # of this response's body
         try:
@@ -466,12 +457,6 @@ class RegistryClient:
 
 class _Interrupted(Exception):
     pass
-
-
-def _hash_file(hasher: Any, path: Path) -> None:
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            hasher.update(chunk)
 
 
 def _read_limited(response: requests.Response, limit: int, what: str) -> bytes:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kcompat.archives import DOCKER_LAYER_TAR, DockerArchiveSource, OCIArchiveSource
-from kcompat.errors import BadImageError, IntegrityError, LocalIOError, NotFoundError
+from kcompat.errors import BadImageError, LocalIOError, NotFoundError
 from kcompat.image import Descriptor, ImageConfig, ResolvedImage, check_digest, sha256_digest
 from kcompat.layers import VerifyingReader
 from kcompat.layout import OCILayoutSource
@@ -28,7 +28,7 @@ from kcompat.platform import Platform
 from kcompat.progress import NoProgress, Progress
 from kcompat.reference import DaemonRef, ImageReference, LocalRef, RegistryRef, Transport
 from kcompat.source import MAX_SMALL_BLOB, Chooser, Options, Source
-from kcompat.store import BlobStore
+from kcompat.store import BlobStore, hash_file
 
 # Also read from here (kcompat.pull, the engines' stores, the CLI): the names of the interface
 # every source implements (kcompat.source) and of the docker-archive reader.
@@ -147,14 +147,6 @@ def _flush(path: Path) -> None:
             os.close(fd)
 
 
-def _file_digest(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return f"{algo}:{h.hexdigest()}"
-
-
 class _StoredLayer(VerifyingReader):
     """A layer blob read from kcompat's own store. When reading it fails (its digest or
     length, its compression, its tar), the file is hashed again from the disk, and a
@@ -179,20 +171,6 @@ class _StoredLayer(VerifyingReader):
         self._identity = (st.st_dev, st.st_ino)  # the copy read, whatever the path holds later
         self._store, self._sync = store, sync
 
-    def _seen(self, data: bytes) -> None:
-        try:
-            super()._seen(data)
-        except IntegrityError:
-            self.after_error()
-            raise
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        except IntegrityError:
-            self.after_error()
-            raise
-
     def after_error(self) -> None:
         store, digest = self._store, self.digest
         path = store.path(digest)
@@ -200,7 +178,10 @@ class _StoredLayer(VerifyingReader):
             there = os.stat(path)
             if (there.st_dev, there.st_ino) != self._identity:
                 return  # replaced meanwhile by another process's good copy
-            if _file_digest(path, digest.split(":", 1)[0]) != digest:
+            algo = digest.split(":", 1)[0]
+            copy = hashlib.new(algo)
+            hash_file(copy, path)
+            if f"{algo}:{copy.hexdigest()}" != digest:
                 path.unlink()
 
     def close(self) -> None:

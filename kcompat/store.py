@@ -17,6 +17,7 @@ import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
@@ -96,3 +97,10 @@ class BlobStore:
                 hint="check that KCOMPAT_CACHE is writable",
             ) from None
         return final
+
+
+def hash_file(hasher: Any, path: Path) -> None:
+    """Feed the file at `path` to `hasher` (a hashlib object), 1 MiB at a time."""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            hasher.update(chunk)
