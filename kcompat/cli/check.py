@@ -79,7 +79,8 @@ OptionalImageArg = Annotated[
     Optional[str],
     typer.Argument(
         metavar="IMAGE",
-        help="docker://, oci:DIR[:REF], oci-archive:, docker-archive:, dir: or NAME[:TAG] "
+        help="docker://, oci:DIR[:REF], oci-archive:, docker-archive:, dir:, "
+        "docker-daemon:, containers-storage: or NAME[:TAG] "
         "(with --image: the first word of CMD)",
     ),
 ]

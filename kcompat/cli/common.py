@@ -159,7 +159,8 @@ ImageArg = Annotated[
     str,
     typer.Argument(
         metavar="IMAGE",
-        help="docker://, oci:DIR[:REF], oci-archive:, docker-archive:, dir: or NAME[:TAG]",
+        help="docker://, oci:DIR[:REF], oci-archive:, docker-archive:, dir:, "
+        "docker-daemon:, containers-storage: or NAME[:TAG]",
     ),
 ]
 
