@@ -209,7 +209,7 @@ def _is_static(path: str) -> bool | None:
             head = f.read(1 << 16)
     except OSError:
         return None
-    from kcompat.elf import has_interpreter
+    from kcompat.elffile import has_interpreter
 
     dynamic = has_interpreter(head)
     return None if dynamic is None else not dynamic

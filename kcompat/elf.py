@@ -57,6 +57,7 @@ from kcompat.elffile import EM_X86_64 as EM_X86_64
 from kcompat.elffile import SHT_NULL as SHT_NULL
 from kcompat.elffile import ElfArch as ElfArch
 from kcompat.elffile import UnreadableError as UnreadableError
+from kcompat.elffile import has_interpreter as has_interpreter
 from kcompat.goinfo import go_functions as go_functions
 from kcompat.goinfo import go_version
 from kcompat.platform import Platform
@@ -407,28 +408,6 @@ def _code(r: Reader) -> tuple[CodeRange, ...]:
     # the segments in place (CodeView), not copied: the disassemblers copy out the few
     # programs they decode (CodeView.materialized); kcompat.vsyscall reads every file's
     return tuple(CodeRange(p.vaddr, CodeView(r.data, p.offset, p.filesz)) for p in segments)
-
-
-def has_interpreter(head: bytes) -> bool | None:
-    """Whether the program headers in `head` (the file's first bytes) hold a PT_INTERP:
-    a dynamically linked program. None if `head` is not an ELF file or too short. Reads
-    only the ELF header and program header table, so it costs nothing on a large file."""
-    if len(head) < 52 or not head.startswith(b"\x7fELF") or head[4] not in (1, 2):
-        return None
-    end = "<" if head[5] == 1 else ">"
-    if head[4] == 2:
-        if len(head) < 64:
-            return None
-        phoff, phentsize, phnum = (struct.unpack_from(end + "Q", head, 32)[0],
-                                   *struct.unpack_from(end + "HH", head, 54))  # fmt: skip
-    else:
-        phoff, phentsize, phnum = (struct.unpack_from(end + "I", head, 28)[0],
-                                   *struct.unpack_from(end + "HH", head, 42))  # fmt: skip
-    if phentsize < 4 or phoff + phentsize * phnum > len(head):
-        return None
-    return any(
-        struct.unpack_from(end + "I", head, phoff + i * phentsize)[0] == 3 for i in range(phnum)
-    )
 
 
 def read_elf(data: bytes, *, with_code: bool = False) -> ElfInfo:

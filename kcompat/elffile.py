@@ -259,3 +259,25 @@ def uleb128(data: bytes, off: int) -> tuple[int, int, bool]:
             return value, off, True
         shift += 7
     return value, off, False
+
+
+def has_interpreter(head: bytes) -> bool | None:
+    """Whether the program headers in `head` (the file's first bytes) hold a PT_INTERP:
+    a dynamically linked program. None if `head` is not an ELF file or too short. Reads
+    only the ELF header and program header table, so it costs nothing on a large file."""
+    if len(head) < 52 or not head.startswith(b"\x7fELF") or head[4] not in (1, 2):
+        return None
+    end = "<" if head[5] == 1 else ">"
+    if head[4] == 2:
+        if len(head) < 64:
+            return None
+        phoff, phentsize, phnum = (struct.unpack_from(end + "Q", head, 32)[0],
+                                   *struct.unpack_from(end + "HH", head, 54))  # fmt: skip
+    else:
+        phoff, phentsize, phnum = (struct.unpack_from(end + "I", head, 28)[0],
+                                   *struct.unpack_from(end + "HH", head, 42))  # fmt: skip
+    if phentsize < 4 or phoff + phentsize * phnum > len(head):
+        return None
+    return any(
+        struct.unpack_from(end + "I", head, phoff + i * phentsize)[0] == 3 for i in range(phnum)
+    )

@@ -21,13 +21,22 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from kcompat.filescan import ScannedFile
 from kcompat.formats import Format, ShebangError, parse_shebang
-from kcompat.knowledge import KNOWLEDGE
-from kcompat.scan import DEFAULT_PATH, Scan
+from kcompat.image import DEFAULT_PATH
 from kcompat.users import UnknownUser, User, resolve_user
 from kcompat.versions import version_key
+
+if TYPE_CHECKING:  # the exec model reads a scan; `run` needs only Command and its argv
+    from kcompat.filescan import ScannedFile
+    from kcompat.scan import Scan
+
+
+def _exec_facts() -> dict[str, Any]:
+    from kcompat.knowledge import KNOWLEDGE  # its data is read only when a rule runs
+
+    return KNOWLEDGE.exec_facts
 
 _STRERROR = {
     "ENOENT": "no such file or directory",
@@ -92,7 +101,7 @@ def container_argv(
 
 def script_limits(kernel: str | None) -> tuple[int, bool]:
     """(the kernel's `#!` buffer size, whether it truncates an overlong line silently)."""
-    facts = KNOWLEDGE.exec_facts
+    facts = _exec_facts()
     k = version_key(kernel) if kernel else None
     size = facts["binprm_buf_size"]
     small = k is not None and k < version_key(size["256_since"])
@@ -209,11 +218,11 @@ class _Exec:
         fix: str,
         path: str | None,
     ) -> ExecProblem:
-        code = KNOWLEDGE.exec_facts["exit_codes"][kind]
+        code = _exec_facts()["exit_codes"][kind]
         said = (
             f"The container starts and the runtime's exec fails: {message} (docker run "
             f"exits {code} with runc 1.0/1.1, "
-            f"{KNOWLEDGE.exec_facts['late_exit_runc_1_2']} with runc 1.2+)."
+            f"{_exec_facts()['late_exit_runc_1_2']} with runc 1.2+)."
             if kind.startswith("execve_")
             else f"The runtime fails with: {message} (docker run exits {code})."
         )
@@ -255,7 +264,7 @@ class _Exec:
 
     def execve(self, argv: tuple[str, ...], top: str) -> Resolved:
         bufsize, truncate = script_limits(self.kernel)
-        limit = KNOWLEDGE.exec_facts["max_interpreter_depth"]
+        limit = _exec_facts()["max_interpreter_depth"]
         chain = [top]
         current = top
         tree = self.scan.tree
@@ -432,7 +441,7 @@ def resolve(
     try:
         who = resolve_user(user, scan.texts.get("/etc/passwd"), scan.texts.get("/etc/group"))
     except UnknownUser as e:
-        code = KNOWLEDGE.exec_facts["exit_codes"]["user_unknown"]
+        code = _exec_facts()["exit_codes"]["user_unknown"]
         return Resolved(argv, (), None, ExecProblem(
             "user-missing", f"user {user!r} is not in the image",
             f"The runtime fails with: {e} (docker run exits {code}). The image's (or -u) "

@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass
 from enum import Enum
 
-from kcompat.elf import ELF_MAGIC
+from kcompat.elffile import ELF_MAGIC
 
 HEAD_SIZE = 256  # Linux reads this much for `#!` (BINPRM_BUF_SIZE, 128 before 5.1)
 

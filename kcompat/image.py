@@ -27,6 +27,8 @@ DOCKER_SCHEMA1 = (
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 ACCEPT = ", ".join((*INDEX_TYPES, *MANIFEST_TYPES))
+# the PATH a container gets when its image sets none (docker, podman: oci/defaults.go)
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 # buildkit's attestation manifests: platform unknown/unknown and this annotation.

@@ -26,10 +26,9 @@ from kcompat.errors import (
     UsageError,
 )
 from kcompat.execve import Command, container_argv
-from kcompat.image import ImageConfig
+from kcompat.image import DEFAULT_PATH, ImageConfig
 from kcompat.pull import OpenImage, pull, unpack
 from kcompat.runoptions import Checked, RunOptions, read_env_file, validate
-from kcompat.scan import DEFAULT_PATH
 from kcompat.store import BlobStore
 from kcompat.target import Target, probe_host
 from kcompat.users import UnknownUser, resolve_user

@@ -30,6 +30,7 @@ from kcompat import elf, formats
 from kcompat.elf import ElfInfo
 from kcompat.filescan import KEEP_MAX, ScannedFile, keep_text, scan_file
 from kcompat.formats import Format
+from kcompat.image import DEFAULT_PATH
 from kcompat.layers import FileEntry, FileKind
 from kcompat.versions import version_key
 
@@ -47,7 +48,6 @@ _TRIPLETS = {
     ("mips64le", "n64"): "mips64el-linux-gnuabi64",
     ("loong64", None): "loongarch64-linux-gnu",
 }
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class Node(NamedTuple):  # a tuple: an image has ~20,000 of them to cache and load
