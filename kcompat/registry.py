@@ -10,7 +10,6 @@ and renamed into the blob store only once verified.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import os
 import time
@@ -24,11 +23,11 @@ import requests
 
 from kcompat import __version__
 from kcompat.auth import Challenge, Credentials, parse_www_authenticate, stored_credentials
+from kcompat.download import BlobDownload, drain, reason_of
 from kcompat.errors import (
     AuthError,
     BadImageError,
     IntegrityError,
-    LocalIOError,
     NetworkError,
     NotFoundError,
     UsageError,
@@ -36,15 +35,13 @@ from kcompat.errors import (
 from kcompat.image import ACCEPT, Descriptor, check_digest, sha256_digest
 from kcompat.progress import NoProgress, Progress
 from kcompat.reference import RegistryRef
-from kcompat.store import BlobStore, hash_file
+from kcompat.store import BlobStore
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # distribution's own limit for a manifest
 # A longer Retry-After is not waited out: the error says when to come back instead.
 MAX_RETRY_AFTER = 60.0
 CHUNK = 1 << 20
-# What one read from the socket may hold: an interrupted download keeps all but this much.
-NET_CHUNK = 256 * 1024
 USER_AGENT = f"kcompat/{__version__}"
 
 
@@ -183,7 +180,7 @@ class RegistryClient:
                     self._sleep(self.backoff * (2**attempt))
                     continue
                 raise NetworkError(
-                    f"cannot reach registry {url.split('/')[2]}: {_reason(e)}",
+                    f"cannot reach registry {url.split('/')[2]}: {reason_of(e)}",
                     hint="check the address, the port and that the registry is running",
                 ) from None
             if response.status_code in RETRY_STATUSES and attempt < self.retries:
@@ -346,117 +343,35 @@ class RegistryClient:
         with store.lock(desc.digest):
             if store.has(desc.digest):
                 return store.path(desc.digest), False
-            partial = store.partial_path(desc.digest)
             key = desc.digest
             progress.start(key, desc.digest.split(":")[1][:12], desc.size)
             try:
-                for attempt in range(self.retries + 1):
-                    try:
-                        hasher = self._download(desc, partial, progress, durable)
-                        break
-                    except _Interrupted as e:
-                        if attempt >= self.retries:
-                            raise NetworkError(
-                                f"download of {desc.digest} from {self.ref.name} kept failing: {e}",
-                                hint="run the command again: it resumes where it stopped",
-                            ) from None
-                        self._sleep(self.backoff * (2**attempt))
-                got = f"{desc.digest.split(':')[0]}:{hasher.hexdigest()}"
-                if got != desc.digest:
-                    partial.unlink(missing_ok=True)
-                    raise IntegrityError(
-                        f"blob {desc.digest} of {self.ref.name}: "
-                        f"downloaded content has digest {got}",
-                        hint="the registry's copy is corrupt or was tampered with; "
-                        "the download was deleted",
-                    )
-                return store.commit_partial(desc.digest), True
+                download = BlobDownload(self, desc, store, progress)
+                try:
+                    drain(download)
+                    return download.commit(durable), True
+                finally:
+                    download.close()
             finally:
                 progress.finish(key)
 
-    def _download(
-        self, desc: Descriptor, partial: Path, progress: Progress, durable: bool = True
-    ) -> Any:
-        """Bring `partial` to the full blob; return the hash of its whole content."""
-        offset = partial.stat().st_size if partial.exists() else 0
-        if offset > desc.size:
-            partial.unlink()
-            offset = 0
-        hasher = hashlib.new(desc.digest.split(":")[0])
-        if offset == desc.size and offset > 0:
-            hash_file(hasher, partial)
-            return hasher
-        what = f"blob {desc.digest} of {self.ref.name}"
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        response = self.request("GET", f"blobs/{desc.digest}", headers=headers, stream=True)
-        if response.status_code == 416 and offset:
-            response.close()
-            partial.unlink()
-            raise _Interrupted("the registry refused the resume range; restarting")
-        if response.status_code not in (200, 206):
-            self._fail(response, what)
-        mode = "ab" if response.status_code == 206 and offset else "wb"
-        written = offset if mode == "ab" else 0
-        if written:
-            hash_file(hasher, partial)  # the kept prefix, once, on resume only
-        progress.advance(desc.digest, written)
-        received = 0  # of this response's body
+    def stream(self, desc: Descriptor, store: BlobStore) -> BlobDownload | None:
+        """The blob's download, to be read as it arrives (kcompat.download), holding the
+        blob's store lock until it is closed; None when the store has the blob or a
+        partial file of it (`download` resumes that, whole, before it is read)."""
+        store.ensure_dirs(desc.digest)
+        held = contextlib.ExitStack()
+        held.enter_context(store.lock(desc.digest))
         try:
-            with open(partial, mode) as out:
-                for chunk in response.iter_content(NET_CHUNK):
-                    written += len(chunk)
-                    received += len(chunk)
-                    if written > desc.size:
-                        raise IntegrityError(
-                            f"blob {desc.digest} of {self.ref.name} is larger than the "
-                            f"{desc.size} bytes its manifest says",
-                            hint="the registry content is corrupt or hostile",
-                        )
-                    out.write(chunk)
-                    hasher.update(chunk)
-                    progress.advance(desc.digest, len(chunk))
-                out.flush()
-                if durable:
-                    os.fsync(out.fileno())
-        except IntegrityError:
-            partial.unlink(missing_ok=True)
+            if store.has(desc.digest) or store.partial_path(desc.digest).exists():
+                held.close()
+                return None
+            return BlobDownload(self, desc, store, on_close=held.close)
+        except BaseException:
+            held.close()
             raise
-        except (
-            requests.ConnectionError,
-            requests.Timeout,
-            requests.exceptions.ChunkedEncodingError,
-            ConnectionError,  # the socket's own, should one get past requests
-            TimeoutError,
-        ) as e:
-            raise _Interrupted(_reason(e)) from None
-        except OSError as e:
-            # Disk full or the cache gone: a partial file here would only hold the space
-            # the user must free, so it goes too.
-            with contextlib.suppress(OSError):
-                partial.unlink(missing_ok=True)
-            raise LocalIOError(
-                f"cannot write {what} to the cache {partial.parent}: {e.strerror or e}",
-                hint="free space there or set KCOMPAT_CACHE to a larger disk; "
-                "nothing half-written was kept",
-            ) from None
-        finally:
-            response.close()
-        if written < desc.size:
-            length = response.headers.get("Content-Length", "")
-            if length.isdigit() and received == int(length):
-                # The registry sent all it meant to: its copy is short, not the link.
-                partial.unlink(missing_ok=True)
-                raise IntegrityError(
-                    f"{what}: the registry serves {written} bytes, its manifest says {desc.size}",
-                    hint="the registry's copy is truncated; re-push the image "
-                    "(the download was deleted)",
-                )
-            raise _Interrupted(f"connection closed after {written} of {desc.size} bytes")
-        return hasher
 
 
-class _Interrupted(Exception):
-    pass
 
 
 def _read_limited(response: requests.Response, limit: int, what: str) -> bytes:
@@ -483,24 +398,8 @@ def _read_limited(response: requests.Response, limit: int, what: str) -> bytes:
         requests.exceptions.ChunkedEncodingError,
     ) as e:
         raise NetworkError(
-            f"{what}: connection failed while reading: {_reason(e)}", hint="try again"
+            f"{what}: connection failed while reading: {reason_of(e)}", hint="try again"
         ) from None
     finally:
         response.close()
     return b"".join(parts)
-
-
-def _reason(e: Exception) -> str:
-    text = str(e)
-    for marker in (
-        "Connection refused",
-        "Name or service not known",
-        "timed out",
-        "Temporary failure in name resolution",
-        "No route to host",
-        "Connection reset",
-        "Connection broken",
-    ):
-        if marker in text:
-            return marker.lower()
-    return e.__class__.__name__
