@@ -84,8 +84,7 @@ def scan_image(opened: OpenImage, store: BlobStore | None = None) -> Scan:
     store = store or BlobStore()
 
     def open_layer(digest: str) -> VerifyingReader:
-        opened.source.fetch_layer(descs[digest], store)  # only layers not scanned before
-        return opened.source.open_layer(descs[digest])
+        return opened.source.layer_to_scan(descs[digest], store)  # only layers not scanned before
 
     layers = [(d.digest, d.size) for d in opened.image.layers]
     scans = scan_layers(

@@ -70,6 +70,7 @@ class BlobDownload:
         self._failures = 0
         self._whole = False  # the registry refused a range: ask for the whole blob
         self._done = False
+        self._committed = False
         offset = self.partial.stat().st_size if self.partial.exists() else 0
         if offset > desc.size:
             offset = 0
@@ -181,12 +182,19 @@ class BlobDownload:
             )
         self._done = True
 
+    @property
+    def done(self) -> bool:
+        """Read to its end and its digest checked."""
+        return self._done
+
     # -- the end -----------------------------------------------------------------------
     def commit(self, durable: bool = True) -> Path:
         """Rename the checked blob into the store (flushed to the disk first if
         `durable`); the blob must have been read to its end."""
         if not self._done:
             raise AssertionError("commit before the blob was read and checked")
+        if self._committed:
+            return self.store.path(self.desc.digest)
         try:
             self._out.flush()
             if durable:
@@ -195,7 +203,9 @@ class BlobDownload:
         except OSError as e:
             self.discard()
             raise self._disk_error(e) from None
-        return self.store.commit_partial(self.desc.digest)
+        path = self.store.commit_partial(self.desc.digest)
+        self._committed = True
+        return path
 
     def discard(self) -> None:
         """Delete the partial file: its bytes are not the blob's."""

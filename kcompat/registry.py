@@ -366,7 +366,10 @@ class RegistryClient:
             if store.has(desc.digest) or store.partial_path(desc.digest).exists():
                 held.close()
                 return None
-            return BlobDownload(self, desc, store, on_close=held.close)
+            progress = NoProgress()  # the CLI's bars, through the workers' relay
+            progress.start(desc.digest, desc.digest.split(":")[1][:12], desc.size)
+            held.callback(progress.finish, desc.digest)
+            return BlobDownload(self, desc, store, progress, on_close=held.close)
         except BaseException:
             held.close()
             raise

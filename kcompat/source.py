@@ -68,8 +68,10 @@ class Source:
     ) -> None:
         """Make every layer readable locally (a no-op for local sources)."""
 
-    def fetch_layer(self, desc: Descriptor, store: BlobStore) -> None:
-        """Make one layer readable locally (a no-op for local sources)."""
+    def layer_to_scan(self, desc: Descriptor, store: BlobStore) -> VerifyingReader:
+        """One layer's blob for kcompat.layerscan to read once, from end to end (a
+        registry's as it downloads into `store`)."""
+        return self.open_layer(desc)
 
     def after_fork(self) -> None:
         """In a forked worker: drop what must not be shared with the parent."""

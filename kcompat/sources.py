@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from kcompat.archives import DOCKER_LAYER_TAR, DockerArchiveSource, OCIArchiveSource
 from kcompat.errors import BadImageError, LocalIOError, NotFoundError
@@ -29,6 +30,9 @@ from kcompat.progress import NoProgress, Progress
 from kcompat.reference import DaemonRef, ImageReference, LocalRef, RegistryRef, Transport
 from kcompat.source import MAX_SMALL_BLOB, Chooser, Options, Source
 from kcompat.store import BlobStore, hash_file
+
+if TYPE_CHECKING:
+    from kcompat.download import BlobDownload
 
 # Also read from here (kcompat.pull, the engines' stores, the CLI): the names of the interface
 # every source implements (kcompat.source) and of the docker-archive reader.
@@ -116,6 +120,20 @@ class RegistrySource(Source):
                 sync.start()
                 self._syncing[desc.digest] = sync
 
+    def layer_to_scan(self, desc: Descriptor, store: BlobStore) -> VerifyingReader:
+        """A layer not in the store is scanned as it downloads: the scan reads each
+        chunk as it is written to the partial file and hashed (kcompat.download), and
+        the blob is renamed into the store once its digest matched, so the inflating
+        and scanning overlap the transfer instead of waiting for it. A layer with a
+        partial file is first resumed whole (fetch_layer), then read from the store."""
+        self._store = store
+        if not store.has(desc.digest):
+            download = self.client.stream(desc, store)
+            if download is not None:
+                return _DownloadingLayer(download)
+        self.fetch_layer(desc, store)
+        return self.open_layer(desc)
+
     def verify(self, image: ResolvedImage) -> None:
         """Nothing more: every blob was digest- and size-checked while it streamed in."""
 
@@ -189,6 +207,55 @@ class _StoredLayer(VerifyingReader):
         if self._sync is not None:
             self._sync.join()
             self._sync = None
+
+
+class _DownloadingLayer(VerifyingReader):
+    """A layer blob read as it downloads (kcompat.download hashes and checks it; this
+    reader counts its length). At the end it goes into the store, flushed to the disk
+    in a thread of its own (a later run digest-checks what it reads from the store, so
+    a copy a crash damaged before the flush is found and removed). A failed read
+    reads the blob to its end to tell a damaged download from a broken image; an
+    interrupted one keeps what came for the next run to resume."""
+
+    def __init__(self, download: BlobDownload) -> None:
+        desc = download.desc
+        super().__init__(cast(IO[bytes], io.BytesIO()), desc.digest, desc.size,
+                         f"layer {desc.digest}", checked=True)  # fmt: skip
+        self._download = download
+        self._pending = memoryview(b"")
+
+    def _read(self, n: int) -> bytes:
+        if not self._pending:
+            chunk = self._download.read_chunk()
+            if len(chunk) <= n:
+                return chunk
+            self._pending = memoryview(chunk)
+        out, self._pending = self._pending[:n], self._pending[n:]
+        return bytes(out)
+
+    def finish(self) -> None:
+        super().finish()  # to the end: the download checked the digest there
+        path = self._download.commit(durable=False)
+        threading.Thread(target=_flush, args=(path,), daemon=False).start()
+
+    def after_error(self) -> None:
+        """The layer would not inflate or parse: whether its bytes are the registry's
+        is known only at the blob's end, so the rest is read first. Another digest is
+        the download's IntegrityError (and the download is deleted); the same digest
+        means the image itself is broken: the blob is kept, and the caller says so."""
+        try:
+            while self._download.read_chunk():
+                pass
+        except BaseException:
+            self._download.discard()
+            raise
+        self._download.commit(durable=False)
+
+    def close(self) -> None:
+        try:
+            self._download.close()  # and the blob's lock
+        finally:
+            super().close()
 
 
 SKOPEO_DIR_VERSION = "Directory Transport Version:"

@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.conftest import Fixtures
 from tests.faulty_proxy import FaultyProxy, proxy
+from tests.layertools import append_layer
 from tests.registry_server import RealRegistry
 
 pytestmark = pytest.mark.integration
@@ -50,9 +52,17 @@ def kcompat(
 
 
 def pull(
-    p: FaultyProxy, *args: str, image: str = IMAGE, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return kcompat("pull", *args, f"docker://{p.host}/{image}", env=env)
+    p: FaultyProxy, *args: str, image: str = IMAGE, env: dict[str, str] | None = None,
+    verb: str = "pull",
+) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """`kcompat pull` (downloads, then stores), or `check` (each layer scanned as it
+    downloads, kcompat.download, stored once its digest matched): both must meet a fault
+    the same way."""
+    return kcompat(verb, *args, f"docker://{p.host}/{image}", env=env)
+
+
+# the blob faults, for both ways a layer comes in
+VERBS = pytest.mark.parametrize("verb", ["pull", "check"])
 
 
 def assert_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> str:
@@ -78,6 +88,8 @@ def assert_cache_sound(
         if path.is_dir():
             continue
         rel = path.relative_to(cache)
+        if rel.parts[0] not in ("blobs", "locks"):
+            continue  # check's scans, analyses and reports (kcompat.cache)
         if rel.parts[0] == "locks":
             assert path.suffix == ".lock" and path.stat().st_size == 0, rel
             continue
@@ -160,48 +172,52 @@ def test_a_long_retry_after_is_reported_not_slept(
 # -- broken blobs ----------------------------------------------------------------------
 
 
+@VERBS
 def test_truncated_blob_is_an_integrity_error(
-    faulty: FaultyProxy, registry: RealRegistry, _private_cache: Path
+    faulty: FaultyProxy, registry: RealRegistry, _private_cache: Path, verb: str
 ) -> None:
     faulty.rules.truncate_to = 500_000  # a complete response, of too few bytes
-    result = pull(faulty)
+    result = pull(faulty, verb=verb)
     assert_error(result, 6, big_layer(registry), "500000 bytes", str(big_layer_size(registry)))
     assert_cache_sound(_private_cache, registry)
     assert not (_private_cache / "blobs" / "sha256" / big_layer(registry)[7:]).exists()
 
 
+@VERBS
 def test_wrong_digest_blob_is_an_integrity_error(
-    faulty: FaultyProxy, registry: RealRegistry, _private_cache: Path
+    faulty: FaultyProxy, registry: RealRegistry, _private_cache: Path, verb: str
 ) -> None:
     faulty.rules.corrupt_at = 700_000
-    result = pull(faulty)
+    result = pull(faulty, verb=verb)
     assert_error(result, 6, big_layer(registry), "digest", "deleted")
     assert_cache_sound(_private_cache, registry)
 
 
+@VERBS
 def test_reset_mid_blob_resumes_with_range(
-    faulty: FaultyProxy, registry: RealRegistry, _private_cache: Path
+    faulty: FaultyProxy, registry: RealRegistry, _private_cache: Path, verb: str
 ) -> None:
     faulty.rules.reset_after = 400_000
-    result = pull(faulty)
+    result = pull(faulty, verb=verb)
     assert result.returncode == 0, result.stderr
     assert faulty.ranges and int(faulty.ranges[0][6:-1]) > 0, faulty.ranges
     assert_cache_sound(_private_cache, registry, complete=layers(registry))
 
 
+@VERBS
 def test_resets_beyond_the_retries_fail_resumably(
-    faulty: FaultyProxy, registry: RealRegistry, _private_cache: Path
+    faulty: FaultyProxy, registry: RealRegistry, _private_cache: Path, verb: str
 ) -> None:
     # Every response breaks off; each attempt keeps its whole 256 KiB reads (NET_CHUNK),
     # so the 2 attempts of KCOMPAT_RETRIES=1 bring 512 KiB of the ~1 MB.
     faulty.rules.reset_after = 300_000
     faulty.rules.reset_times = -1
-    result = pull(faulty, env=dict(os.environ, KCOMPAT_RETRIES="1"))
+    result = pull(faulty, verb=verb, env=dict(os.environ, KCOMPAT_RETRIES="1"))
     assert_error(result, 5, big_layer(registry), "kept failing", "resumes")
     assert assert_cache_sound(_private_cache, registry, partial_ok=True)
     faulty.rules.reset_after = None
     faulty.seen.clear()
-    again = pull(faulty)
+    again = pull(faulty, verb=verb)
     assert again.returncode == 0, again.stderr
     assert faulty.ranges and int(faulty.ranges[0][6:-1]) > 0  # resumed, not restarted
     assert_cache_sound(_private_cache, registry, complete=layers(registry))
@@ -358,10 +374,46 @@ def small_disk(where: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
+@VERBS
 def test_full_disk_is_a_local_io_error(
-    faulty: FaultyProxy, registry: RealRegistry, tmp_path: Path
+    faulty: FaultyProxy, registry: RealRegistry, tmp_path: Path, verb: str
 ) -> None:
     with small_disk(tmp_path / "small", "2m") as cache:
-        result = pull(faulty, image=BIG, env=dict(os.environ, KCOMPAT_CACHE=str(cache)))
+        result = pull(faulty, verb=verb, image=BIG,
+                      env=dict(os.environ, KCOMPAT_CACHE=str(cache)))  # fmt: skip
         assert_error(result, 9, "No space left on device", "free space", "KCOMPAT_CACHE")
         assert_cache_sound(cache, registry)
+
+
+def test_a_faithfully_served_broken_layer_is_the_images_fault(
+    faulty: FaultyProxy, registry: RealRegistry, images: Fixtures, tmp_path: Path
+) -> None:
+    """`check` inflates a layer as it downloads: a layer that stops inflating may be a
+    damaged download or a broken image. The rest is read to tell them apart: here the
+    digest matches (the registry serves what was pushed), so it is the image's fault
+    (exit 7), and the blob, the registry's own content, is kept in the store."""
+    import gzip
+    import io
+    import shutil
+    import tarfile
+
+    layout = tmp_path / "layout"
+    shutil.copytree(images.layout, layout)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = os.urandom(600_000)
+        info = tarfile.TarInfo("f")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    whole = gzip.compress(buf.getvalue())
+    cut = whole[: len(whole) // 2]
+    ref = append_layer(layout, "busybox-amd64", "cut", cut,
+                       "sha256:" + hashlib.sha256(buf.getvalue()).hexdigest())  # fmt: skip
+    registry.push(ref, "broken:cut")
+    cache = tmp_path / "cache"
+    result = pull(faulty, image="broken:cut", env=dict(os.environ, KCOMPAT_CACHE=str(cache)),
+                  verb="check")  # fmt: skip
+    assert_error(result, 7, "ends early")
+    assert_cache_sound(cache, registry)
+    kept = cache / "blobs" / "sha256" / hashlib.sha256(cut).hexdigest()
+    assert kept.is_file(), "the registry's own copy of the broken layer stays"
