@@ -136,7 +136,7 @@ class BlobDownload:
             self._interrupted("the registry refused the resume range; reading it whole")
             return
         if response.status_code not in (200, 206):
-            self.client._fail(response, self.what)
+            self.client.refuse(response, self.what)
         self._response, self._received = response, 0
         self._skip = self.written if response.status_code == 200 else 0
         self._chunks = iter(response.iter_content(NET_CHUNK))
@@ -168,7 +168,7 @@ class BlobDownload:
                 f"{reason}",
                 hint="run the command again: it resumes where it stopped",
             )
-        self.client._sleep(self.client.backoff * (2**self._failures))
+        self.client.sleep(self.client.backoff * (2**self._failures))
         self._failures += 1
 
     def _check_digest(self) -> None:

@@ -140,7 +140,7 @@ class RegistryClient:
         )
         self.session = session or self.fresh_session()
         self.session.headers["User-Agent"] = USER_AGENT
-        self._sleep = sleep
+        self.sleep = sleep
         self._auth_header: str | None = None
 
     @staticmethod
@@ -177,7 +177,7 @@ class RegistryClient:
                 ) from None
             except (requests.ConnectionError, requests.Timeout) as e:
                 if attempt < self.retries:
-                    self._sleep(self.backoff * (2**attempt))
+                    self.sleep(self.backoff * (2**attempt))
                     continue
                 raise NetworkError(
                     f"cannot reach registry {url.split('/')[2]}: {reason_of(e)}",
@@ -186,9 +186,9 @@ class RegistryClient:
             if response.status_code in RETRY_STATUSES and attempt < self.retries:
                 delay = _retry_after(response)
                 if delay is not None and delay > MAX_RETRY_AFTER:
-                    return response  # not worth blocking on: _fail says when to retry
+                    return response  # not worth blocking on: refuse says when to retry
                 response.close()
-                self._sleep(delay if delay is not None else self.backoff * (2**attempt))
+                self.sleep(delay if delay is not None else self.backoff * (2**attempt))
                 continue
             return response
         raise AssertionError("unreachable")
@@ -267,7 +267,8 @@ class RegistryClient:
             raise AuthError(f"{self.ref}: the token service {realm} sent no token")
         self._auth_header = f"Bearer {token}"
 
-    def _fail(self, response: requests.Response, what: str) -> None:
+    def refuse(self, response: requests.Response, what: str) -> None:
+        """Raise the error an unexpected answer to a request for `what` means."""
         code = response.status_code
         codes = _error_codes(response)
         wait = _retry_after(response)
@@ -289,13 +290,13 @@ class RegistryClient:
         for attempt in range(self.retries + 1):
             response = self.request("GET", path, headers=headers, stream=True)
             if response.status_code != 200:
-                self._fail(response, what)
+                self.refuse(response, what)
             try:
                 return _read_limited(response, limit, what), response
             except NetworkError:
                 if attempt >= self.retries:
                     raise
-                self._sleep(self.backoff * (2**attempt))
+                self.sleep(self.backoff * (2**attempt))
         raise AssertionError("unreachable")
 
     # -- manifests and small blobs ---------------------------------------------------

@@ -242,13 +242,11 @@ class _DownloadingLayer(VerifyingReader):
         """The layer would not inflate or parse: whether its bytes are the registry's
         is known only at the blob's end, so the rest is read first. Another digest is
         the download's IntegrityError (and the download is deleted); the same digest
-        means the image itself is broken: the blob is kept, and the caller says so."""
-        try:
-            while self._download.read_chunk():
-                pass
-        except BaseException:
-            self._download.discard()
-            raise
+        means the image itself is broken: the blob is kept, and the caller says so. A
+        connection that keeps failing meanwhile is the download's NetworkError, and
+        what came is kept for the next run to resume."""
+        while self._download.read_chunk():
+            pass
         self._download.commit(durable=False)
 
     def close(self) -> None:
