@@ -4,7 +4,8 @@ Handles: the anonymous or credentialed Bearer token flow from `WWW-Authenticate`
 (as Docker Hub and ghcr.io use it), Basic auth, retries with exponential backoff on
 429/5xx and connection errors (honouring Retry-After), and blob downloads that are
 streamed, digest-checked while streaming, resumed with HTTP Range after an interruption,
-and renamed into the blob store only once verified.
+and renamed into the blob store only once verified (kcompat.download: `download` for
+`pull`, `stream` for a scan that reads the blob as it arrives).
 """
 
 from __future__ import annotations
