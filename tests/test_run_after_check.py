@@ -97,3 +97,35 @@ def test_run_after_check_from_a_registry_index(
     """From a registry: check streams the layers, run pulls them; the host's entry of
     the index is the one both judge."""
     check_then_run(f"{registry.host}/busybox:multi", _private_cache)
+
+
+# What a warm `check` or `run` (its report cached) must not import: the scanner, the ELF
+# decoder, the disassembler, the analysis and the rules (bench/speed.py's start-up
+# figures depend on it; the modules are named, not timed).
+HEAVY = ("kcompat.elf", "kcompat.scan", "kcompat.filescan", "kcompat.disasm",
+         "kcompat.analysis", "kcompat.rules", "kcompat.knowledge", "capstone")  # fmt: skip
+
+
+def _imported(*args: str) -> set[str]:
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "kcompat", *args],
+                       capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    return {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines()
+            if line.startswith("import time:") and "|" in line}  # fmt: skip
+
+
+def _heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules
+                  if m in HEAVY or m.startswith(("kcompat.rules.", "capstone.")))  # fmt: skip
+
+
+@needs_userns
+def test_a_warm_check_and_run_import_no_scanner(images: Fixtures, _private_cache: Path) -> None:
+    """A control first: the cold check imports them. Then the warm check, and the second
+    `run` (the first judges for run's own target from the cached analysis, whose
+    unpickling imports its classes), import none of them."""
+    ref = images.oci("busybox-amd64")
+    assert {"kcompat.elf", "kcompat.analysis"} <= set(_heavy(_imported("check", ref)))
+    assert _heavy(_imported("check", ref)) == []
+    _imported("run", ref, "true")
+    assert _heavy(_imported("run", ref, "true")) == []
