@@ -265,7 +265,7 @@ def has_interpreter(head: bytes) -> bool | None:
     """Whether the program headers in `head` (the file's first bytes) hold a PT_INTERP:
     a dynamically linked program. None if `head` is not an ELF file or too short. Reads
     only the ELF header and program header table, so it costs nothing on a large file."""
-    if len(head) < 52 or not head.startswith(b"\x7fELF") or head[4] not in (1, 2):
+    if len(head) < 52 or not head.startswith(ELF_MAGIC) or head[4] not in (1, 2):
         return None
     end = "<" if head[5] == 1 else ">"
     if head[4] == 2:

@@ -245,8 +245,9 @@ class _DownloadingLayer(VerifyingReader):
         means the image itself is broken: the blob is kept, and the caller says so. A
         connection that keeps failing meanwhile is the download's NetworkError, and
         what came is kept for the next run to resume."""
-        while self._download.read_chunk():
-            pass
+        from kcompat.download import drain  # imported already: a download is under way
+
+        drain(self._download)
         self._download.commit(durable=False)
 
     def close(self) -> None:

@@ -118,3 +118,14 @@ def append_layer(
                                "annotations": {key: new_ref}})  # fmt: skip
     (layout / "index.json").write_text(json.dumps(index))
     return f"oci:{layout}:{new_ref}"
+
+
+def append_cut_layer(layout: Path, ref: str, new_ref: str, size: int) -> tuple[str, bytes]:
+    """`ref` with one more gzip layer cut in half (a file of `size` random bytes whose
+    compressed stream ends early; its config names the whole tar's diff_id): the `oci:`
+    reference and the cut blob."""
+    raw = tar_bytes([E("f", data=os.urandom(size))])
+    whole = gzip.compress(raw)
+    cut = whole[: len(whole) // 2]
+    return append_layer(layout, ref, new_ref, cut, "sha256:" + hashlib.sha256(raw).hexdigest()), cut
+

@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 
 from tests.conftest import Fixtures
-from tests.layertools import append_layer
+from tests.layertools import append_cut_layer, append_layer
 from tests.test_run import kc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -274,15 +274,7 @@ def test_layer_faults_are_said_in_words(images: Fixtures, tmp_path: Path) -> Non
     raw = buf.getvalue()
     dangling = append_layer(layout, "busybox-amd64", "dangling", gzip.compress(raw),
                            "sha256:" + hashlib.sha256(raw).hexdigest())  # fmt: skip
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = os.urandom(200_000)
-        info = tarfile.TarInfo("f")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    whole = gzip.compress(buf.getvalue())
-    cut = append_layer(layout, "busybox-amd64", "cut", whole[: len(whole) // 2],
-                      "sha256:" + hashlib.sha256(buf.getvalue()).hexdigest())  # fmt: skip
+    cut, _ = append_cut_layer(layout, "busybox-amd64", "cut", 200_000)
     r = kc("pull", "--unpack", dangling)
     assert r.returncode == 0 and "no such file or directory" in r.stderr, r.stderr
     for cmd in ("check", "pull --unpack"):

@@ -23,7 +23,7 @@ import requests
 
 from tests.conftest import Fixtures
 from tests.faulty_proxy import FaultyProxy, proxy
-from tests.layertools import append_layer
+from tests.layertools import append_cut_layer
 from tests.registry_server import RealRegistry
 
 pytestmark = pytest.mark.integration
@@ -392,23 +392,11 @@ def test_a_faithfully_served_broken_layer_is_the_images_fault(
     damaged download or a broken image. The rest is read to tell them apart: here the
     digest matches (the registry serves what was pushed), so it is the image's fault
     (exit 7), and the blob, the registry's own content, is kept in the store."""
-    import gzip
-    import io
     import shutil
-    import tarfile
 
     layout = tmp_path / "layout"
     shutil.copytree(images.layout, layout)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = os.urandom(600_000)
-        info = tarfile.TarInfo("f")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    whole = gzip.compress(buf.getvalue())
-    cut = whole[: len(whole) // 2]
-    ref = append_layer(layout, "busybox-amd64", "cut", cut,
-                       "sha256:" + hashlib.sha256(buf.getvalue()).hexdigest())  # fmt: skip
+    ref, cut = append_cut_layer(layout, "busybox-amd64", "cut", 600_000)
     registry.push(ref, "broken:cut")
     cache = tmp_path / "cache"
     result = pull(faulty, image="broken:cut", env=dict(os.environ, KCOMPAT_CACHE=str(cache)),
