@@ -161,22 +161,17 @@ def _version_of(cmd: list[str], pattern: str) -> str | None:
     return m.group(1) if m else None
 
 
-_RUNTIMES = (
-    ("docker", ["docker", "--version"], r"version (\d+\.\d+\.\d+)"),
-    ("podman", ["podman", "--version"], r"version (\d+\.\d+\.\d+)"),
-    ("crun", ["crun", "--version"], r"version (\d+\.\d+(?:\.\d+)?)"),
-    ("runc", ["runc", "--version"], r"version (\d+\.\d+\.\d+)"),
-)
-
-
 def probe_runtimes() -> dict[str, str]:
-    """The engines' and runtimes' versions, asked all at once (each `--version` is a
-    process start of tens of ms: podman's alone is about 40 ms)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(len(_RUNTIMES)) as pool:
-        versions = list(pool.map(lambda r: _version_of(r[1], r[2]), _RUNTIMES))
-    found = {name: v for (name, _, _), v in zip(_RUNTIMES, versions) if v}
+    found = {}
+    for name, cmd, pattern in (
+        ("docker", ["docker", "--version"], r"version (\d+\.\d+\.\d+)"),
+        ("podman", ["podman", "--version"], r"version (\d+\.\d+\.\d+)"),
+        ("crun", ["crun", "--version"], r"version (\d+\.\d+(?:\.\d+)?)"),
+        ("runc", ["runc", "--version"], r"version (\d+\.\d+\.\d+)"),
+    ):
+        v = _version_of(cmd, pattern)
+        if v:
+            found[name] = v
     for lib in Path("/usr/lib").glob("*/libseccomp.so.2.*"):
         m = re.search(r"libseccomp\.so\.(\d+\.\d+\.\d+)", lib.name)
         if m:
