@@ -188,9 +188,12 @@ def extra_corpus(
     return out
 
 
-def predict_all(cases: list[Case]) -> dict[Case, tuple[str, str, tuple[str, ...]]]:
+def predict_all(
+    cases: list[Case],
+) -> tuple[dict[Case, tuple[str, str, tuple[str, ...]]], dict[str, str]]:
     """`check --kernel K` for this machine's arch and vsyscall mode, through the same
-    pipeline as the CLI (the image's cached analysis, the rules, the report)."""
+    pipeline as the CLI (the image's cached analysis, the rules, the report); and the
+    architecture of the image judged for each reference, as its config names it."""
     from dataclasses import replace
 
     from kcompat.check import BestPlatform, run_check
@@ -201,6 +204,7 @@ def predict_all(cases: list[Case]) -> dict[Case, tuple[str, str, tuple[str, ...]
     from kcompat.target import described, probe_vsyscall
 
     out = {}
+    arches: dict[str, str] = {}
     arch = host_platform().architecture
     mode = probe_vsyscall()
     for c in cases:
@@ -216,7 +220,8 @@ def predict_all(cases: list[Case]) -> dict[Case, tuple[str, str, tuple[str, ...]
             if f["severity"] in ("fatal", "uncertain")
         )
         out[c] = (predicted, verdict, evidence)
-    return out
+        arches[c.reference] = rep["image"]["platform"].split("/")[1]
+    return out, arches
 
 
 HARNESS = "accuracy-1"  # bump when what an observation means changes
@@ -341,14 +346,6 @@ def _run_observed(cmd: list[str]) -> tuple[str, int | None, str | None]:
     return ("runs" if r.returncode == 0 else "fails"), r.returncode, err
 
 
-def native(c: Case) -> bool:
-    """The image's programs are this machine's arch (the corpus names foreign images by
-    their arch)."""
-    from census import HOST_ARCH
-
-    return not any(a in c.image for a in ("arm64", "s390x", "ppc64le") if a != HOST_ARCH)
-
-
 def observe(c: Case) -> tuple[str, int | None, str | None]:
     """`kcompat run --kernel K`; for an old runtime also that release's EPERM answers
     (kcompat.verify's profile: its missing calls first, newer calls EPERM)."""
@@ -437,7 +434,14 @@ def main() -> None:
             if name in ("holdout-amd64", "census-bookworm"):  # the old-runtime target
                 cases.append(Case(name, ref, argv, RUNTIME_KERNEL, OLD_RUNTIME, family))
     t1 = time.monotonic()
-    predictions = predict_all(cases)
+    predictions, arches = predict_all(cases)
+    from kcompat.platform import host_platform
+
+    host_arch = host_platform().architecture
+
+    def native(c: Case) -> bool:  # the judged image's config names this machine's arch
+        return arches[c.reference] == host_arch
+
     t2 = time.monotonic()
     store = ObservedCache(corpus_root / "observed")
     for c in cases:  # the digests first, in this thread
