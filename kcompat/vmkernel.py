@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 from kcompat.errors import (
     BadImageError,
     IntegrityError,
+    KcompatError,
     NetworkError,
     NotFoundError,
     UnsupportedError,
@@ -71,7 +72,9 @@ KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 UBUNTU_MIRROR = os.environ.get("KCOMPAT_UBUNTU_MIRROR", "http://archive.ubuntu.com/ubuntu")
 UBUNTU_PORTS = os.environ.get("KCOMPAT_UBUNTU_PORTS_MIRROR", "http://ports.ubuntu.com/ubuntu-ports")
 # where Debian keeps Ubuntu's archive keyring (binary-all of main; trixie and later)
-UBUNTU_KEYRING_SUITE = "stable"
+# Debian suites that carry ubuntu-keyring, in order: a later one is asked only when the one
+# before cannot be read consistently (a mirror mid-sync: its Packages not the InRelease's).
+UBUNTU_KEYRING_SUITES = ("stable", "testing", "unstable")
 UBUNTU_KEYRING_PACKAGE = "ubuntu-keyring"
 UBUNTU_KEYRING_FILE = "usr/share/keyrings/ubuntu-archive-keyring.gpg"
 INDEX_MAX_AGE = 24 * 3600.0  # a suite's resolved kernel package is looked up again after this
@@ -161,12 +164,28 @@ def _verified_release(
 
 def _packages(suite: str, component_arch: str, mirror: str = MIRROR,
               keyring: Path | None = KEYRING) -> tuple[dict[str, dict[str, str]], str]:
-    """The suite's Packages index for `main/binary-ARCH`, checked against its InRelease."""
-    release, how = _verified_release(suite, mirror, keyring)
+    """The suite's Packages index for `main/binary-ARCH`, checked against its InRelease.
+
+    Fetched by its digest (`by-hash/SHA256/...`) when the InRelease offers it, as apt does:
+    a mirror that is mid-sync then still serves the file that InRelease names. A mismatch
+    (a mirror without by-hash, updated between the two requests) is retried once from a
+    fresh InRelease."""
     name = f"main/binary-{component_arch}/Packages.xz"
-    digest, size = _sha256_of(release, name)
-    raw = _fetch(f"{mirror}/dists/{suite}/{name}")
-    if len(raw) != size or hashlib.sha256(raw).hexdigest() != digest:
+    for _attempt in range(2):
+        release, how = _verified_release(suite, mirror, keyring)
+        digest, size = _sha256_of(release, name)
+        raw = b""
+        if re.search(r"^Acquire-By-Hash:\s*yes\s*$", release, re.M | re.I):
+            try:
+                raw = _fetch(f"{mirror}/dists/{suite}/main/binary-{component_arch}"
+                             f"/by-hash/SHA256/{digest}")  # fmt: skip
+            except NotFoundError:
+                raw = b""
+        if not raw:
+            raw = _fetch(f"{mirror}/dists/{suite}/{name}")
+        if len(raw) == size and hashlib.sha256(raw).hexdigest() == digest:
+            break
+    else:
         raise IntegrityError(f"{mirror}/dists/{suite}/{name}: its SHA256 is not the one "
                              "InRelease lists", hint="retry; check the mirror")  # fmt: skip
     text = lzma.decompress(raw).decode("utf-8", "replace")
@@ -195,11 +214,7 @@ def ubuntu_keyring(cache: Path) -> Path | None:
     dest = kernels_dir(cache) / "ubuntu-archive-keyring.gpg"
     if dest.is_file():
         return dest
-    packages, _ = _packages(UBUNTU_KEYRING_SUITE, "all")
-    pkg = packages.get(UBUNTU_KEYRING_PACKAGE)
-    if pkg is None:
-        raise NotFoundError(f"debian:{UBUNTU_KEYRING_SUITE} has no {UBUNTU_KEYRING_PACKAGE}",
-                            hint="set KCOMPAT_DEBIAN_MIRROR to a full Debian mirror")  # fmt: skip
+    pkg = _keyring_package()
     deb = dest.with_name(Path(pkg["Filename"]).name)
     _fetch_checked(MIRROR, pkg, deb)
     try:
@@ -214,6 +229,25 @@ def ubuntu_keyring(cache: Path) -> Path | None:
     finally:
         deb.unlink(missing_ok=True)
     raise BadImageError(f"{pkg['Filename']}: no {UBUNTU_KEYRING_FILE} in it")
+
+
+def _keyring_package(mirror: str = MIRROR, keyring: Path | None = KEYRING) -> dict[str, str]:
+    """ubuntu-keyring's stanza from the first of UBUNTU_KEYRING_SUITES that reads."""
+    first: KcompatError | None = None
+    for suite in UBUNTU_KEYRING_SUITES:
+        try:
+            packages, _ = _packages(suite, "all", mirror, keyring)
+        except (IntegrityError, NotFoundError) as e:
+            first = first or e
+            continue
+        pkg = packages.get(UBUNTU_KEYRING_PACKAGE)
+        if pkg is not None:
+            return pkg
+        first = first or NotFoundError(
+            f"debian:{suite} has no {UBUNTU_KEYRING_PACKAGE}",
+            hint="set KCOMPAT_DEBIAN_MIRROR to a full Debian mirror")  # fmt: skip
+    assert first is not None
+    raise first
 
 
 def _sha256_of(release: str, name: str) -> tuple[str, int]:

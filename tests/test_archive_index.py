@@ -1,0 +1,126 @@
+"""A Debian-style archive's Packages index is read as apt reads it: by its digest when the
+InRelease offers `Acquire-By-Hash`, so a mirror caught mid-sync (a new Packages.xz under
+the plain name, the old InRelease still served, or the reverse) still yields the index that
+InRelease names; without by-hash a mismatch is retried once from a fresh InRelease, and a
+mirror that stays inconsistent is an IntegrityError naming the file.
+
+The mirror is a real HTTP server on 127.0.0.1 serving files from a directory; the
+signature check is the integration tests' (tests/test_vm.py), so keyring=None here."""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from kcompat import vmkernel
+from kcompat.errors import IntegrityError
+
+NAME = "main/binary-all/Packages.xz"
+
+
+def _index(package: str) -> bytes:
+    return lzma.compress(f"Package: {package}\nVersion: 1\nFilename: pool/{package}.deb\n"
+                         "SHA256: 00\n\n".encode())  # fmt: skip
+
+
+def _release(index: bytes, by_hash: bool) -> bytes:
+    head = "Origin: Test\nSuite: stable\n" + ("Acquire-By-Hash: yes\n" if by_hash else "")
+    digest = hashlib.sha256(index).hexdigest()
+    return (head + f"SHA256:\n {digest} {len(index)} {NAME}\n").encode()
+
+
+Route = Callable[[str, int], bytes | None]
+
+
+@pytest.fixture
+def mirror() -> Iterator[Callable[[Route], str]]:
+    """A server whose answers come from `route(path, nth request of that path)`."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(route: Route) -> str:
+        seen: dict[str, int] = {}
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                n = seen[self.path] = seen.get(self.path, 0) + 1
+                body = route(self.path, n)
+                self.send_response(404 if body is None else 200)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def test_mid_sync_mirror_is_read_by_hash(mirror: Callable[[Route], str]) -> None:
+    old, new = _index("old-one"), _index("new-one")
+    release = _release(old, by_hash=True)
+    by_hash = f"/dists/stable/main/binary-all/by-hash/SHA256/{hashlib.sha256(old).hexdigest()}"
+    files = {"/dists/stable/InRelease": release, by_hash: old, f"/dists/stable/{NAME}": new}
+    url = mirror(lambda path, n: files.get(path))
+    packages, _ = vmkernel._packages("stable", "all", url, None)
+    assert list(packages) == ["old-one"]
+
+
+def test_without_by_hash_a_mismatch_is_retried_once(mirror: Callable[[Route], str]) -> None:
+    old, new = _index("old-one"), _index("new-one")
+
+    def route(path: str, n: int) -> bytes | None:
+        if path == "/dists/stable/InRelease":  # the first InRelease is from before the sync
+            return _release(old if n == 1 else new, by_hash=False)
+        return new if path == f"/dists/stable/{NAME}" else None
+
+    packages, _ = vmkernel._packages("stable", "all", mirror(route), None)
+    assert list(packages) == ["new-one"]
+
+
+def test_an_inconsistent_mirror_is_an_integrity_error(mirror: Callable[[Route], str]) -> None:
+    old, new = _index("old-one"), _index("new-one")
+    files = {"/dists/stable/InRelease": _release(old, by_hash=True),
+             f"/dists/stable/{NAME}": new}  # fmt: skip
+    url = mirror(lambda path, n: files.get(path))
+    with pytest.raises(IntegrityError, match=r"Packages\.xz: its SHA256 is not the one"):
+        vmkernel._packages("stable", "all", url, None)
+
+
+def test_the_fetch_writes_nothing_half_done(tmp_path: Path,
+                                            mirror: Callable[[Route], str]) -> None:
+    url = mirror(lambda path, n: b"x" * 10 if path == "/f" else None)
+    dest = tmp_path / "f"
+    vmkernel._fetch(f"{url}/f", dest)
+    assert dest.read_bytes() == b"x" * 10
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_ubuntu_keyring_is_taken_from_the_first_suite_that_reads(
+        mirror: Callable[[Route], str]) -> None:
+    """stable's index inconsistent, testing's without the package, unstable's has it."""
+    bad, empty, good = _index("ubuntu-keyring"), _index("other"), _index("ubuntu-keyring")
+    files = {"/dists/stable/InRelease": _release(bad, by_hash=False),
+             f"/dists/stable/{NAME}": _index("changed"),
+             "/dists/testing/InRelease": _release(empty, by_hash=False),
+             f"/dists/testing/{NAME}": empty,
+             "/dists/unstable/InRelease": _release(good, by_hash=False),
+             f"/dists/unstable/{NAME}": good}  # fmt: skip
+    url = mirror(lambda path, n: files.get(path))
+    assert vmkernel._keyring_package(url, None)["Filename"] == "pool/ubuntu-keyring.deb"
+    del files["/dists/unstable/InRelease"]
+    with pytest.raises(IntegrityError, match="dists/stable/"):  # the first failure is told
+        vmkernel._keyring_package(url, None)
