@@ -4,7 +4,7 @@
   native    kcompat run IMAGE true
             vs  unshare --user --map-root-user --mount --pid --fork --uts --ipc
                 chroot ROOTFS /bin/true      (the same rootfs, no overlay, no /proc, /dev)
-            and crun/podman where installed
+            and podman run --rm --network=none, where podman and skopeo are installed
   emulated  kcompat run IMAGE-arm64 true
             vs  qemu-aarch64-static ROOTFS-arm64/bin/true   (qemu invoked directly)
 
@@ -68,6 +68,30 @@ def cmd(*argv: str, env: dict[str, str] | None = None) -> Callable[[], object]:
     return go
 
 
+def podman_run(layout: Path, work: Path) -> Callable[[], object]:
+    """`podman run --rm --network=none` of the same busybox image, from a store of its own
+    under `work` (vfs, so nothing is mounted on the host), with a containers.conf as the
+    tests' (tests/test_handoff.py): cgroupfs, no events, ulimits within this process's
+    hard limits (as root podman asks for more, which runc is refused here)."""
+    import resource
+
+    root, runroot = work / "root", work / "run"
+    store = f"containers-storage:[vfs@{root}+{runroot}]localhost/kcompat-bench:busybox"
+    subprocess.run(["skopeo", "copy", "-q", f"oci:{layout}:busybox-amd64", store],
+                   check=True, capture_output=True)  # fmt: skip
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nproc = min(4096, resource.getrlimit(resource.RLIMIT_NPROC)[1])
+    conf = work / "containers.conf"
+    conf.write_text("[containers]\n"
+                    f'default_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]\n'
+                    '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "none"\n'
+                    f'tmp_dir = "{work / "tmp"}"\n')  # fmt: skip
+    env = dict(os.environ, CONTAINERS_CONF=str(conf))
+    return cmd("podman", "--root", str(root), "--runroot", str(runroot),
+               "--storage-driver", "vfs", "run", "--rm", "--network=none",
+               "localhost/kcompat-bench:busybox", "true", env=env)  # fmt: skip
+
+
 def measure(repeat: int) -> dict[str, float]:
     """Every timing, by name (the rows main prints; "native" and "base" for the ratio
     bench/speed.py reports)."""
@@ -125,11 +149,13 @@ def measure(repeat: int) -> dict[str, float]:
         rows.append(("kcompat.container.run (launcher only, in-process)", launcher))
         native = timed(cmd(*kc, "run", img, "true", env=env), repeat)
         rows.append(("kcompat run IMAGE true", native))
-        for rt in ("crun", "podman"):
-            if shutil.which(rt):
-                rows.append((f"{rt}: installed but not benchmarked", float("nan")))
-            else:
-                rows.append((f"{rt}: not installed", float("nan")))
+        engine = float("nan")
+        if shutil.which("podman") and shutil.which("skopeo"):
+            engine = timed(podman_run(layout, cache / "podman"), repeat)
+            rows.append(("podman run --rm --network=none IMAGE true (private vfs store)",
+                         engine))  # fmt: skip
+        else:
+            rows.append(("podman run: podman or skopeo not installed", float("nan")))
         qemu = shutil.which("qemu-aarch64-static")
         emu_base = emu = float("nan")
         if qemu:
@@ -138,7 +164,7 @@ def measure(repeat: int) -> dict[str, float]:
             emu = timed(cmd(*kc, "run", img_arm, "true", env=env), repeat)
             rows.append(("kcompat run IMAGE-arm64 true", emu))
         return {**dict(rows), "base": base, "launcher": launcher, "native": native,
-                "emu_base": emu_base, "emu": emu}  # fmt: skip
+                "emu_base": emu_base, "emu": emu, "engine": engine}  # fmt: skip
     finally:
         subprocess.run(["rm", "-rf", str(cache)], check=False)
 
@@ -150,13 +176,15 @@ def main() -> None:
     print(f"median of {repeat} runs each, after one warm-up; machine: {os.uname().release} "
           f"{os.uname().machine}, {os.cpu_count()} CPUs")  # fmt: skip
     for name, secs in t.items():
-        if name in ("base", "launcher", "native", "emu_base", "emu"):
+        if name in ("base", "launcher", "native", "emu_base", "emu", "engine"):
             continue
         shown = "-" if secs != secs else f"{secs * 1000:8.1f} ms"
         print(f"  {name:58s} {shown}")
     print("ratios:")
     print(f"  launcher / unshare+chroot                    {t['launcher'] / t['base']:6.2f}")
     print(f"  kcompat run / unshare+chroot                 {t['native'] / t['base']:6.2f}")
+    if t["engine"] == t["engine"]:
+        print(f"  kcompat run / podman run                     {t['native'] / t['engine']:6.2f}")
     if t["emu"] == t["emu"]:
         print(f"  kcompat run (arm64) / qemu-aarch64-static     {t['emu'] / t['emu_base']:6.2f}")
 

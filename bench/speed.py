@@ -282,7 +282,8 @@ def start_up(repeat: int) -> dict[str, float]:
     t = run_startup.measure(max(repeat, 10))
     print(f"\nstart-up: kcompat --help {help_s:.3f} s (python -c pass {python:.3f} s); "
           f"kcompat run IMAGE true {t['native'] * 1000:.1f} ms vs unshare ... chroot "
-          f"{t['base'] * 1000:.1f} ms")  # fmt: skip
+          f"{t['base'] * 1000:.1f} ms"
+          + (f", podman run {t['engine'] * 1000:.1f} ms" if t["engine"] == t["engine"] else ""))
     return {"help": help_s, "python": python, "run": t["native"], "run_base": t["base"]}
 
 
