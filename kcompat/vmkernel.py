@@ -193,15 +193,19 @@ def _packages(suite: str, component_arch: str, mirror: str = MIRROR,
 
 
 def _fetch_checked(mirror: str, pkg: dict[str, str], dest: Path) -> None:
-    """A package's .deb into `dest`, checked against the index's SHA256."""
+    """A package's .deb into `dest`, checked against the index's SHA256 (fetched a second
+    time when it does not match: a pool file never changes, so a mismatch is the transfer's
+    or a proxy's, and a file that fails twice is removed and named)."""
     digest = pkg["SHA256"]
     if dest.is_file() and _sha256_file(dest) == digest:
         return
-    _fetch(f"{mirror}/{pkg['Filename']}", dest)
-    if _sha256_file(dest) != digest:
+    for _attempt in range(2):
+        _fetch(f"{mirror}/{pkg['Filename']}", dest)
+        if _sha256_file(dest) == digest:
+            return
         dest.unlink(missing_ok=True)
-        raise IntegrityError(f"{pkg['Filename']}: its SHA256 is not the index's",
-                             hint="retry; check the mirror")  # fmt: skip
+    raise IntegrityError(f"{pkg['Filename']}: its SHA256 is not the index's",
+                         hint="retry; check the mirror")  # fmt: skip
 
 
 def ubuntu_keyring(cache: Path) -> Path | None:

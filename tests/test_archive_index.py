@@ -2,7 +2,8 @@
 InRelease offers `Acquire-By-Hash`, so a mirror caught mid-sync (a new Packages.xz under
 the plain name, the old InRelease still served, or the reverse) still yields the index that
 InRelease names; without by-hash a mismatch is retried once from a fresh InRelease, and a
-mirror that stays inconsistent is an IntegrityError naming the file.
+mirror that stays inconsistent is an IntegrityError naming the file. A pool file (a .deb)
+that does not match its index is fetched once more, then removed and refused.
 
 The mirror is a real HTTP server on 127.0.0.1 serving files from a directory; the
 signature check is the integration tests' (tests/test_vm.py), so keyring=None here."""
@@ -124,3 +125,16 @@ def test_ubuntu_keyring_is_taken_from_the_first_suite_that_reads(
     del files["/dists/unstable/InRelease"]
     with pytest.raises(IntegrityError, match="dists/stable/"):  # the first failure is told
         vmkernel._keyring_package(url, None)
+
+
+def test_a_pool_file_is_fetched_again_once_then_refused(
+        tmp_path: Path, mirror: Callable[[Route], str]) -> None:
+    deb = b"!<arch>\n a package"
+    pkg = {"Filename": "pool/p.deb", "SHA256": hashlib.sha256(deb).hexdigest()}
+    url = mirror(lambda path, n: (b"cut" if n == 1 else deb) if path == "/pool/p.deb" else None)
+    vmkernel._fetch_checked(url, pkg, tmp_path / "p.deb")  # the first answer was cut
+    assert (tmp_path / "p.deb").read_bytes() == deb
+    url = mirror(lambda path, n: b"always wrong" if path == "/pool/p.deb" else None)
+    with pytest.raises(IntegrityError, match=r"pool/p\.deb: its SHA256 is not the index's"):
+        vmkernel._fetch_checked(url, pkg, tmp_path / "q.deb")
+    assert not (tmp_path / "q.deb").exists()
