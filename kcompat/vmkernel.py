@@ -78,6 +78,8 @@ UBUNTU_KEYRING_SUITES = ("stable", "testing", "unstable")
 UBUNTU_KEYRING_PACKAGE = "ubuntu-keyring"
 UBUNTU_KEYRING_FILE = "usr/share/keyrings/ubuntu-archive-keyring.gpg"
 INDEX_MAX_AGE = 24 * 3600.0  # a suite's resolved kernel package is looked up again after this
+_ATTEMPTS = 3
+_RETRY_PAUSE = 1.0  # seconds before the 2nd attempt; 3x that before the 3rd
 _TIMEOUT = 60.0
 # Modules 9p may depend on, looked for in the first pass so one pass usually suffices.
 _LIKELY_DEPS = ("fscache", "netfs", "virtio_ring", "virtio", "virtio_pci")
@@ -107,28 +109,40 @@ ARCHIVES = {
 
 
 def _fetch(url: str, dest: Path | None = None) -> bytes:
-    """GET `url` (into `dest` when given, atomically), with a few retries."""
+    """GET `url` (into `dest` when given, atomically), with a few retries. A body cut
+    short of its Content-Length is a failed attempt: never returned, never renamed into
+    `dest` (its partial file is removed)."""
+    import http.client
     import urllib.error
     import urllib.request
 
     last: Exception | None = None
-    for attempt in range(3):
+    for attempt in range(_ATTEMPTS):
+        if attempt:
+            time.sleep(_RETRY_PAUSE * (2 * attempt - 1))
+        tmp = None if dest is None else dest.with_name(dest.name + f".part-{os.getpid()}")
         try:
             with urllib.request.urlopen(url, timeout=_TIMEOUT) as r:
-                if dest is None:
-                    return bytes(r.read())
-                tmp = dest.with_name(dest.name + f".part-{os.getpid()}")
+                if tmp is None:
+                    return bytes(r.read())  # raises IncompleteRead when cut short
                 with open(tmp, "wb") as out:
                     shutil.copyfileobj(r, out, 1 << 20)
+                    size = out.tell()
+                length = r.headers.get("Content-Length")
+                if length is not None and length.isdigit() and size != int(length):
+                    raise http.client.IncompleteRead(b"", int(length) - size)
+                assert dest is not None
                 os.replace(tmp, dest)
                 return b""
         except urllib.error.HTTPError as e:
             if e.code == 404:
                 raise NotFoundError(f"{url}: not found (404)") from None
             last = e
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as e:
             last = e
-        time.sleep(1 + 2 * attempt)
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
     raise NetworkError(f"cannot download {url}: {last}", hint="check the network, then retry")
 
 

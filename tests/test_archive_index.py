@@ -3,7 +3,8 @@ InRelease offers `Acquire-By-Hash`, so a mirror caught mid-sync (a new Packages.
 the plain name, the old InRelease still served, or the reverse) still yields the index that
 InRelease names; without by-hash a mismatch is retried once from a fresh InRelease, and a
 mirror that stays inconsistent is an IntegrityError naming the file. A pool file (a .deb)
-that does not match its index is fetched once more, then removed and refused.
+that does not match its index is fetched once more, then removed and refused; a body cut
+short of its Content-Length is a failed attempt, never returned nor kept.
 
 The mirror is a real HTTP server on 127.0.0.1 serving files from a directory; the
 signature check is the integration tests' (tests/test_vm.py), so keyring=None here."""
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from kcompat import vmkernel
-from kcompat.errors import IntegrityError
+from kcompat.errors import IntegrityError, NetworkError
 
 NAME = "main/binary-all/Packages.xz"
 
@@ -34,6 +35,10 @@ def _release(index: bytes, by_hash: bool) -> bytes:
     head = "Origin: Test\nSuite: stable\n" + ("Acquire-By-Hash: yes\n" if by_hash else "")
     digest = hashlib.sha256(index).hexdigest()
     return (head + f"SHA256:\n {digest} {len(index)} {NAME}\n").encode()
+
+
+class Cut(bytes):
+    """A body the server announces as 100 bytes longer than it sends (then it closes)."""
 
 
 Route = Callable[[str, int], bytes | None]
@@ -52,9 +57,11 @@ def mirror() -> Iterator[Callable[[Route], str]]:
                 n = seen[self.path] = seen.get(self.path, 0) + 1
                 body = route(self.path, n)
                 self.send_response(404 if body is None else 200)
-                self.send_header("Content-Length", str(len(body or b"")))
+                extra = 100 if isinstance(body, Cut) else 0
+                self.send_header("Content-Length", str(len(body or b"") + extra))
                 self.end_headers()
                 self.wfile.write(body or b"")
+                self.close_connection = True
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -101,13 +108,21 @@ def test_an_inconsistent_mirror_is_an_integrity_error(mirror: Callable[[Route], 
         vmkernel._packages("stable", "all", url, None)
 
 
-def test_the_fetch_writes_nothing_half_done(tmp_path: Path,
-                                            mirror: Callable[[Route], str]) -> None:
-    url = mirror(lambda path, n: b"x" * 10 if path == "/f" else None)
-    dest = tmp_path / "f"
-    vmkernel._fetch(f"{url}/f", dest)
-    assert dest.read_bytes() == b"x" * 10
-    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+def test_a_body_cut_short_is_retried_and_never_kept(
+        tmp_path: Path, mirror: Callable[[Route], str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A response that ends before its Content-Length is a failed attempt: the next one is
+    taken, and when every one is cut, a NetworkError; nothing partial is left or renamed."""
+    monkeypatch.setattr(vmkernel, "_RETRY_PAUSE", 0.0)
+    whole = b"x" * 1000
+    url = mirror(lambda path, n: Cut(whole[:10]) if n == 1 else whole)  # each path's 1st: cut
+    assert vmkernel._fetch(f"{url}/a") == whole
+    vmkernel._fetch(f"{url}/b", tmp_path / "b")
+    assert (tmp_path / "b").read_bytes() == whole
+    url = mirror(lambda path, n: Cut(whole[:10]))
+    for dest in (None, tmp_path / "cut"):
+        with pytest.raises(NetworkError, match=r"cannot download .*/c: IncompleteRead"):
+            vmkernel._fetch(f"{url}/c", dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
 def test_ubuntu_keyring_is_taken_from_the_first_suite_that_reads(
