@@ -68,28 +68,23 @@ def cmd(*argv: str, env: dict[str, str] | None = None) -> Callable[[], object]:
     return go
 
 
-def podman_run(layout: Path, work: Path) -> Callable[[], object]:
-    """`podman run --rm --network=none` of the same busybox image, from a store of its own
-    under `work` (vfs, so nothing is mounted on the host), with a containers.conf as the
-    tests' (tests/test_handoff.py): cgroupfs, no events, ulimits within this process's
-    hard limits (as root podman asks for more, which runc is refused here)."""
-    import resource
+def podman_run(layout: Path, work: Path) -> Callable[[], object] | str:
+    """`podman run --rm --network=none` of the same busybox image, from a private vfs
+    store under `work` (nothing mounted on the host) set up as the tests set theirs up
+    (tests/engines.py: make_podman_store, run_conf); or why podman cannot run it here."""
+    import pytest
 
-    root, runroot = work / "root", work / "run"
-    store = f"containers-storage:[vfs@{root}+{runroot}]localhost/kcompat-bench:busybox"
-    subprocess.run(["skopeo", "copy", "-q", f"oci:{layout}:busybox-amd64", store],
-                   check=True, capture_output=True)  # fmt: skip
-    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    nproc = min(4096, resource.getrlimit(resource.RLIMIT_NPROC)[1])
-    conf = work / "containers.conf"
-    conf.write_text("[containers]\n"
-                    f'default_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]\n'
-                    '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "none"\n'
-                    f'tmp_dir = "{work / "tmp"}"\n')  # fmt: skip
-    env = dict(os.environ, CONTAINERS_CONF=str(conf))
-    return cmd("podman", "--root", str(root), "--runroot", str(runroot),
-               "--storage-driver", "vfs", "run", "--rm", "--network=none",
-               "localhost/kcompat-bench:busybox", "true", env=env)  # fmt: skip
+    from tests.engines import make_podman_store, run_conf
+
+    try:
+        store = make_podman_store(work, "vfs")
+    except pytest.skip.Exception as e:
+        return str(e)
+    name = "localhost/kcompat-bench:busybox"
+    store.pull(f"oci:{layout}:busybox-amd64", name)
+    env = dict(store.env(), CONTAINERS_CONF=str(run_conf(store)))
+    return cmd("podman", *store.global_args(), "run", "--rm", "--network=none", name, "true",
+               env=env)  # fmt: skip
 
 
 def measure(repeat: int) -> dict[str, float]:
@@ -150,12 +145,13 @@ def measure(repeat: int) -> dict[str, float]:
         native = timed(cmd(*kc, "run", img, "true", env=env), repeat)
         rows.append(("kcompat run IMAGE true", native))
         engine = float("nan")
-        if shutil.which("podman") and shutil.which("skopeo"):
-            engine = timed(podman_run(layout, cache / "podman"), repeat)
+        podman = podman_run(layout, cache / "podman") if shutil.which("skopeo") else "no skopeo"
+        if isinstance(podman, str):
+            rows.append((f"podman run: not timed ({podman})", engine))
+        else:
+            engine = timed(podman, repeat)
             rows.append(("podman run --rm --network=none IMAGE true (private vfs store)",
                          engine))  # fmt: skip
-        else:
-            rows.append(("podman run: podman or skopeo not installed", float("nan")))
         qemu = shutil.which("qemu-aarch64-static")
         emu_base = emu = float("nan")
         if qemu:

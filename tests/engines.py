@@ -384,6 +384,28 @@ class PodmanStore:
         return self.run_cli("image", "inspect", "--format", "{{.Id}}", name).stdout.strip()
 
 
+def run_conf(store: PodmanStore) -> Path:
+    """A containers.conf for running containers from `store` on this host (point
+    CONTAINERS_CONF at it): cgroupfs and file events (no systemd), ulimits within this
+    process's hard limits (podman as root asks for more, which runc is refused here
+    without CAP_SYS_RESOURCE: 'error setting rlimit type 6: operation not permitted'; an
+    nproc of 4096 is what was observed to work), and runc where the cgroup tree is hybrid
+    (crun: 'cgroups in hybrid mode not supported')."""
+    import resource
+
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nproc = min(4096, resource.getrlimit(resource.RLIMIT_NPROC)[1])
+    lines = ["[containers]",
+             f'default_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]',
+             "[engine]", 'cgroup_manager = "cgroupfs"', 'events_logger = "file"',
+             f'tmp_dir = "{store.workdir / "libpod-tmp"}"']  # fmt: skip
+    if Path("/sys/fs/cgroup/unified").is_dir() and shutil.which("runc"):
+        lines.append('runtime = "runc"')
+    conf = store.workdir / "kcompat-containers.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    return conf
+
+
 def make_podman_store(workdir: Path, driver: str) -> PodmanStore:
     """A fresh store in workdir; pytest.skip with the reason if podman cannot use it."""
     if shutil.which("podman") is None:

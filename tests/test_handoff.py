@@ -33,7 +33,7 @@ from kcompat.runoptions import RunOptions, validate
 from kcompat.store import BlobStore
 from kcompat.target import BinfmtEntry, Target, probe_binfmt
 from tests.conftest import Fixtures
-from tests.engines import Dockerd, PodmanStore, dockerd, podman_store  # noqa: F401
+from tests.engines import Dockerd, PodmanStore, dockerd, podman_store, run_conf  # noqa: F401
 from tests.registry_server import RealRegistry
 
 IMG = EngineImage("127.0.0.1:5000/busybox@sha256:" + "a" * 64, "linux/amd64", insecure=True)
@@ -220,24 +220,8 @@ def docker_env(dockerd: Dockerd) -> dict[str, str]:  # noqa: F811
 
 @pytest.fixture(scope="session")
 def podman_conf(podman_store: PodmanStore) -> Path:  # noqa: F811
-    """containers.conf for the private store on this host: cgroupfs and file events (no
-    systemd), ulimits within this process's hard limits (podman as root asks for more,
-    which runc is refused here without CAP_SYS_RESOURCE: 'error setting rlimit type 6:
-    operation not permitted'; an nproc of 4096 is what was observed to work), and runc
-    where the cgroup tree is hybrid (crun: 'cgroups in hybrid mode not supported')."""
-    import resource
-
-    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    nproc = min(4096, resource.getrlimit(resource.RLIMIT_NPROC)[1])
-    lines = ["[containers]",
-             f'default_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]',
-             "[engine]", 'cgroup_manager = "cgroupfs"', 'events_logger = "file"',
-             f'tmp_dir = "{podman_store.workdir / "libpod-tmp"}"']  # fmt: skip
-    if Path("/sys/fs/cgroup/unified").is_dir() and shutil.which("runc"):
-        lines.append('runtime = "runc"')
-    conf = podman_store.workdir / "kcompat-containers.conf"
-    conf.write_text("\n".join(lines) + "\n")
-    return conf
+    """containers.conf for the private store on this host (tests/engines.py run_conf)."""
+    return run_conf(podman_store)
 
 
 @pytest.fixture
